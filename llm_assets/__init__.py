@@ -1,0 +1,44 @@
+"""LLM pipelines as first-class Dagster assets.
+
+``OpenAIResource`` (a superset of dagster-openai's, with exact usage metadata), asset
+factories for partitioned chat answers, embeddings and a PCA map of them, and an I/O
+manager that stores single-run backfills one file per partition.
+"""
+
+from llm_assets.engine import ChatRequest, Engine, RequestFailed
+from llm_assets.errors import LLMAssetsError
+from llm_assets.factories import (
+    ChatConfig,
+    EmbeddingConfig,
+    LLMPipeline,
+    PlotConfig,
+    build_chat_answers_asset,
+    build_embeddings_asset,
+    build_llm_pipeline_assets,
+    build_pca_plot_asset,
+)
+from llm_assets.frames import vectors
+from llm_assets.io_manager import PartitionedFilesystemIOManager
+from llm_assets.resource import OpenAIResource
+from llm_assets.usage import Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChatConfig",
+    "ChatRequest",
+    "EmbeddingConfig",
+    "Engine",
+    "LLMAssetsError",
+    "LLMPipeline",
+    "OpenAIResource",
+    "PartitionedFilesystemIOManager",
+    "PlotConfig",
+    "RequestFailed",
+    "Usage",
+    "build_chat_answers_asset",
+    "build_embeddings_asset",
+    "build_llm_pipeline_assets",
+    "build_pca_plot_asset",
+    "vectors",
+]

@@ -1,0 +1,53 @@
+"""Dagster's filesystem I/O manager, able to store a single-run backfill.
+
+Same files, paths and pickle format as ``dg.FilesystemIOManager`` (so assets on the
+default I/O manager read what it wrote, and vice versa), with one addition: an output
+that covers several partitions, as one run of a ``BackfillPolicy.single_run()`` asset
+produces, is split on its ``partition_key`` column (or ``{partition_key: value}`` dict)
+into one file per partition.
+
+Example:
+    >>> defs = dg.Definitions(assets=[...], resources={"io_manager": PartitionedFilesystemIOManager()})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
+
+from llm_assets.frames import by_partition
+
+
+class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if not context.has_asset_partitions or len(context.asset_partition_keys) <= 1:
+            return super().handle_output(context, obj)
+        paths = self._get_paths_for_partitions(context)
+        parts = by_partition(obj, list(paths))
+        missing = sorted(set(paths) - set(parts))
+        if missing:
+            raise dg.DagsterInvariantViolationError(
+                f"Output of {context.asset_key.to_user_string()} has no rows for partitions {missing}; "
+                "each partition of a single-run backfill needs a value."
+            )
+        for partition_key, path in paths.items():
+            self._handle_transition_to_partitioned_asset(context, path.parent)
+            self.make_directory(path.parent)
+            self.dump_to_path(context=context, obj=parts[partition_key], path=path)
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(next(iter(paths.values())).parent))})
+
+
+class PartitionedFilesystemIOManager(dg.FilesystemIOManager):
+    """``dg.FilesystemIOManager`` that also stores outputs spanning several partitions,
+    one file per partition. Defaults to the Dagster instance's storage directory;
+    ``base_dir`` may be any fsspec / UPath location (e.g. ``s3://bucket/dagster``)."""
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> PickledObjectFilesystemIOManager:
+        base_dir = self.base_dir or context.instance.storage_directory()  # type: ignore[union-attr]
+        return _SplittingPickleIOManager(base_dir=base_dir)

@@ -1,0 +1,77 @@
+"""Project embeddings to 2-D with scikit-learn PCA and draw a labelled scatter PNG.
+
+scikit-learn and matplotlib are imported inside the functions: they cost ~2 s to
+import, and code locations should load fast.
+
+Example:
+    >>> projection = project_2d(np.random.default_rng(0).normal(size=(5, 8)))
+    >>> projection.points.shape
+    (5, 2)
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llm_assets.errors import LLMAssetsError
+
+
+@dataclass(frozen=True)
+class Projection:
+    points: np.ndarray  # n × 2
+    explained_variance_ratio: tuple[float, float]
+
+
+def project_2d(matrix: np.ndarray) -> Projection:
+    """PCA of ``matrix`` (rows are vectors) onto its first two components."""
+    if matrix.ndim != 2 or matrix.shape[0] < 2:
+        raise LLMAssetsError(
+            f"PCA needs at least 2 embeddings, got {0 if matrix.ndim != 2 else matrix.shape[0]}: "
+            "materialize more partitions of the embeddings asset (or rows within them) first."
+        )
+    from sklearn.decomposition import PCA
+
+    components = min(2, matrix.shape[0], matrix.shape[1])
+    pca = PCA(n_components=components, svd_solver="auto", random_state=0)
+    points = pca.fit_transform(matrix).astype(np.float64)
+    ratios = [float(r) for r in pca.explained_variance_ratio_]
+    if components < 2:
+        points = np.hstack([points, np.zeros((points.shape[0], 2 - components))])
+        ratios += [0.0] * (2 - components)
+    return Projection(points=points, explained_variance_ratio=(ratios[0], ratios[1]))
+
+
+def scatter_png(points: np.ndarray, labels: Sequence[str], path: Path, title: str) -> Path:
+    """Write a labelled scatter plot of ``points`` to ``path`` (PNG) and return it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    try:
+        ax.scatter(points[:, 0], points[:, 1], s=40, alpha=0.8)
+        if len(labels) <= 200:  # beyond that, labels are unreadable
+            for (x, y), label in zip(points, labels, strict=True):
+                ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
+        ax.set_title(title)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def markdown_image(path: Path, alt: str = "plot") -> str:
+    """Markdown that shows a PNG inline in the Dagster UI."""
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return f"![{alt}](data:image/png;base64,{encoded})"

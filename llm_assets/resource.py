@@ -1,0 +1,265 @@
+"""``OpenAIResource``: dagster-openai's resource, with exact usage accounting.
+
+A drop-in superset of :class:`dagster_openai.OpenAIResource`: the same fields and the same
+``get_client`` / ``get_client_for_asset`` context managers yielding an ``openai.OpenAI``
+client, so existing code only changes its import. Every block gets its own lightweight
+client whose HTTP transport meters the usage the server reports, over one shared
+connection pool; no client is ever patched.
+
+Example:
+    >>> import dagster as dg
+    >>> from llm_assets import OpenAIResource
+    >>> @dg.asset
+    ... def haiku(context: dg.AssetExecutionContext, openai: OpenAIResource) -> str:
+    ...     with openai.get_client(context) as client:
+    ...         reply = client.chat.completions.create(
+    ...             model="gpt-4o-mini", messages=[{"role": "user", "content": "A haiku on data"}]
+    ...         )
+    ...     return reply.choices[0].message.content
+    >>> defs = dg.Definitions(assets=[haiku], resources={"openai": OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"))})
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import dagster as dg
+import dagster_openai
+import openai
+from pydantic import Field, PrivateAttr
+
+from llm_assets.errors import LLMAssetsError
+from llm_assets.metering import AsyncMeteredTransport, MeteredTransport, httpx
+from llm_assets.usage import Usage
+
+#: Placeholder key sent to OpenAI-compatible servers that need none.
+NO_KEY = "no-key-needed"
+_POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+
+AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
+UsageKey = tuple[dg.AssetKey | None, str | None]
+
+
+class OpenAIResource(dagster_openai.OpenAIResource):
+    """OpenAI (or any OpenAI-compatible server) for Dagster assets, recording exact usage.
+
+    Usage lands on the asset (and partition) it was spent for, as metadata keys
+    ``openai.<model>.calls|prompt_tokens|completion_tokens|total_tokens`` (dagster-openai's
+    scheme, model as returned by the server) plus totals over models (``openai.total_tokens``…)
+    and ``cached_tokens`` / ``reasoning_tokens`` where reported.
+
+    Example:
+        >>> OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"), chat_model="gpt-4o-mini")  # doctest: +SKIP
+    """
+
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "API key; use dg.EnvVar('OPENAI_API_KEY'). Defaults to the OPENAI_API_KEY environment "
+            "variable; optional when base_url points at a server that needs no key."
+        ),
+    )
+    organization: str | None = Field(default=None, description="OpenAI organization ID.")
+    project: str | None = Field(default=None, description="OpenAI project ID.")
+    base_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1. Defaults to the "
+            "OPENAI_BASE_URL environment variable, then to OpenAI."
+        ),
+    )
+    timeout: float = Field(default=120.0, gt=0, description="Seconds before one request times out.")
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Retries of the OpenAI SDK (with backoff) for connection errors, 408, 409, 429 and 5xx.",
+    )
+    chat_model: str = Field(default="gpt-4o-mini", description="Default model for chat answers.")
+    embedding_model: str = Field(
+        default="text-embedding-3-small", description="Default model for embeddings."
+    )
+    max_concurrency: int = Field(
+        default=8, ge=1, description="Requests in flight at once within one materialization."
+    )
+    default_headers: dict[str, str] | None = Field(
+        default=None, description="Extra HTTP headers sent with every request."
+    )
+
+    _pool: Any = PrivateAttr(default=None)
+    _ledgers: Any = PrivateAttr(default=None)
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._client_kwargs()  # fail at start-up, before any asset runs, on bad configuration
+        self._pool = httpx.HTTPTransport(limits=_POOL_LIMITS)
+        self._ledgers = weakref.WeakKeyDictionary()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def resolved_base_url(self) -> str | None:
+        """The base URL requests go to (``None`` means OpenAI's)."""
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        base_url = self.resolved_base_url()
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            raise LLMAssetsError(
+                f"base_url {base_url!r} is not an http(s) URL: set OpenAIResource(base_url=...) or "
+                "OPENAI_BASE_URL to e.g. http://127.0.0.1:8000/v1, or unset it to use OpenAI."
+            )
+        api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key or not api_key.strip():
+            if base_url is None:
+                raise LLMAssetsError(
+                    "No OpenAI API key: set the OPENAI_API_KEY environment variable (the resource "
+                    "reads it with dg.EnvVar('OPENAI_API_KEY')), or set base_url / OPENAI_BASE_URL "
+                    "to an OpenAI-compatible server."
+                )
+            api_key = NO_KEY
+        return {
+            "api_key": api_key.strip(),
+            "organization": self.organization,
+            "project": self.project,
+            "base_url": base_url,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "default_headers": self.default_headers,
+        }
+
+    # -- clients --------------------------------------------------------------------------
+
+    @contextmanager
+    def get_client(
+        self,
+        context: AnyContext,
+        asset_key: dg.AssetKey | None = None,
+        partition_key: str | None = None,
+    ) -> Iterator[openai.OpenAI]:
+        """Yield an ``openai.OpenAI`` client whose usage is recorded on the asset being
+        materialized (``asset_key`` picks one asset of a multi-asset) and, when given, on
+        one ``partition_key`` of a run that materializes several partitions.
+
+        Example:
+            >>> with openai.get_client(context) as client:  # doctest: +SKIP
+            ...     client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+        """
+        usage_key = self._usage_key(context, asset_key, partition_key)
+        usage = Usage()
+        http_client = openai.DefaultHttpxClient(
+            transport=MeteredTransport(usage.add_response, inner=self._shared_pool())
+        )
+        client = openai.OpenAI(**self._client_kwargs(), http_client=http_client)
+        try:
+            yield client
+        finally:
+            client.close()
+            self._record(context, usage_key, usage)
+
+    @contextmanager
+    def get_client_for_asset(
+        self, context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition_key: str | None = None
+    ) -> Iterator[openai.OpenAI]:
+        """Like :meth:`get_client`, recording usage on ``asset_key`` (for multi-assets)."""
+        with self.get_client(context, asset_key=asset_key, partition_key=partition_key) as client:
+            yield client
+
+    @asynccontextmanager
+    async def get_async_client(
+        self,
+        context: AnyContext,
+        asset_key: dg.AssetKey | None = None,
+        partition_key: str | None = None,
+    ) -> AsyncIterator[openai.AsyncOpenAI]:
+        """Async twin of :meth:`get_client`, yielding an ``openai.AsyncOpenAI``.
+
+        Example:
+            >>> async with openai.get_async_client(context) as client:  # doctest: +SKIP
+            ...     await client.chat.completions.create(model="gpt-4o-mini", messages=[...])
+        """
+        async with self.get_async_clients(context, [partition_key], asset_key) as clients:
+            yield clients[partition_key]
+
+    @asynccontextmanager
+    async def get_async_clients(
+        self,
+        context: AnyContext,
+        partition_keys: list[str | None],
+        asset_key: dg.AssetKey | None = None,
+    ) -> AsyncIterator[dict[str | None, openai.AsyncOpenAI]]:
+        """One ``openai.AsyncOpenAI`` per partition key, sharing one connection pool, each
+        recording its usage on its own partition."""
+        keys = {pk: self._usage_key(context, asset_key, pk) for pk in partition_keys}
+        usages = {pk: Usage() for pk in partition_keys}
+        pool = httpx.AsyncHTTPTransport(limits=_POOL_LIMITS)
+        kwargs = self._client_kwargs()
+        clients = {
+            pk: openai.AsyncOpenAI(
+                **kwargs,
+                http_client=openai.DefaultAsyncHttpxClient(
+                    transport=AsyncMeteredTransport(usages[pk].add_response, inner=pool)
+                ),
+            )
+            for pk in partition_keys
+        }
+        try:
+            yield clients
+        finally:
+            for client in clients.values():
+                await client.close()
+            await pool.aclose()
+            for pk, usage in usages.items():
+                self._record(context, keys[pk], usage)
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def _shared_pool(self) -> httpx.BaseTransport:
+        if self._pool is None:  # used outside a Dagster run, e.g. in a notebook
+            self._pool = httpx.HTTPTransport(limits=_POOL_LIMITS)
+            self._ledgers = weakref.WeakKeyDictionary()
+        return self._pool
+
+    @staticmethod
+    def _usage_key(
+        context: AnyContext, asset_key: dg.AssetKey | None, partition_key: str | None
+    ) -> UsageKey | None:
+        if not isinstance(context, dg.AssetExecutionContext):
+            return None
+        if asset_key is None:
+            if len(context.assets_def.keys) > 1:
+                raise LLMAssetsError(
+                    "asset_key is required in a multi_asset: use "
+                    "openai.get_client_for_asset(context, asset_key) to say which asset the usage is for."
+                )
+            asset_key = context.asset_key
+        return (asset_key, partition_key)
+
+    def usage_for(self, context: dg.AssetExecutionContext, asset_key: dg.AssetKey | None = None,
+                  partition_key: str | None = None) -> Usage:
+        """Usage recorded so far in this step for one asset (and partition)."""
+        ledger = self._ledgers.get(context.get_step_execution_context(), {}) if self._ledgers is not None else {}
+        return ledger.get(self._usage_key(context, asset_key, partition_key), Usage())
+
+    def _record(self, context: AnyContext, usage_key: UsageKey | None, usage: Usage) -> None:
+        if usage_key is None or not isinstance(context, dg.AssetExecutionContext):
+            if usage.calls:
+                context.log.info(f"OpenAI usage (not attributed to an asset): {usage.to_metadata()}")
+            return
+        if self._ledgers is None:
+            self._ledgers = weakref.WeakKeyDictionary()
+        ledger = self._ledgers.setdefault(context.get_step_execution_context(), {})
+        total = ledger.setdefault(usage_key, Usage())
+        total.merge(usage)
+        asset_key, partition_key = usage_key
+        context.add_asset_metadata(total.to_metadata(), asset_key=asset_key, partition_key=partition_key)

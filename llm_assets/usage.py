@@ -1,0 +1,151 @@
+"""Token usage as the server reported it, summed per model, asset and partition.
+
+Usage is read from the HTTP responses themselves (see :mod:`llm_assets.metering`),
+so every call shape of the OpenAI SDK is counted the same way: plain, streamed,
+``with_raw_response``, ``parse()``, the Responses API and embeddings.
+
+Example:
+    >>> usage = Usage()
+    >>> usage.add_response("gpt-4o-mini-2024-07-18", {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17})
+    >>> usage.to_metadata()["openai.gpt-4o-mini-2024-07-18.total_tokens"]
+    17
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Counters kept per model; ``completion_tokens`` is omitted for models that only embedded.
+COUNTERS = (
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
+
+
+@dataclass
+class ModelUsage:
+    """Counters for one model, as returned in ``response.model``."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    calls_without_usage: int = 0
+    has_completions: bool = False
+    has_cached: bool = False
+    has_reasoning: bool = False
+
+    def merge(self, other: ModelUsage) -> None:
+        for name in (*COUNTERS, "calls_without_usage"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.has_completions |= other.has_completions
+        self.has_cached |= other.has_cached
+        self.has_reasoning |= other.has_reasoning
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
+    """Map a Chat Completions, Completions, Embeddings or Responses ``usage`` object
+    onto one set of counters (``input_tokens`` counts as prompt tokens, ``output_tokens``
+    as completion tokens). Counters the server did not send are ``None``."""
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    total = usage.get("total_tokens")
+    if total is None:
+        total = _int(prompt) + _int(completion)
+    prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    completion_details = (
+        usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    )
+    return {
+        "prompt_tokens": _int(prompt),
+        "completion_tokens": None if completion is None else _int(completion),
+        "total_tokens": _int(total),
+        "cached_tokens": prompt_details.get("cached_tokens"),
+        "reasoning_tokens": completion_details.get("reasoning_tokens"),
+    }
+
+
+@dataclass
+class Usage:
+    """Usage summed over calls, per model. Thread-safe; merge-able."""
+
+    models: dict[str, ModelUsage] = field(default_factory=lambda: defaultdict(ModelUsage))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add_response(self, model: str | None, usage: Mapping[str, Any] | None) -> None:
+        """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent none)."""
+        with self._lock:
+            counters = self.models[model or "unknown"]
+            counters.calls += 1
+            if not usage:
+                counters.calls_without_usage += 1
+                return
+            normalized = normalize_usage(usage)
+            counters.prompt_tokens += normalized["prompt_tokens"] or 0
+            counters.total_tokens += normalized["total_tokens"] or 0
+            if normalized["completion_tokens"] is not None:
+                counters.has_completions = True
+                counters.completion_tokens += normalized["completion_tokens"]
+            if normalized["cached_tokens"] is not None:
+                counters.has_cached = True
+                counters.cached_tokens += _int(normalized["cached_tokens"])
+            if normalized["reasoning_tokens"] is not None:
+                counters.has_reasoning = True
+                counters.reasoning_tokens += _int(normalized["reasoning_tokens"])
+
+    def merge(self, other: Usage) -> None:
+        with self._lock:
+            for model, counters in other.models.items():
+                self.models[model].merge(counters)
+
+    def total(self, counter: str) -> int:
+        return sum(getattr(m, counter) for m in self.models.values())
+
+    @property
+    def calls(self) -> int:
+        return self.total("calls")
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total("total_tokens")
+
+    def to_metadata(self) -> dict[str, int]:
+        """Metadata in dagster-openai's scheme (``openai.<model>.<counter>``) plus totals
+        over all models (``openai.<counter>``)."""
+        metadata: dict[str, int] = {}
+        for model, m in sorted(self.models.items()):
+            metadata[f"openai.{model}.calls"] = m.calls
+            metadata[f"openai.{model}.prompt_tokens"] = m.prompt_tokens
+            if m.has_completions:
+                metadata[f"openai.{model}.completion_tokens"] = m.completion_tokens
+            metadata[f"openai.{model}.total_tokens"] = m.total_tokens
+            if m.has_cached:
+                metadata[f"openai.{model}.cached_tokens"] = m.cached_tokens
+            if m.has_reasoning:
+                metadata[f"openai.{model}.reasoning_tokens"] = m.reasoning_tokens
+            if m.calls_without_usage:
+                metadata[f"openai.{model}.calls_without_usage"] = m.calls_without_usage
+        reported = {
+            "cached_tokens": any(m.has_cached for m in self.models.values()),
+            "reasoning_tokens": any(m.has_reasoning for m in self.models.values()),
+        }
+        for counter in COUNTERS:
+            if reported.get(counter, True):
+                metadata[f"openai.{counter}"] = self.total(counter)
+        if self.total("calls_without_usage"):
+            metadata["openai.calls_without_usage"] = self.total("calls_without_usage")
+        return metadata
