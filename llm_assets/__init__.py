@@ -5,7 +5,7 @@ factories for partitioned chat answers, embeddings and a PCA map of them, and an
 manager that stores single-run backfills one file per partition.
 """
 
-from llm_assets.engine import ChatRequest, Engine, RequestFailed
+from llm_assets.engine import ChatRequest, Engine, LLMRequestError
 from llm_assets.errors import LLMAssetsError
 from llm_assets.factories import (
     ChatConfig,
@@ -31,10 +31,10 @@ __all__ = [
     "Engine",
     "LLMAssetsError",
     "LLMPipeline",
+    "LLMRequestError",
     "OpenAIResource",
     "PartitionedFilesystemIOManager",
     "PlotConfig",
-    "RequestFailed",
     "Usage",
     "build_chat_answers_asset",
     "build_embeddings_asset",

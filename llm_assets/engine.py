@@ -7,7 +7,9 @@ so the usage of each partition is metered from its own HTTP responses.
 
 Example:
     >>> engine = Engine(openai_resource, context)  # doctest: +SKIP
-    >>> records = engine.chat([ChatRequest("Picard", 0, "Tea?", ({"role": "user", "content": "Tea?"},), {"model": "gpt-4o-mini"})])  # doctest: +SKIP
+    >>> messages = ({"role": "user", "content": "Tea?"},)
+    >>> request = ChatRequest("Picard", 0, "Tea?", messages, {"model": "gpt-4o-mini"})
+    >>> records = engine.chat([request])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ T = TypeVar("T")
 MAX_EMBEDDING_INPUTS = 2048
 
 
-class RequestFailed(Exception):
+class LLMRequestError(Exception):
     """A request failed after the SDK's retries; names the item that caused it."""
 
 
@@ -110,7 +112,7 @@ class Engine:
                         try:
                             return await job(clients[partition_key])
                         except openai.OpenAIError as error:
-                            raise RequestFailed(f"Request for {description} failed: {error}") from error
+                            raise LLMRequestError(f"Request for {description} failed: {error}") from error
 
                 async with asyncio.TaskGroup() as group:
                     tasks = [group.create_task(one(pk, job, text)) for pk, job, text in jobs]
@@ -120,7 +122,6 @@ class Engine:
             return asyncio.run(main())
         except ExceptionGroup as group:
             raise _first_error(group) from None
-
 
     # -- chat -------------------------------------------------------------------------------
 
@@ -188,8 +189,10 @@ class Engine:
 
         results = self._run(
             [pk for pk, _, _ in batches],
-            [(pk, job(batch), f"partition {pk!r} texts {start}..{start + len(batch) - 1}")
-             for pk, start, batch in batches],
+            [
+                (pk, job(batch), f"partition {pk!r} texts {start}..{start + len(batch) - 1}")
+                for pk, start, batch in batches
+            ],
         )
         out: dict[str | None, tuple[str, np.ndarray]] = {}
         for (pk, _, _), (model, matrix) in zip(batches, results, strict=True):

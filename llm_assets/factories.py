@@ -97,7 +97,9 @@ def _config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any])
     return pydantic.create_model(f"{name}_config", __base__=base, **fields)  # type: ignore[call-overload]
 
 
-def _key(key: CoercibleToAssetKey | None, key_prefix: Sequence[str] | str | None, default: str) -> dg.AssetKey:
+def _key(
+    key: CoercibleToAssetKey | None, key_prefix: Sequence[str] | str | None, default: str
+) -> dg.AssetKey:
     asset_key = dg.AssetKey.from_coercible(key if key is not None else default)
     if key_prefix:
         prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix)
@@ -190,7 +192,9 @@ def _texts(frame: Any, column: str, where: str) -> list[str]:
     elif isinstance(frame, str):
         values = [frame]
     else:
-        raise LLMAssetsError(f"{where} is a {type(frame).__name__}; expected a DataFrame with a {column!r} column.")
+        raise LLMAssetsError(
+            f"{where} is a {type(frame).__name__}; expected a DataFrame with a {column!r} column."
+        )
     for row, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
             raise LLMAssetsError(
@@ -200,7 +204,9 @@ def _texts(frame: Any, column: str, where: str) -> list[str]:
     return values
 
 
-def _log_missing(context: dg.AssetExecutionContext, upstream: Mapping[Any, Any], expected: Sequence[str], key: dg.AssetKey) -> None:
+def _log_missing(
+    context: dg.AssetExecutionContext, upstream: Mapping[Any, Any], expected: Sequence[str], key: dg.AssetKey
+) -> None:
     missing = [k for k in expected if k not in upstream]
     if missing:
         context.log.warning(
@@ -270,8 +276,13 @@ def build_chat_answers_asset(
     config_class = _config_class(
         ChatConfig,
         asset_key.to_python_identifier(),
-        {"question": question, "max_tokens": max_tokens, "temperature": temperature,
-         "chat_model": chat_model, "variables": variables},
+        {
+            "question": question,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "chat_model": chat_model,
+            "variables": variables,
+        },
     )
     ins = None
     if upstream is not None:
@@ -298,7 +309,9 @@ def build_chat_answers_asset(
             _log_missing(context, loaded, [k for k in partition_keys if k is not None], ins["upstream"].key)
             rows_by_partition = {}
             for pk, value in loaded.items():
-                texts = _texts(value, text_column, f"Upstream {ins['upstream'].key.to_user_string()} partition {pk!r}")
+                texts = _texts(
+                    value, text_column, f"Upstream {ins['upstream'].key.to_user_string()} partition {pk!r}"
+                )
                 rows_by_partition[pk] = (
                     [{"text": t, "row": i} for i, t in enumerate(texts)]
                     if one_request_per_row
@@ -309,7 +322,10 @@ def build_chat_answers_asset(
             base = {**config.variables, "question": config.question, **partition_values(partitions_def, pk)}
             for row, extra in enumerate(rows):
                 values = {**base, **extra}
-                rendered = {w: t.render(values, where=f"{w} of {asset_key.to_user_string()}") for w, t in templates.items()}
+                rendered = {
+                    w: t.render(values, where=f"{w} of {asset_key.to_user_string()}")
+                    for w, t in templates.items()
+                }
                 messages = [{"role": "user", "content": rendered["prompt"]}]
                 if "system_prompt" in rendered:
                     messages.insert(0, {"role": "system", "content": rendered["system_prompt"]})
@@ -319,7 +335,10 @@ def build_chat_answers_asset(
         for pk in rows_by_partition:
             part = frame[frame[PARTITION_COLUMN] == pk] if pk is not None else frame
             context.add_asset_metadata(
-                {"dagster/row_count": len(part), "preview": dg.MetadataValue.md(_preview(part, ["prompt", "answer"]))},
+                {
+                    "dagster/row_count": len(part),
+                    "preview": dg.MetadataValue.md(_preview(part, ["prompt", "answer"])),
+                },
                 partition_key=pk,
             )
         return frame
@@ -334,15 +353,31 @@ def build_chat_answers_asset(
         io_manager_key=io_manager_key,
         partitions_def=partitions_def,
         ins=ins,
-        options={"description": description, "backfill_policy": backfill_policy, "group_name": group_name,
-                 "retry_policy": retry_policy, "pool": pool, "kinds": kinds or {"openai"}, "tags": tags,
-                 "owners": owners, "metadata": metadata},
+        options={
+            "description": description,
+            "backfill_policy": backfill_policy,
+            "group_name": group_name,
+            "retry_policy": retry_policy,
+            "pool": pool,
+            "kinds": kinds or {"openai"},
+            "tags": tags,
+            "owners": owners,
+            "metadata": metadata,
+        },
     )
 
 
 def _preview(frame: pd.DataFrame, columns: Sequence[str], rows: int = 5, width: int = 120) -> str:
-    shown = frame[list(columns)].head(rows).map(
-        lambda v: (str(v)[:width] + "…" if len(str(v)) > width else str(v)).replace("|", "\\|").replace("\n", " ")
+    shown = (
+        frame[list(columns)]
+        .head(rows)
+        .map(
+            lambda v: (
+                (str(v)[:width] + "…" if len(str(v)) > width else str(v))
+                .replace("|", "\\|")
+                .replace("\n", " ")
+            )
+        )
     )
     return shown.to_markdown(index=False)
 
@@ -407,7 +442,9 @@ def build_embeddings_asset(
         frames = []
         for pk, items in texts.items():
             model, matrix = results.get(pk, (params["model"], None))
-            records = [{"partition_key": pk, "row": i, "text": t, "model": model} for i, t in enumerate(items)]
+            records = [
+                {"partition_key": pk, "row": i, "text": t, "model": model} for i, t in enumerate(items)
+            ]
             frame = embeddings_frame(records, matrix if matrix is not None else [])
             frames.append(frame)
             context.add_asset_metadata(
@@ -420,15 +457,25 @@ def build_embeddings_asset(
         embeddings,
         key=asset_key,
         config_class=config_class,
-        description=f"Embeddings of {upstream_key.to_user_string()}.{text_column}, one float32 column per dimension.",
+        description=(
+            f"Embeddings of {upstream_key.to_user_string()}.{text_column}, one float32 column per dimension."
+        ),
         columns=EMBEDDING_COLUMNS,
         resource_key=resource_key,
         io_manager_key=io_manager_key,
         partitions_def=partitions_def,
         ins={"upstream": dg.AssetIn(key=upstream_key, partition_mapping=partition_mapping)},
-        options={"description": description, "backfill_policy": backfill_policy, "group_name": group_name,
-                 "retry_policy": retry_policy, "pool": pool, "kinds": kinds or {"openai"}, "tags": tags,
-                 "owners": owners, "metadata": metadata},
+        options={
+            "description": description,
+            "backfill_policy": backfill_policy,
+            "group_name": group_name,
+            "retry_policy": retry_policy,
+            "pool": pool,
+            "kinds": kinds or {"openai"},
+            "tags": tags,
+            "owners": owners,
+            "metadata": metadata,
+        },
     )
 
 
@@ -465,11 +512,13 @@ def build_pca_plot_asset(
     upstream_key = _upstream_key(upstream)
     upstream_partitions = _upstream_partitions(upstream)
     config_class = _config_class(PlotConfig, asset_key.to_python_identifier(), {"title": title})
-    ins = {"upstream": dg.AssetIn(
-        key=upstream_key,
-        partition_mapping=dg.AllPartitionMapping() if upstream_partitions is not None else None,
-        metadata={"allow_missing_partitions": True},
-    )}
+    ins = {
+        "upstream": dg.AssetIn(
+            key=upstream_key,
+            partition_mapping=dg.AllPartitionMapping() if upstream_partitions is not None else None,
+            metadata={"allow_missing_partitions": True},
+        )
+    }
 
     def answer_map(context: dg.AssetExecutionContext, config: PlotConfig, upstream: Any) -> pd.DataFrame:
         if isinstance(upstream, Mapping):
@@ -493,32 +542,45 @@ def build_pca_plot_asset(
             )
         projection = project_2d(vectors(frame) if len(frame) else frame.to_numpy())
         labels = frame[label_column].astype(str).tolist()
-        points = pd.DataFrame({
-            PARTITION_COLUMN: frame.get(PARTITION_COLUMN, pd.Series([None] * len(frame))),
-            "row": frame.get("row", pd.Series(range(len(frame)))),
-            "label": labels,
-            "x": projection.points[:, 0],
-            "y": projection.points[:, 1],
-        })
+        points = pd.DataFrame(
+            {
+                PARTITION_COLUMN: frame.get(PARTITION_COLUMN, pd.Series([None] * len(frame))),
+                "row": frame.get("row", pd.Series(range(len(frame)))),
+                "label": labels,
+                "x": projection.points[:, 0],
+                "y": projection.points[:, 1],
+            }
+        )
         directory = Path(plot_dir or context.instance.storage_directory())
         png = scatter_png(
-            projection.points, labels, directory.joinpath(*asset_key.path).with_suffix(".png"),
+            projection.points,
+            labels,
+            directory.joinpath(*asset_key.path).with_suffix(".png"),
             title=config.title or asset_key.to_user_string(),
         )
         pc1, pc2 = projection.explained_variance_ratio
-        context.add_output_metadata({
-            "plot": dg.MetadataValue.md(markdown_image(png, alt=asset_key.to_user_string())),
-            "plot_path": dg.MetadataValue.path(str(png)),
-            "points": len(points),
-            "explained_variance_pc1": pc1,
-            "explained_variance_pc2": pc2,
-            "coordinates": dg.MetadataValue.table(
-                records=[dg.TableRecord({"label": r.label, "x": float(r.x), "y": float(r.y)})
-                         for r in points.head(100).itertuples()],
-                schema=dg.TableSchema(columns=[dg.TableColumn("label", "string"), dg.TableColumn("x", "float"),
-                                               dg.TableColumn("y", "float")]),
-            ),
-        })
+        context.add_output_metadata(
+            {
+                "plot": dg.MetadataValue.md(markdown_image(png, alt=asset_key.to_user_string())),
+                "plot_path": dg.MetadataValue.path(str(png)),
+                "points": len(points),
+                "explained_variance_pc1": pc1,
+                "explained_variance_pc2": pc2,
+                "coordinates": dg.MetadataValue.table(
+                    records=[
+                        dg.TableRecord({"label": r.label, "x": float(r.x), "y": float(r.y)})
+                        for r in points.head(100).itertuples()
+                    ],
+                    schema=dg.TableSchema(
+                        columns=[
+                            dg.TableColumn("label", "string"),
+                            dg.TableColumn("x", "float"),
+                            dg.TableColumn("y", "float"),
+                        ]
+                    ),
+                ),
+            }
+        )
         return points
 
     return _asset(
@@ -531,9 +593,16 @@ def build_pca_plot_asset(
         io_manager_key=io_manager_key,
         partitions_def=None,
         ins=ins,
-        options={"description": description, "group_name": group_name, "retry_policy": retry_policy,
-                 "pool": pool, "kinds": kinds or {"scikitlearn", "matplotlib"}, "tags": tags,
-                 "owners": owners, "metadata": metadata},
+        options={
+            "description": description,
+            "group_name": group_name,
+            "retry_policy": retry_policy,
+            "pool": pool,
+            "kinds": kinds or {"scikitlearn", "matplotlib"},
+            "tags": tags,
+            "owners": owners,
+            "metadata": metadata,
+        },
     )
 
 
@@ -578,15 +647,31 @@ def build_llm_pipeline_assets(
         ... )
         >>> defs = dg.Definitions(assets=list(pipeline))
     """
-    shared = {"key_prefix": key_prefix, "group_name": group_name, "io_manager_key": io_manager_key,
-              "retry_policy": retry_policy, "pool": pool}
+    shared = {
+        "key_prefix": key_prefix,
+        "group_name": group_name,
+        "io_manager_key": io_manager_key,
+        "retry_policy": retry_policy,
+        "pool": pool,
+    }
     answers = build_chat_answers_asset(
-        key="answers", prompt=prompt, system_prompt=system_prompt, question=question, chat_model=chat_model,
-        max_tokens=max_tokens, temperature=temperature, partitions_def=partitions_def,
-        resource_key=resource_key, **shared,
+        key="answers",
+        prompt=prompt,
+        system_prompt=system_prompt,
+        question=question,
+        chat_model=chat_model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        partitions_def=partitions_def,
+        resource_key=resource_key,
+        **shared,
     )
     embeddings = build_embeddings_asset(
-        key="embeddings", upstream=answers, embedding_model=embedding_model, resource_key=resource_key, **shared
+        key="embeddings",
+        upstream=answers,
+        embedding_model=embedding_model,
+        resource_key=resource_key,
+        **shared,
     )
     plot = build_pca_plot_asset(key="answer_map", upstream=embeddings, **shared)
     return LLMPipeline(answers=answers, embeddings=embeddings, plot=plot)

@@ -7,7 +7,8 @@
 * plot: ``partition_key, row, label, x, y``.
 
 Example:
-    >>> frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], np.ones((1, 3)))
+    >>> records = [{"partition_key": "a", "row": 0, "text": "t", "model": "m"}]
+    >>> frame = embeddings_frame(records, np.ones((1, 3)))
     >>> vectors(frame).shape
     (1, 3)
 """

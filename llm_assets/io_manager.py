@@ -7,7 +7,7 @@ produces, is split on its ``partition_key`` column (or ``{partition_key: value}`
 into one file per partition.
 
 Example:
-    >>> defs = dg.Definitions(assets=[...], resources={"io_manager": PartitionedFilesystemIOManager()})  # doctest: +SKIP
+    >>> resources = {"io_manager": PartitionedFilesystemIOManager()}
 """
 
 from __future__ import annotations

@@ -36,9 +36,7 @@ Recorder = Callable[[str | None, dict[str, Any] | None], None]
 
 
 def is_metered(request: httpx.Request) -> bool:
-    return request.method == "POST" and request.url.path.rstrip("/").endswith(
-        METERED_PATH_SUFFIXES
-    )
+    return request.method == "POST" and request.url.path.rstrip("/").endswith(METERED_PATH_SUFFIXES)
 
 
 class _BodyReader:

@@ -16,10 +16,10 @@ Example:
     ...             model="gpt-4o-mini", messages=[{"role": "user", "content": "A haiku on data"}]
     ...         )
     ...     return reply.choices[0].message.content
-    >>> defs = dg.Definitions(assets=[haiku], resources={"openai": OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"))})
+    >>> resource = OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"))
+    >>> defs = dg.Definitions(assets=[haiku], resources={"openai": resource})
 """
 
-from __future__ import annotations
 
 import os
 import weakref
@@ -245,10 +245,16 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             asset_key = context.asset_key
         return (asset_key, partition_key)
 
-    def usage_for(self, context: dg.AssetExecutionContext, asset_key: dg.AssetKey | None = None,
-                  partition_key: str | None = None) -> Usage:
+    def usage_for(
+        self,
+        context: dg.AssetExecutionContext,
+        asset_key: dg.AssetKey | None = None,
+        partition_key: str | None = None,
+    ) -> Usage:
         """Usage recorded so far in this step for one asset (and partition)."""
-        ledger = self._ledgers.get(context.get_step_execution_context(), {}) if self._ledgers is not None else {}
+        ledger = (
+            self._ledgers.get(context.get_step_execution_context(), {}) if self._ledgers is not None else {}
+        )
         return ledger.get(self._usage_key(context, asset_key, partition_key), Usage())
 
     def _record(self, context: AnyContext, usage_key: UsageKey | None, usage: Usage) -> None:

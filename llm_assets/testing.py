@@ -6,6 +6,7 @@ vectors and token counts, and keeps its own totals of the usage it reported, so 
 can compare what a pipeline recorded with what the server billed.
 
 Example:
+    >>> import openai
     >>> with ScriptedOpenAIServer() as server:
     ...     client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
     ...     _ = client.embeddings.create(model="text-embedding-3-small", input=["hello world"])
@@ -204,14 +205,17 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path.rstrip("/").endswith("/models"):
-                models = [{"id": m, "object": "model", "owned_by": "scripted"} for m in server.served_models.values()]
+                models = [
+                    {"id": m, "object": "model", "owned_by": "scripted"}
+                    for m in server.served_models.values()
+                ]
                 self._json(200, {"object": "list", "data": models})
             else:
                 self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length)
             try:
@@ -261,25 +265,48 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
                         events.append({"index": i, "delta": {"content": word + " "}, "finish_reason": None})
                     events.append({"index": i, "delta": {}, "finish_reason": finish[i]})
                 chunks = [
-                    {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": created,
-                     "model": model, "choices": [choice]}
+                    {
+                        "id": "chatcmpl-s",
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [choice],
+                    }
                     for choice in events
                 ]
                 if include_usage:
-                    chunks.append({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": created,
-                                   "model": model, "choices": [], "usage": usage})
+                    chunks.append(
+                        {
+                            "id": "chatcmpl-s",
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
                 server._bill(model, usage if include_usage else None, body)
                 self._sse([json.dumps(c) for c in chunks] + ["[DONE]"])
                 return
             server._bill(model, usage, body)
-            self._json(200, {
-                "id": "chatcmpl-s", "object": "chat.completion", "created": created, "model": model,
-                "choices": [
-                    {"index": i, "message": {"role": "assistant", "content": a}, "finish_reason": finish[i]}
-                    for i, a in enumerate(answers)
-                ],
-                "usage": usage,
-            })
+            self._json(
+                200,
+                {
+                    "id": "chatcmpl-s",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": i,
+                            "message": {"role": "assistant", "content": a},
+                            "finish_reason": finish[i],
+                        }
+                        for i, a in enumerate(answers)
+                    ],
+                    "usage": usage,
+                },
+            )
 
         def _completion(self, body: dict[str, Any]) -> None:
             model = server.served_models.get(body.get("model", ""), body.get("model", ""))
@@ -288,16 +315,32 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             text = scripted_answer(prompt, body.get("max_tokens"))
             usage = server._usage(count_tokens(prompt), count_tokens(text))
             server._bill(model, usage, body)
-            self._json(200, {"id": "cmpl-s", "object": "text_completion", "created": int(time.time()),
-                             "model": model, "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
-                             "usage": usage})
+            self._json(
+                200,
+                {
+                    "id": "cmpl-s",
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                    "usage": usage,
+                },
+            )
 
         def _embeddings(self, body: dict[str, Any]) -> None:
             model = server.served_models.get(body.get("model", ""), body.get("model", ""))
             inputs = body.get("input")
             inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
             if not inputs or not all(isinstance(t, str) and t for t in inputs):
-                self._json(400, {"error": {"message": "input must be non-empty strings", "type": "invalid_request_error"}})
+                self._json(
+                    400,
+                    {
+                        "error": {
+                            "message": "input must be non-empty strings",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
                 return
             dims = int(body.get("dimensions") or server.embedding_dimensions)
             data = []
@@ -316,17 +359,33 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def _responses(self, body: dict[str, Any]) -> None:
             model = server.served_models.get(body.get("model", ""), body.get("model", ""))
             given = body.get("input")
-            prompt = given if isinstance(given, str) else "\n".join(_text_of(m.get("content")) for m in given or [])
+            prompt = (
+                given
+                if isinstance(given, str)
+                else "\n".join(_text_of(m.get("content")) for m in given or [])
+            )
             text = scripted_answer(prompt, body.get("max_output_tokens"))
             usage = server._usage(count_tokens(prompt), count_tokens(text), responses_api=True)
             server._bill(model, usage, body)
             response = {
-                "id": "resp-s", "object": "response", "created_at": int(time.time()), "model": model,
-                "status": "completed", "output": [{
-                    "type": "message", "id": "msg-s", "role": "assistant", "status": "completed",
-                    "content": [{"type": "output_text", "text": text, "annotations": []}],
-                }],
-                "usage": usage, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                "id": "resp-s",
+                "object": "response",
+                "created_at": int(time.time()),
+                "model": model,
+                "status": "completed",
+                "output": [
+                    {
+                        "type": "message",
+                        "id": "msg-s",
+                        "role": "assistant",
+                        "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                ],
+                "usage": usage,
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
             }
             if body.get("stream"):
                 created = dict(response, status="in_progress", output=[], usage=None)
@@ -335,10 +394,21 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 events = [
                     {"type": "response.created", "response": created},
                     {"type": "response.output_item.added", "output_index": 0, "item": item},
-                    {"type": "response.content_part.added", "item_id": "msg-s", "output_index": 0,
-                     "content_index": 0, "part": part},
-                    {"type": "response.output_text.delta", "item_id": "msg-s", "output_index": 0,
-                     "content_index": 0, "delta": text, "logprobs": []},
+                    {
+                        "type": "response.content_part.added",
+                        "item_id": "msg-s",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "part": part,
+                    },
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": "msg-s",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": text,
+                        "logprobs": [],
+                    },
                     {"type": "response.completed", "response": response},
                 ]
                 for number, event in enumerate(events):

@@ -6,7 +6,8 @@ so every call shape of the OpenAI SDK is counted the same way: plain, streamed,
 
 Example:
     >>> usage = Usage()
-    >>> usage.add_response("gpt-4o-mini-2024-07-18", {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17})
+    >>> reported = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    >>> usage.add_response("gpt-4o-mini-2024-07-18", reported)
     >>> usage.to_metadata()["openai.gpt-4o-mini-2024-07-18.total_tokens"]
     17
 """
@@ -67,9 +68,7 @@ def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
     if total is None:
         total = _int(prompt) + _int(completion)
     prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    completion_details = (
-        usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-    )
+    completion_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
     return {
         "prompt_tokens": _int(prompt),
         "completion_tokens": None if completion is None else _int(completion),

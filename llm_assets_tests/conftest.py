@@ -52,6 +52,12 @@ def usage_metadata(event) -> dict:
     return {k: v for k, v in metadata_values(event).items() if k.startswith("openai.")}
 
 
+def failure_message(result) -> str:
+    """The full error text (with causes) of the failed step of a run."""
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.to_string()
+
+
 @pytest.fixture
 def env_home(tmp_path, monkeypatch) -> str:
     home = tmp_path / "dagster_home"

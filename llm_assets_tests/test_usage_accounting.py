@@ -14,9 +14,7 @@ SERVED = "gpt-4o-mini-2024-07-18"
 
 
 def ask(client, text: str, **kwargs):
-    return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": text}], **kwargs
-    )
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}], **kwargs)
 
 
 def materialize_one(asset, openai_resource, instance, **kwargs) -> dict:
@@ -62,7 +60,9 @@ def test_multi_asset_usage_lands_on_each_asset(server, openai_resource, instance
         return dg.MaterializeResult(asset_key="m1"), dg.MaterializeResult(asset_key="m2")
 
     result = dg.materialize([pair], resources={"openai": openai_resource}, instance=instance)
-    by_key = {e.asset_key.to_user_string(): usage_metadata(e) for e in result.get_asset_materialization_events()}
+    by_key = {
+        e.asset_key.to_user_string(): usage_metadata(e) for e in result.get_asset_materialization_events()
+    }
     m1 = server.usage_where(lambda b: "m1" in b["messages"][0]["content"])
     m2 = server.usage_where(lambda b: "m2" in b["messages"][0]["content"])
     assert by_key["m1"] == m1.to_metadata() and m1.calls == 1
@@ -186,7 +186,9 @@ def test_chat_completions_parse(server, openai_resource, instance):
     def parsed(context: dg.AssetExecutionContext, openai: OpenAIResource) -> str:
         with openai.get_client(context) as client:
             completion = client.chat.completions.parse(
-                model=MODEL, messages=[{"role": "user", "content": "structured please"}], response_format=Verdict
+                model=MODEL,
+                messages=[{"role": "user", "content": "structured please"}],
+                response_format=Verdict,
             )
             return completion.choices[0].message.parsed.answer
 
@@ -236,10 +238,14 @@ def test_async_client(server, openai_resource, instance):
     def concurrent(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
         async def main():
             async with openai.get_async_client(context) as client:
-                await asyncio.gather(*[
-                    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q {i}"}])
-                    for i in range(5)
-                ])
+                await asyncio.gather(
+                    *[
+                        client.chat.completions.create(
+                            model=MODEL, messages=[{"role": "user", "content": f"q {i}"}]
+                        )
+                        for i in range(5)
+                    ]
+                )
 
         asyncio.run(main())
 

@@ -28,10 +28,6 @@ pipeline = build_llm_pipeline_assets(
     group_name="captains",
 )
 
-captains_job = dg.define_asset_job(
-    "captains_job", selection=dg.AssetSelection.groups("captains"), partitions_def=captains
-)
-
 
 def openai_resource() -> OpenAIResource:
     """OpenAI with ``OPENAI_API_KEY``, or the server at ``OPENAI_BASE_URL``."""
@@ -43,6 +39,5 @@ def openai_resource() -> OpenAIResource:
 
 defs = dg.Definitions(
     assets=list(pipeline),
-    jobs=[captains_job],
     resources={"openai": openai_resource(), "io_manager": PartitionedFilesystemIOManager()},
 )

@@ -1,0 +1,85 @@
+"""The captains example: loads, materializes end to end, in-process and from the CLI."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+MODULE = "llm_assets.examples.captains"
+
+
+def load_example(monkeypatch, base_url: str):
+    monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+    return importlib.reload(importlib.import_module(MODULE))
+
+
+def test_definitions_validate(monkeypatch, server):
+    example = load_example(monkeypatch, server.base_url)
+    dg.Definitions.validate_loadable(example.defs)
+    keys = {k.to_user_string() for k in example.defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"captains/answers", "captains/embeddings", "captains/answer_map"}
+
+
+def test_all_captains_then_embeddings_then_plot(monkeypatch, server, env_home):
+    example = load_example(monkeypatch, server.base_url)
+    assets, resources = list(example.pipeline), example.defs.resources
+    everyone = {
+        "dagster/asset_partition_range_start": example.CAPTAINS[0],
+        "dagster/asset_partition_range_end": example.CAPTAINS[-1],
+    }
+    with dg.DagsterInstance.get() as instance:
+        for asset, tags in (
+            (example.pipeline.answers, everyone),
+            (example.pipeline.embeddings, everyone),
+            (example.pipeline.plot, {}),
+        ):
+            result = dg.materialize(
+                assets, selection=[asset.key], resources=resources, instance=instance, tags=tags
+            )
+            assert result.success
+        records = instance.fetch_materializations(example.pipeline.answers.key, limit=100).records
+        plot_event = instance.get_latest_materialization_event(example.pipeline.plot.key)
+    by_captain = {r.asset_materialization.partition: usage_metadata_from_record(r) for r in records}
+    assert set(by_captain) == set(example.CAPTAINS)
+    for captain, recorded in by_captain.items():
+        expected = server.usage_where(
+            lambda b, c=captain: f"Captain {c} " in b.get("messages", [{}])[0].get("content", "")
+        )
+        assert recorded == expected.to_metadata() and expected.calls == 1
+    assert server.stats.paths["/v1/chat/completions"] == len(example.CAPTAINS)
+    assert server.stats.paths["/v1/embeddings"] == len(example.CAPTAINS)
+    png = plot_event.asset_materialization.metadata["plot_path"].value
+    with Image.open(png) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 100
+
+
+@pytest.mark.slow
+def test_cli_materializes_the_example(server, env_home):
+    env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "DAGSTER_HOME": env_home}
+    dagster = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", MODULE]
+    for select, extra in (
+        ("captains/answers", ["--partition-range", "Kirk...Burnham"]),
+        ("captains/embeddings", ["--partition-range", "Kirk...Burnham"]),
+        ("captains/answer_map", []),
+    ):
+        done = subprocess.run(
+            [*dagster, "--select", select, *extra], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(["captains", "answer_map"]))
+        records = instance.fetch_materializations(dg.AssetKey(["captains", "answers"]), limit=100).records
+    assert len(records) == 7  # one materialization per captain from a single run
+    totals = sum(usage_metadata_from_record(r)["openai.total_tokens"] for r in records)
+    assert totals == server.usage_where(lambda b: "messages" in b).total_tokens
+    with Image.open(event.asset_materialization.metadata["plot_path"].value) as image:
+        assert image.format == "PNG"
+
+
+def usage_metadata_from_record(record) -> dict:
+    return {k: v.value for k, v in record.asset_materialization.metadata.items() if k.startswith("openai.")}

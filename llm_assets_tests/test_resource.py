@@ -1,0 +1,127 @@
+"""OpenAIResource: drop-in compatibility with dagster-openai, configuration errors, secrets."""
+
+import dagster as dg
+import dagster_openai
+import pytest
+
+from llm_assets import LLMAssetsError, OpenAIResource
+from llm_assets_tests.conftest import failure_message
+
+KEY = "sk-test-SECRET-0123456789abcdef"
+
+
+def test_is_a_drop_in_superset_of_dagster_openai():
+    assert issubclass(OpenAIResource, dagster_openai.OpenAIResource)
+    assert set(dagster_openai.OpenAIResource.model_fields) <= set(OpenAIResource.model_fields)
+    for name in ("get_client", "get_client_for_asset"):
+        assert callable(getattr(OpenAIResource, name))
+    for name, field in OpenAIResource.model_fields.items():
+        assert field.description, f"field {name} has no description"
+
+
+def test_dagster_openai_style_code_only_changes_its_import(server, instance):
+    @dg.asset(compute_kind="OpenAI")
+    def openai_asset(context: dg.AssetExecutionContext, openai: OpenAIResource):
+        with openai.get_client(context) as client:
+            client.chat.completions.create(
+                model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Say this is a test"}]
+            )
+
+    resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
+    assert dg.materialize([openai_asset], resources={"openai": resource}, instance=instance).success
+
+
+def test_missing_api_key_names_openai_api_key(instance):
+    @dg.asset
+    def needs_key(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
+        with openai.get_client(context):
+            pass
+
+    result = dg.materialize(
+        [needs_key], resources={"openai": OpenAIResource()}, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    message = "\n".join(str(entry.dagster_event) for entry in instance.all_logs(result.run_id))
+    assert "OPENAI_API_KEY" in message
+
+
+def test_missing_api_key_error_from_setup():
+    with pytest.raises(LLMAssetsError, match="No OpenAI API key: set the OPENAI_API_KEY"):
+        OpenAIResource().setup_for_execution(dg.build_init_resource_context())
+
+
+def test_empty_key_counts_as_missing():
+    with pytest.raises(LLMAssetsError, match="OPENAI_API_KEY"):
+        OpenAIResource(api_key="   ").setup_for_execution(dg.build_init_resource_context())
+
+
+def test_key_from_the_environment(monkeypatch, server):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    resource = OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"))
+    with (
+        dg.build_resources({"openai": resource}) as built,
+        built.openai.get_client(dg.build_op_context()) as client,
+    ):
+        assert client.api_key == KEY
+        assert str(client.base_url).startswith(server.base_url)
+
+
+def test_base_url_without_key_needs_no_key(server):
+    resource = OpenAIResource(base_url=server.base_url)
+    with (
+        dg.build_resources({"openai": resource}) as built,
+        built.openai.get_client(dg.build_op_context()) as client,
+    ):
+        client.embeddings.create(model="text-embedding-3-small", input=["ok"])
+    assert server.usage.calls == 1
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.org", "127.0.0.1"])
+def test_malformed_base_url_is_a_clear_error(url):
+    with pytest.raises(LLMAssetsError, match=r"base_url .* is not an http\(s\) URL"):
+        OpenAIResource(api_key=KEY, base_url=url).setup_for_execution(dg.build_init_resource_context())
+
+
+def test_timeout_retries_and_headers_reach_the_client(server):
+    resource = OpenAIResource(
+        api_key=KEY, base_url=server.base_url, timeout=7.5, max_retries=5, default_headers={"X-Team": "data"}
+    )
+    with (
+        dg.build_resources({"openai": resource}) as built,
+        built.openai.get_client(dg.build_op_context()) as client,
+    ):
+        assert client.timeout == 7.5 and client.max_retries == 5
+        assert client.default_headers["X-Team"] == "data"
+
+
+def test_api_key_never_appears_in_repr_metadata_or_logs(server, instance, capsys):
+    resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
+    assert KEY not in repr(resource) and KEY not in str(resource)
+
+    @dg.asset
+    def talk(context: dg.AssetExecutionContext, openai: OpenAIResource) -> str:
+        with openai.get_client(context) as client:
+            return (
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+                )
+                .choices[0]
+                .message.content
+            )
+
+    result = dg.materialize([talk], resources={"openai": resource}, instance=instance)
+    assert result.success
+    seen = [str(e) for e in instance.all_logs(result.run_id)]
+    captured = capsys.readouterr()
+    assert not any(KEY in s for s in [*seen, captured.out, captured.err])
+
+
+def test_step_failure_message_helper_is_used_for_user_errors(server, instance):
+    @dg.asset
+    def fails(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
+        raise LLMAssetsError("clear message")
+
+    resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
+    result = dg.materialize([fails], resources={"openai": resource}, instance=instance, raise_on_error=False)
+    assert "clear message" in failure_message(result)
