@@ -59,13 +59,13 @@ def scatter_png(points: np.ndarray, labels: Sequence[str], path: Path, title: st
         ax.scatter(points[:, 0], points[:, 1], s=40, alpha=0.8)
         if len(labels) <= 200:  # beyond that, labels are unreadable
             for (x, y), label in zip(points, labels, strict=True):
-                ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
+                text = str(label) if len(str(label)) <= 40 else str(label)[:39] + "…"
+                ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
         ax.set_title(title)
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
+        fig.savefig(path, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

@@ -1,0 +1,57 @@
+"""``LLMPipelineComponent``: answers → embeddings → PCA map, declared in YAML.
+
+``defs/captains/defs.yaml``::
+
+    type: llm_assets.components.LLMPipelineComponent
+    attributes:
+      key_prefix: captains
+      partitions: [Kirk, Picard, Janeway]
+      system_prompt: "You are Captain {partition_key} of Star Trek."
+      prompt: "{question} Answer in at most three sentences."
+      question: What is the most important quality of a starship captain?
+
+The assets need an ``openai`` resource (and, for single-run backfills, an
+``io_manager`` that is a ``PartitionedFilesystemIOManager``) bound in the project's
+definitions, where the API key stays an ``EnvVar``.
+"""
+
+import dagster as dg
+import pydantic
+
+from llm_assets.factories import build_llm_pipeline_assets
+
+
+class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
+    """One question asked per partition, the answers embedded and mapped in 2-D with PCA."""
+
+    partitions: list[str] = pydantic.Field(description="Static partition keys, e.g. one per persona.")
+    prompt: str = pydantic.Field(description="User prompt template: {partition_key}, {question}, …")
+    system_prompt: str | None = pydantic.Field(default=None, description="System prompt template.")
+    question: str = pydantic.Field(default="", description="Default of the run config `question`.")
+    key_prefix: str | None = pydantic.Field(default=None, description="Prefix of the three asset keys.")
+    group_name: str | None = pydantic.Field(default=None, description="Asset group of the three assets.")
+    chat_model: str | None = pydantic.Field(default=None, description="Chat model (else the resource's).")
+    embedding_model: str | None = pydantic.Field(
+        default=None, description="Embedding model (else the resource's)."
+    )
+    max_tokens: int = pydantic.Field(default=256, ge=1, description="Most tokens per answer.")
+    temperature: float = pydantic.Field(default=0.7, ge=0, le=2, description="Sampling temperature.")
+    resource_key: str = pydantic.Field(default="openai", description="Key of the OpenAIResource.")
+    io_manager_key: str = pydantic.Field(default="io_manager", description="Key of the I/O manager.")
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        pipeline = build_llm_pipeline_assets(
+            partitions_def=dg.StaticPartitionsDefinition(self.partitions),
+            prompt=self.prompt,
+            system_prompt=self.system_prompt,
+            question=self.question,
+            key_prefix=self.key_prefix,
+            group_name=self.group_name,
+            chat_model=self.chat_model,
+            embedding_model=self.embedding_model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            resource_key=self.resource_key,
+            io_manager_key=self.io_manager_key,
+        )
+        return dg.Definitions(assets=list(pipeline))
