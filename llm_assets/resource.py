@@ -20,7 +20,6 @@ Example:
     >>> defs = dg.Definitions(assets=[haiku], resources={"openai": resource})
 """
 
-
 import os
 import weakref
 from collections.abc import AsyncIterator, Iterator

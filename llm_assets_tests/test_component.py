@@ -32,9 +32,13 @@ def test_yaml_component_loads_and_materializes(server, openai_resource, instance
             assets = list(defs.assets)
     tags = {"dagster/asset_partition_range_start": "Kirk", "dagster/asset_partition_range_end": "Janeway"}
     resources = {"openai": openai_resource, "io_manager": PartitionedFilesystemIOManager()}
-    for selection, run_tags in (([dg.AssetKey(["crew", "answers"]), dg.AssetKey(["crew", "embeddings"])], tags),
-                                ([dg.AssetKey(["crew", "answer_map"])], {})):
-        result = dg.materialize(assets, selection=selection, resources=resources, instance=instance, tags=run_tags)
+    for selection, run_tags in (
+        ([dg.AssetKey(["crew", "answers"]), dg.AssetKey(["crew", "embeddings"])], tags),
+        ([dg.AssetKey(["crew", "answer_map"])], {}),
+    ):
+        result = dg.materialize(
+            assets, selection=selection, resources=resources, instance=instance, tags=run_tags
+        )
         assert result.success
     assert {r["body"]["max_tokens"] for r in server.stats.requests if "messages" in r["body"]} == {9}
     assert server.stats.paths["/v1/embeddings"] == 3

@@ -91,16 +91,21 @@ def test_reviews_example_from_the_readme(monkeypatch, server, instance):
     example = importlib.reload(importlib.import_module("llm_assets.examples.reviews"))
     assets = example.defs.assets
     products = list(example.REVIEWS)
-    tags = {"dagster/asset_partition_range_start": products[0], "dagster/asset_partition_range_end": products[-1]}
+    tags = {
+        "dagster/asset_partition_range_start": products[0],
+        "dagster/asset_partition_range_end": products[-1],
+    }
     partitioned = [example.reviews.key, example.summaries.key, example.report.key, example.embeddings.key]
-    result = dg.materialize(assets, selection=partitioned, resources=example.defs.resources,
-                            instance=instance, tags=tags)
+    result = dg.materialize(
+        assets, selection=partitioned, resources=example.defs.resources, instance=instance, tags=tags
+    )
     assert result.success
     summaries = result.output_for_node("review_summaries")
     assert len(summaries) == sum(len(v) for v in example.REVIEWS.values())  # one request per review
     reports = result.output_for_node("review_report")
     assert len(reports) == len(products)  # one chained request per product
     assert all("Summarise in one short sentence" in p for p in reports["prompt"])  # summaries fed in
-    plot = dg.materialize(assets, selection=[example.review_map.key], resources=example.defs.resources,
-                          instance=instance)
+    plot = dg.materialize(
+        assets, selection=[example.review_map.key], resources=example.defs.resources, instance=instance
+    )
     assert len(plot.output_for_node("review_map")) == len(summaries)

@@ -16,8 +16,11 @@ from llm_assets import (
 )
 
 REVIEWS = {
-    "espresso": ["Rich crema, but the steam wand is weak.", "Stopped heating after a month.",
-                 "Best coffee I have made at home."],
+    "espresso": [
+        "Rich crema, but the steam wand is weak.",
+        "Stopped heating after a month.",
+        "Best coffee I have made at home.",
+    ],
     "grinder": ["Consistent grind, very loud.", "Burrs clog with oily beans.", "Great value for the price."],
     "kettle": ["Boils fast and the temperature hold is handy.", "The lid hinge broke.", "Pretty and quiet."],
 }
