@@ -7,11 +7,10 @@ Change the question in the launchpad (run config ``question``) and re-materializ
 Run it with ``dagster dev`` in the repository root (see README).
 """
 
-import os
-
 import dagster as dg
 
-from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_llm_pipeline_assets
+from llm_assets import PartitionedFilesystemIOManager, build_llm_pipeline_assets
+from llm_assets.local import openai_resource_from_env
 
 CAPTAINS = ["Kirk", "Picard", "Sisko", "Janeway", "Archer", "Pike", "Burnham"]
 
@@ -29,15 +28,11 @@ pipeline = build_llm_pipeline_assets(
 )
 
 
-def openai_resource() -> OpenAIResource:
-    """OpenAI with ``OPENAI_API_KEY``, or the server at ``OPENAI_BASE_URL``."""
-    return OpenAIResource(
-        api_key=dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else None,
-        base_url=os.environ.get("OPENAI_BASE_URL") or None,
-    )
-
-
 defs = dg.Definitions(
     assets=list(pipeline),
-    resources={"openai": openai_resource(), "io_manager": PartitionedFilesystemIOManager()},
+    resources={
+        # OpenAI with OPENAI_API_KEY, the server at OPENAI_BASE_URL, else the embedded local model
+        "openai": openai_resource_from_env(),
+        "io_manager": PartitionedFilesystemIOManager(),
+    },
 )

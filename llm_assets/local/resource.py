@@ -1,0 +1,76 @@
+"""``LocalOpenAIResource`` and the choice between OpenAI, another server and the local model.
+
+``LocalOpenAIResource`` is an :class:`~llm_assets.OpenAIResource` whose base_url is an
+embedded server it starts for the run (or step) and stops afterwards; nothing else in the
+library knows it is local.
+
+Example:
+    >>> resource = openai_resource_from_env()  # OpenAI, OPENAI_BASE_URL, or the local model
+"""
+
+import os
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from llm_assets.local.backend import LocalBackend
+from llm_assets.resource import OpenAIResource
+
+SWITCH_HINT = "set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL for another OpenAI-compatible server"
+
+
+class LocalOpenAIResource(OpenAIResource):
+    """OpenAIResource answering with the embedded local model (SmolLM2-135M-Instruct chat,
+    multilingual-e5-small embeddings), started on a free loopback port when a run needs it
+    and stopped when it ends, also when it fails.
+
+    Example:
+        >>> defs = dg.Definitions(assets=[], resources={"openai": LocalOpenAIResource()})
+    """
+
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for the models (default: all).")
+    ready_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for the local server to start."
+    )
+
+    _backend: LocalBackend | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._backend = LocalBackend(threads=self.threads, ready_timeout=self.ready_timeout).start()
+        context.log.info(
+            f"Using the embedded local model at {self._backend.base_url} (offline, no key): {SWITCH_HINT}."
+        )
+        super().setup_for_execution(context)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        try:
+            super().teardown_after_execution(context)
+        finally:
+            if self._backend is not None:
+                self._backend.stop()
+                self._backend = None
+
+    def resolved_base_url(self) -> str | None:
+        return self._backend.base_url if self._backend is not None else None
+
+
+def openai_resource_from_env(**fields: object) -> OpenAIResource:
+    """OpenAI when ``OPENAI_API_KEY`` is set, the server at ``OPENAI_BASE_URL`` when given,
+    else the embedded local model; logs one line saying which and how to switch.
+    ``fields`` (e.g. ``chat_model``) pass through to the resource."""
+    logger = dg.get_dagster_logger("llm_assets")
+    base_url = os.environ.get("OPENAI_BASE_URL") or None
+    if os.environ.get("OPENAI_API_KEY"):
+        logger.info(
+            f"llm_assets: using {base_url or 'OpenAI'} with OPENAI_API_KEY; unset it for the local model."
+        )
+        return OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"), base_url=base_url, **fields)
+    if base_url:
+        logger.info(
+            f"llm_assets: using the server at OPENAI_BASE_URL={base_url}; unset it for the local model."
+        )
+        return OpenAIResource(base_url=base_url, **fields)
+    logger.info(
+        f"llm_assets: no OPENAI_API_KEY or OPENAI_BASE_URL, using the embedded local model: {SWITCH_HINT}."
+    )
+    return LocalOpenAIResource(**fields)
