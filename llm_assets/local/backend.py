@@ -10,6 +10,7 @@ Example:
     ...     client = openai.OpenAI(base_url=backend.base_url, api_key="no-key-needed")
 """
 
+import contextlib
 import ctypes
 import signal
 import socket
@@ -29,10 +30,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _stop(process: subprocess.Popen, grace: float) -> None:

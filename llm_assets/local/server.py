@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
             sock.bind((args.host, args.port))
         except OSError as error:
             raise SystemExit(
-                f"llm-assets: cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port."
+                f"llm-assets: cannot listen on {args.host}:{args.port} ({error.strerror}): "
+                "pick another --port."
             ) from None
         sock.listen(128)
     app = build_app(threads=args.threads, n_ctx=args.n_ctx)
