@@ -3,6 +3,7 @@
 Run: ``.venv/bin/python benchmarks/local_model.py`` (after ``scripts/setup``).
 """
 
+import os
 import platform
 import statistics
 import time
@@ -37,7 +38,10 @@ def main() -> None:
         for _ in range(3):
             started = time.perf_counter()
             answer = client.chat.completions.create(
-                model="gpt-4o-mini", max_tokens=100, temperature=0.7, messages=[{"role": "user", "content": QUESTION}]
+                model="gpt-4o-mini",
+                max_tokens=100,
+                temperature=0.7,
+                messages=[{"role": "user", "content": QUESTION}],
             )
             elapsed = time.perf_counter() - started
             rates.append(answer.usage.completion_tokens / elapsed)
@@ -54,13 +58,15 @@ def main() -> None:
             batch.append(time.perf_counter() - started)
         memory = rss_mb(backend.process.pid)
 
-    print(f"machine: {platform.machine()}, {platform.python_version()}, {len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} cores")
+    print(f"machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores")
     print(f"launch -> server ready:           {ready:6.2f} s")
     print(f"launch -> first answer:           {first_answer:6.2f} s")
     print(f"chat, 100-token answers:          {statistics.median(rates):6.1f} tokens/s (median of 3)")
     print(f"embedding, 1 text:                {statistics.median(single) * 1000:6.1f} ms")
-    print(f"embedding, 32 texts in 1 request: {statistics.median(batch) * 1000:6.1f} ms "
-          f"({statistics.median(batch) * 1000 / 32:.1f} ms/text)")
+    print(
+        f"embedding, 32 texts in 1 request: {statistics.median(batch) * 1000:6.1f} ms "
+        f"({statistics.median(batch) * 1000 / 32:.1f} ms/text)"
+    )
     print(f"server memory (RSS):              {memory:6.0f} MB")
 
 

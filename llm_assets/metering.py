@@ -1,26 +1,29 @@
-"""HTTP transports that count the usage the server reports, without touching the client.
+"""HTTP transports that count the usage the server reports, and answer from the request
+cache, without touching the client.
 
 The OpenAI SDK talks HTTP through an httpx client; these transports sit under it and
 read each response body as the SDK consumes it (JSON or server-sent events). Because
 nothing above the HTTP layer is patched, every call shape is metered the same way and a
-shared client is never mutated.
+shared client is never mutated. A response served from the cache never reaches the
+server, so it is counted as a cache hit with zero tokens.
 
 Example:
     >>> import openai
     >>> from llm_assets.usage import Usage
     >>> usage = Usage()
     >>> client = openai.OpenAI(
-    ...     api_key="sk-test",
-    ...     http_client=openai.DefaultHttpxClient(transport=MeteredTransport(usage.add_response)),
+    ...     api_key="sk-test", http_client=openai.DefaultHttpxClient(transport=MeteredTransport(usage))
     ... )
 """
 
-from __future__ import annotations
-
+import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
+
+from llm_assets.cache import CacheMode, RequestCache, request_key
+from llm_assets.usage import Usage
 
 try:  # openai >= 3 speaks httpx2; older releases speak httpx.
     import httpx2 as httpx
@@ -31,26 +34,26 @@ except ImportError:  # pragma: no cover - exercised only with older openai relea
 METERED_PATH_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses")
 #: Content encodings the meter can decode; others are not offered to the server.
 _ACCEPT_ENCODING = "gzip, deflate"
-
-Recorder = Callable[[str | None, dict[str, Any] | None], None]
+CACHE_HEADER = "x-llm-assets-cache"
 
 
 def is_metered(request: httpx.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith(METERED_PATH_SUFFIXES)
 
 
-class _BodyReader:
-    """Reads a (possibly compressed) JSON or SSE body incrementally and reports the
-    model and usage found in it, exactly once, when the body ends or is closed."""
+class _BodyTap:
+    """Reads a (possibly compressed) JSON or SSE body incrementally; when it ends, counts
+    the model and usage found in it, exactly once, and returns the decoded JSON body
+    (for the cache) when it was a complete JSON object."""
 
-    def __init__(self, response: httpx.Response, record: Recorder) -> None:
+    def __init__(self, response: httpx.Response, usage: Usage) -> None:
         encoding = response.headers.get("content-encoding", "").lower()
         self._inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding else None
         self._is_sse = "text/event-stream" in response.headers.get("content-type", "")
-        self._record = record
+        self._usage = usage
         self._buffer = b""
         self._model: str | None = None
-        self._usage: dict[str, Any] | None = None
+        self._reported: dict[str, Any] | None = None
         self._done = False
 
     def feed(self, chunk: bytes) -> None:
@@ -80,86 +83,126 @@ class _BodyReader:
         if body.get("model"):
             self._model = body["model"]
         if isinstance(body.get("usage"), dict):
-            self._usage = body["usage"]
+            self._reported = body["usage"]
 
-    def finish(self) -> None:
+    def finish(self, complete: bool) -> bytes | None:
+        """Count the response once; returns the JSON body if ``complete`` and valid."""
         if self._done:
-            return
+            return None
         self._done = True
         if self._is_sse:
             self._sse_line(self._buffer)
-        else:
-            try:
-                body = json.loads(self._buffer)
-            except ValueError:
-                return  # not a completion body (malformed or cut off): nothing billed to count
-            if not isinstance(body, dict):
-                return
-            self._observe(body)
-        self._record(self._model, self._usage)
+            self._usage.add_response(self._model, self._reported)
+            return None
+        try:
+            body = json.loads(self._buffer)
+        except ValueError:
+            return None  # malformed or cut off: not a billed completion we can read
+        if not isinstance(body, dict):
+            return None
+        self._observe(body)
+        self._usage.add_response(self._model, self._reported)
+        return self._buffer if complete else None
+
+
+def _cached_response(request: httpx.Request, body: bytes, usage: Usage) -> httpx.Response:
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        model = None
+    usage.add_cache_hit(model)
+    headers = {"content-type": "application/json", CACHE_HEADER: "hit"}
+    return httpx.Response(200, headers=headers, content=body, request=request)
+
+
+class _Plan:
+    """What to do with one request: meter it, and look up / store it in the cache."""
+
+    def __init__(self, request: httpx.Request, cache: RequestCache | None, mode: CacheMode) -> None:
+        self.metered = is_metered(request)
+        self.cache = cache if self.metered and mode is not CacheMode.OFF else None
+        self.key = request_key(request.method, str(request.url), request.content) if self.cache else None
+        self.reads = bool(self.key) and mode.reads
+        self.writes = bool(self.key) and mode.writes
+        if self.metered:
+            request.headers["accept-encoding"] = _ACCEPT_ENCODING
 
 
 class _MeteredStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, reader: _BodyReader) -> None:
-        self._inner, self._reader = inner, reader
+    def __init__(self, inner: httpx.SyncByteStream, tap: _BodyTap, plan: _Plan) -> None:
+        self._inner, self._tap, self._plan = inner, tap, plan
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
-            self._reader.feed(chunk)
+            self._tap.feed(chunk)
             yield chunk
-        self._reader.finish()
+        body = self._tap.finish(complete=True)
+        if body is not None and self._plan.writes:
+            self._plan.cache.put(self._plan.key, body)
 
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            self._reader.finish()
+            self._tap.finish(complete=False)
 
 
 class _AsyncMeteredStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, reader: _BodyReader) -> None:
-        self._inner, self._reader = inner, reader
+    def __init__(self, inner: httpx.AsyncByteStream, tap: _BodyTap, plan: _Plan) -> None:
+        self._inner, self._tap, self._plan = inner, tap, plan
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
-            self._reader.feed(chunk)
+            self._tap.feed(chunk)
             yield chunk
-        self._reader.finish()
+        body = self._tap.finish(complete=True)
+        if body is not None and self._plan.writes:
+            await asyncio.to_thread(self._plan.cache.put, self._plan.key, body)
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            self._reader.finish()
+            self._tap.finish(complete=False)
 
 
-def _prepare(request: httpx.Request) -> bool:
-    metered = is_metered(request)
-    if metered:
-        request.headers["accept-encoding"] = _ACCEPT_ENCODING
-    return metered
-
-
-def _wrap(response: httpx.Response, record: Recorder, cls: type) -> httpx.Response:
-    response.stream = cls(response.stream, _BodyReader(response, record))
+def _meter(response: httpx.Response, plan: _Plan, usage: Usage, stream_cls: type) -> httpx.Response:
+    """Count a failed attempt, or wrap a successful billed response's body in a tap."""
+    if not plan.metered:
+        return response
+    if not 200 <= response.status_code < 300:
+        usage.add_failed_attempt()
+        return response
+    response.stream = stream_cls(response.stream, _BodyTap(response, usage), plan)
     return response
 
 
 class MeteredTransport(httpx.BaseTransport):
-    """Sync transport that reports ``(model, usage)`` of each successful billed response
-    to ``record``. ``inner`` (a shared connection pool) is not closed by this wrapper."""
+    """Sync transport counting the usage of each billed response into ``usage``, and
+    answering from ``cache`` per ``cache_mode``. ``inner`` (a shared connection pool) is
+    not closed by this wrapper."""
 
-    def __init__(self, record: Recorder, inner: httpx.BaseTransport | None = None) -> None:
-        self._record = record
+    def __init__(
+        self,
+        usage: Usage,
+        inner: httpx.BaseTransport | None = None,
+        cache: RequestCache | None = None,
+        cache_mode: CacheMode = CacheMode.OFF,
+    ) -> None:
+        self._usage, self._cache, self._mode = usage, cache, cache_mode
         self._owns_inner = inner is None
         self._inner = inner or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        metered = _prepare(request)
-        response = self._inner.handle_request(request)
-        if not metered or not 200 <= response.status_code < 300:
-            return response
-        return _wrap(response, self._record, _MeteredStream)
+        plan = _Plan(request, self._cache, self._mode)
+        if plan.reads and (body := plan.cache.get(plan.key)) is not None:
+            return _cached_response(request, body, self._usage)
+        try:
+            response = self._inner.handle_request(request)
+        except httpx.TransportError:
+            self._usage.add_failed_attempt()
+            raise
+        return _meter(response, plan, self._usage, _MeteredStream)
 
     def close(self) -> None:
         if self._owns_inner:
@@ -167,19 +210,29 @@ class MeteredTransport(httpx.BaseTransport):
 
 
 class AsyncMeteredTransport(httpx.AsyncBaseTransport):
-    """Async twin of :class:`MeteredTransport`."""
+    """Async twin of :class:`MeteredTransport` (cache I/O runs in a worker thread)."""
 
-    def __init__(self, record: Recorder, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._record = record
+    def __init__(
+        self,
+        usage: Usage,
+        inner: httpx.AsyncBaseTransport | None = None,
+        cache: RequestCache | None = None,
+        cache_mode: CacheMode = CacheMode.OFF,
+    ) -> None:
+        self._usage, self._cache, self._mode = usage, cache, cache_mode
         self._owns_inner = inner is None
         self._inner = inner or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        metered = _prepare(request)
-        response = await self._inner.handle_async_request(request)
-        if not metered or not 200 <= response.status_code < 300:
-            return response
-        return _wrap(response, self._record, _AsyncMeteredStream)
+        plan = _Plan(request, self._cache, self._mode)
+        if plan.reads and (body := await asyncio.to_thread(plan.cache.get, plan.key)) is not None:
+            return _cached_response(request, body, self._usage)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.TransportError:
+            self._usage.add_failed_attempt()
+            raise
+        return _meter(response, plan, self._usage, _AsyncMeteredStream)
 
     async def aclose(self) -> None:
         if self._owns_inner:

@@ -31,6 +31,7 @@ import dagster_openai
 import openai
 from pydantic import Field, PrivateAttr
 
+from llm_assets.cache import CacheMode, RequestCache
 from llm_assets.errors import LLMAssetsError
 from llm_assets.metering import AsyncMeteredTransport, MeteredTransport, httpx
 from llm_assets.usage import Usage
@@ -85,12 +86,29 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     max_concurrency: int = Field(
         default=8, ge=1, description="Requests in flight at once within one materialization."
     )
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Client-side cap on requests per minute within one step."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Client-side cap on (estimated) tokens per minute within one step."
+    )
+    cache: bool = Field(
+        default=True,
+        description="Answer identical requests from the request cache (the factories' default; "
+        "get_client uses it only with cache=True). False turns it off everywhere.",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where the request cache lives: any fsspec/UPath location (e.g. s3://bucket/llm-cache) "
+        "to share it across machines. Defaults to <instance storage>/llm_assets/request_cache.",
+    )
     default_headers: dict[str, str] | None = Field(
         default=None, description="Extra HTTP headers sent with every request."
     )
 
     _pool: Any = PrivateAttr(default=None)
     _ledgers: Any = PrivateAttr(default=None)
+    _cache: RequestCache | None = PrivateAttr(default=None)
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -102,6 +120,10 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         self._client_kwargs()  # fail at start-up, before any asset runs, on bad configuration
         self._pool = httpx.HTTPTransport(limits=_POOL_LIMITS)
         self._ledgers = weakref.WeakKeyDictionary()
+        root = self.cache_dir
+        if root is None and context.instance is not None:
+            root = os.path.join(context.instance.storage_directory(), "llm_assets", "request_cache")
+        self._cache = RequestCache(root) if self.cache and root else None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._pool is not None:
@@ -145,10 +167,12 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         context: AnyContext,
         asset_key: dg.AssetKey | None = None,
         partition_key: str | None = None,
+        cache: CacheMode | bool = False,
     ) -> Iterator[openai.OpenAI]:
         """Yield an ``openai.OpenAI`` client whose usage is recorded on the asset being
         materialized (``asset_key`` picks one asset of a multi-asset) and, when given, on
-        one ``partition_key`` of a run that materializes several partitions.
+        one ``partition_key`` of a run that materializes several partitions. With
+        ``cache=True`` identical non-streamed requests are answered from the request cache.
 
         Example:
             >>> with openai.get_client(context) as client:  # doctest: +SKIP
@@ -156,9 +180,8 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         """
         usage_key = self._usage_key(context, asset_key, partition_key)
         usage = Usage()
-        http_client = openai.DefaultHttpxClient(
-            transport=MeteredTransport(usage.add_response, inner=self._shared_pool())
-        )
+        transport = MeteredTransport(usage, self._shared_pool(), self._cache, self.cache_mode(cache))
+        http_client = openai.DefaultHttpxClient(transport=transport)
         client = openai.OpenAI(**self._client_kwargs(), http_client=http_client)
         try:
             yield client
@@ -168,10 +191,14 @@ class OpenAIResource(dagster_openai.OpenAIResource):
 
     @contextmanager
     def get_client_for_asset(
-        self, context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition_key: str | None = None
+        self,
+        context: dg.AssetExecutionContext,
+        asset_key: dg.AssetKey,
+        partition_key: str | None = None,
+        cache: CacheMode | bool = False,
     ) -> Iterator[openai.OpenAI]:
         """Like :meth:`get_client`, recording usage on ``asset_key`` (for multi-assets)."""
-        with self.get_client(context, asset_key=asset_key, partition_key=partition_key) as client:
+        with self.get_client(context, asset_key, partition_key, cache) as client:
             yield client
 
     @asynccontextmanager
@@ -180,6 +207,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         context: AnyContext,
         asset_key: dg.AssetKey | None = None,
         partition_key: str | None = None,
+        cache: CacheMode | bool = False,
     ) -> AsyncIterator[openai.AsyncOpenAI]:
         """Async twin of :meth:`get_client`, yielding an ``openai.AsyncOpenAI``.
 
@@ -187,7 +215,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             >>> async with openai.get_async_client(context) as client:  # doctest: +SKIP
             ...     await client.chat.completions.create(model="gpt-4o-mini", messages=[...])
         """
-        async with self.get_async_clients(context, [partition_key], asset_key) as clients:
+        async with self.get_async_clients(context, [partition_key], asset_key, cache) as clients:
             yield clients[partition_key]
 
     @asynccontextmanager
@@ -196,18 +224,19 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         context: AnyContext,
         partition_keys: list[str | None],
         asset_key: dg.AssetKey | None = None,
+        cache: CacheMode | bool = False,
     ) -> AsyncIterator[dict[str | None, openai.AsyncOpenAI]]:
         """One ``openai.AsyncOpenAI`` per partition key, sharing one connection pool, each
         recording its usage on its own partition."""
         keys = {pk: self._usage_key(context, asset_key, pk) for pk in partition_keys}
         usages = {pk: Usage() for pk in partition_keys}
         pool = httpx.AsyncHTTPTransport(limits=_POOL_LIMITS)
-        kwargs = self._client_kwargs()
+        kwargs, mode = self._client_kwargs(), self.cache_mode(cache)
         clients = {
             pk: openai.AsyncOpenAI(
                 **kwargs,
                 http_client=openai.DefaultAsyncHttpxClient(
-                    transport=AsyncMeteredTransport(usages[pk].add_response, inner=pool)
+                    transport=AsyncMeteredTransport(usages[pk], pool, self._cache, mode)
                 ),
             )
             for pk in partition_keys
@@ -220,6 +249,14 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             await pool.aclose()
             for pk, usage in usages.items():
                 self._record(context, keys[pk], usage)
+
+    def cache_mode(self, requested: CacheMode | bool) -> CacheMode:
+        """The cache mode a client gets: ``requested`` unless the cache is off or absent."""
+        if requested is True:
+            requested = CacheMode.USE
+        if requested is False or not self.cache or self._cache is None:
+            return CacheMode.OFF
+        return requested
 
     # -- accounting -------------------------------------------------------------------------
 

@@ -42,12 +42,13 @@ class ModelUsage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     calls_without_usage: int = 0
+    cache_hits: int = 0
     has_completions: bool = False
     has_cached: bool = False
     has_reasoning: bool = False
 
     def merge(self, other: ModelUsage) -> None:
-        for name in (*COUNTERS, "calls_without_usage"):
+        for name in (*COUNTERS, "calls_without_usage", "cache_hits"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.has_completions |= other.has_completions
         self.has_cached |= other.has_cached
@@ -80,10 +81,21 @@ def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
 
 @dataclass
 class Usage:
-    """Usage summed over calls, per model. Thread-safe; merge-able."""
+    """Usage summed over calls, per model, plus cache hits (answered without a call, so
+    zero tokens) and failed attempts (error responses and connection failures, which the
+    SDK may retry). Thread-safe; merge-able."""
 
     models: dict[str, ModelUsage] = field(default_factory=lambda: defaultdict(ModelUsage))
+    failed_attempts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add_cache_hit(self, model: str | None) -> None:
+        with self._lock:
+            self.models[model or "unknown"].cache_hits += 1
+
+    def add_failed_attempt(self) -> None:
+        with self._lock:
+            self.failed_attempts += 1
 
     def add_response(self, model: str | None, usage: Mapping[str, Any] | None) -> None:
         """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent none)."""
@@ -108,6 +120,7 @@ class Usage:
 
     def merge(self, other: Usage) -> None:
         with self._lock:
+            self.failed_attempts += other.failed_attempts
             for model, counters in other.models.items():
                 self.models[model].merge(counters)
 
@@ -138,6 +151,8 @@ class Usage:
                 metadata[f"openai.{model}.reasoning_tokens"] = m.reasoning_tokens
             if m.calls_without_usage:
                 metadata[f"openai.{model}.calls_without_usage"] = m.calls_without_usage
+            if m.cache_hits:
+                metadata[f"openai.{model}.cache_hits"] = m.cache_hits
         reported = {
             "cached_tokens": any(m.has_cached for m in self.models.values()),
             "reasoning_tokens": any(m.has_reasoning for m in self.models.values()),
@@ -147,4 +162,6 @@ class Usage:
                 metadata[f"openai.{counter}"] = self.total(counter)
         if self.total("calls_without_usage"):
             metadata["openai.calls_without_usage"] = self.total("calls_without_usage")
+        metadata["openai.cache_hits"] = self.total("cache_hits")
+        metadata["openai.failed_attempts"] = self.failed_attempts
         return metadata
