@@ -84,5 +84,6 @@ class RequestCache:
         else:
             path.write_bytes(body)  # one PUT: object stores never show a partial object
 
-    def __len__(self) -> int:
-        return sum(1 for p in self.root.glob("*/*.json")) if self.root.exists() else 0
+    def count(self) -> int:
+        """Number of stored entries."""
+        return sum(1 for _ in self.root.glob("*/*.json")) if self.root.exists() else 0

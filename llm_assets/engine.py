@@ -1,9 +1,11 @@
 """The one execution engine behind every factory: many requests, bounded concurrency,
-input order kept, usage recorded per partition.
+input order kept, usage per partition (rate limits and the request cache apply in the
+clients' transports).
 
 Requests of one materialization run concurrently on ``openai.AsyncOpenAI`` clients from
 :meth:`OpenAIResource.get_async_clients` (one per partition, sharing a connection pool),
-so the usage of each partition is metered from its own HTTP responses.
+so the usage of each partition is metered from its own HTTP responses. Retries with
+backoff (honouring ``Retry-After`` on 429) are the OpenAI SDK's own (``max_retries``).
 
 Example:
     >>> engine = Engine(openai_resource, context)  # doctest: +SKIP
@@ -11,8 +13,6 @@ Example:
     >>> request = ChatRequest("Picard", 0, "Tea?", messages, {"model": "gpt-4o-mini"})
     >>> records = engine.chat([request])  # doctest: +SKIP
 """
-
-from __future__ import annotations
 
 import asyncio
 import time
@@ -24,12 +24,17 @@ import dagster as dg
 import numpy as np
 import openai
 
-from llm_assets.resource import OpenAIResource
+from llm_assets.cache import CacheMode
+from llm_assets.limits import estimate_tokens
+from llm_assets.metering import CACHE_HEADER
+from llm_assets.resource import MeteredClients, OpenAIResource
 
 T = TypeVar("T")
 
-#: The embeddings endpoint takes at most this many inputs per request.
+#: The embeddings endpoint takes at most this many inputs per request…
 MAX_EMBEDDING_INPUTS = 2048
+#: …and at most 300,000 tokens per request; batches are packed below this estimate.
+MAX_EMBEDDING_BATCH_TOKENS = 250_000
 
 
 class LLMRequestError(Exception):
@@ -53,32 +58,40 @@ class ChatRequest:
 
 @dataclass
 class _Progress:
-    """Logs done / total and tokens so far at most every ``every`` seconds and at 100%."""
+    """Logs done / total, tokens, cache hits and failed attempts at most every ``every``
+    seconds, and at the end."""
 
     context: Any
     what: str
     total: int
+    clients: MeteredClients | None = None
     every: float = 10.0
     done: int = 0
-    tokens: int = 0
     _last: float = field(default_factory=time.monotonic)
 
-    def step(self, tokens: int = 0, count: int = 1) -> None:
+    def step(self, count: int = 1) -> None:
         self.done += count
-        self.tokens += tokens
         now = time.monotonic()
         if self.done == self.total or now - self._last >= self.every:
             self._last = now
-            self.context.log.info(f"{self.what}: {self.done}/{self.total} done, {self.tokens} tokens so far")
+            usage = list(self.clients.usage.values()) if self.clients else []
+            tokens = sum(u.total_tokens for u in usage)
+            hits = sum(u.total("cache_hits") for u in usage)
+            failed = sum(u.failed_attempts for u in usage)
+            self.context.log.info(
+                f"{self.what}: {self.done}/{self.total} done, {tokens} tokens, {hits} from cache, "
+                f"{failed} failed attempts retried"
+            )
 
 
 class Engine:
     """Runs chat and embedding requests for one asset of one step.
 
     Args:
-        resource: the configured :class:`OpenAIResource`.
+        resource: the configured :class:`OpenAIResource` (concurrency and rate limits).
         context: the asset's execution context; usage lands on ``asset_key`` of it.
         max_concurrency: requests in flight at once (defaults to the resource's).
+        cache: how to use the request cache (default: answer from it, store new answers).
     """
 
     def __init__(
@@ -88,34 +101,42 @@ class Engine:
         *,
         asset_key: dg.AssetKey | None = None,
         max_concurrency: int | None = None,
+        cache: CacheMode = CacheMode.USE,
     ) -> None:
         self.resource = resource
         self.context = context
         self.asset_key = asset_key
         self.max_concurrency = max_concurrency or resource.max_concurrency
+        self.cache = cache
 
     def _run(
         self,
-        partition_keys: Sequence[str | None],
-        jobs: Sequence[tuple[str | None, Callable[[openai.AsyncOpenAI], Awaitable[T]], str]],
+        what: str,
+        jobs: Sequence[tuple[str | None, int, Callable[[openai.AsyncOpenAI], Awaitable[T]], str]],
+        total: int,
     ) -> list[T]:
-        """Run ``(partition_key, job, description)`` jobs concurrently; results in input order."""
+        """Run ``(partition_key, count, job, description)`` jobs concurrently; results in
+        input order. ``count`` items of ``total`` are done when a job returns."""
 
         async def main() -> list[T]:
-            limit = asyncio.Semaphore(self.max_concurrency)
+            in_flight = asyncio.Semaphore(self.max_concurrency)
+            keys = list(dict.fromkeys(pk for pk, *_ in jobs))
             async with self.resource.get_async_clients(
-                self.context, list(dict.fromkeys(partition_keys)), self.asset_key
+                self.context, keys, self.asset_key, self.cache
             ) as clients:
+                progress = _Progress(self.context, what, total, clients)
 
-                async def one(partition_key: str | None, job: Callable, description: str) -> T:
-                    async with limit:
+                async def one(pk: str | None, count: int, job: Callable, description: str) -> T:
+                    async with in_flight:
                         try:
-                            return await job(clients[partition_key])
+                            result = await job(clients[pk])
                         except openai.OpenAIError as error:
                             raise LLMRequestError(f"Request for {description} failed: {error}") from error
+                    progress.step(count)
+                    return result
 
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(one(pk, job, text)) for pk, job, text in jobs]
+                    tasks = [group.create_task(one(*job)) for job in jobs]
                 return [task.result() for task in tasks]
 
         try:
@@ -127,18 +148,17 @@ class Engine:
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
         """Answer every request; returns one answers-frame record per request, in order."""
-        progress = _Progress(self.context, "chat requests", len(requests))
 
         def job(request: ChatRequest) -> Callable[[openai.AsyncOpenAI], Awaitable[dict[str, Any]]]:
             async def send(client: openai.AsyncOpenAI) -> dict[str, Any]:
                 started = time.perf_counter()
-                response = await client.chat.completions.create(
+                raw = await client.chat.completions.with_raw_response.create(
                     messages=list(request.messages), **request.params
                 )
+                response = raw.parse()
                 latency = time.perf_counter() - started
                 choice = response.choices[0] if response.choices else None
                 usage = response.usage
-                progress.step(usage.total_tokens if usage else 0)
                 return {
                     "partition_key": request.partition_key,
                     "row": request.row,
@@ -150,14 +170,15 @@ class Engine:
                     "completion_tokens": usage.completion_tokens if usage else None,
                     "total_tokens": usage.total_tokens if usage else None,
                     "latency_s": latency,
+                    "cached": raw.headers.get(CACHE_HEADER) == "hit",
                 }
 
             return send
 
         if not requests:
             return []
-        pks = [r.partition_key for r in requests]
-        return self._run(pks, [(r.partition_key, job(r), r.describe()) for r in requests])
+        jobs = [(r.partition_key, 1, job(r), r.describe()) for r in requests]
+        return self._run("chat requests", jobs, len(requests))
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -166,41 +187,58 @@ class Engine:
         texts: Mapping[str | None, Sequence[str]],
         params: Mapping[str, Any],
         batch_size: int = MAX_EMBEDDING_INPUTS,
-    ) -> dict[str | None, tuple[str, np.ndarray]]:
-        """Embed each partition's texts, ``batch_size`` inputs per request, order kept.
-        Returns ``{partition_key: (model reported by the server, float32 matrix)}``."""
-        batch_size = max(1, min(batch_size, MAX_EMBEDDING_INPUTS))
+        max_batch_tokens: int = MAX_EMBEDDING_BATCH_TOKENS,
+    ) -> dict[str | None, tuple[str, np.ndarray, int]]:
+        """Embed each partition's texts in as few requests as the limits allow (at most
+        ``batch_size`` inputs and ``max_batch_tokens`` estimated tokens each), order kept.
+        Returns ``{partition_key: (model reported by the server, float32 matrix, cache hits)}``."""
         batches = [
-            (pk, start, list(items[start : start + batch_size]))
+            (pk, start, batch)
             for pk, items in texts.items()
-            for start in range(0, len(items), batch_size)
+            for start, batch in pack_batches(items, batch_size, max_batch_tokens)
         ]
-        progress = _Progress(self.context, "embedded texts", sum(len(t) for t in texts.values()))
 
-        def job(batch: list[str]) -> Callable[[openai.AsyncOpenAI], Awaitable[tuple[str, np.ndarray]]]:
-            async def send(client: openai.AsyncOpenAI) -> tuple[str, np.ndarray]:
-                response = await client.embeddings.create(input=batch, **params)
+        def job(batch: list[str]) -> Callable[[openai.AsyncOpenAI], Awaitable[tuple[str, np.ndarray, bool]]]:
+            async def send(client: openai.AsyncOpenAI) -> tuple[str, np.ndarray, bool]:
+                raw = await client.embeddings.with_raw_response.create(input=batch, **params)
+                response = raw.parse()
                 ordered = sorted(response.data, key=lambda d: d.index)
                 matrix = np.asarray([d.embedding for d in ordered], dtype=np.float32)
-                progress.step(response.usage.total_tokens if response.usage else 0, count=len(batch))
-                return response.model, matrix
+                return response.model, matrix, raw.headers.get(CACHE_HEADER) == "hit"
 
             return send
 
-        results = self._run(
-            [pk for pk, _, _ in batches],
-            [
-                (pk, job(batch), f"partition {pk!r} texts {start}..{start + len(batch) - 1}")
-                for pk, start, batch in batches
-            ],
-        )
-        out: dict[str | None, tuple[str, np.ndarray]] = {}
-        for (pk, _, _), (model, matrix) in zip(batches, results, strict=True):
+        jobs = [
+            (pk, len(batch), job(batch), f"partition {pk!r} texts {start}..{start + len(batch) - 1}")
+            for pk, start, batch in batches
+        ]
+        results = self._run("embedded texts", jobs, sum(len(t) for t in texts.values()))
+        out: dict[str | None, tuple[str, np.ndarray, int]] = {}
+        for (pk, _, _), (model, matrix, hit) in zip(batches, results, strict=True):
             if pk in out:
-                out[pk] = (model, np.vstack([out[pk][1], matrix]))
+                _, previous, hits = out[pk]
+                out[pk] = (model, np.vstack([previous, matrix]), hits + hit)
             else:
-                out[pk] = (model, matrix)
+                out[pk] = (model, matrix, int(hit))
         return out
+
+
+def pack_batches(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list[tuple[int, list[str]]]:
+    """Consecutive ``(start, texts)`` batches of at most ``max_inputs`` texts and
+    ``max_tokens`` estimated tokens (a longer text goes alone)."""
+    max_inputs = max(1, min(max_inputs, MAX_EMBEDDING_INPUTS))
+    batches: list[tuple[int, list[str]]] = []
+    start, current, tokens = 0, [], 0
+    for index, text in enumerate(texts):
+        cost = estimate_tokens(text)
+        if current and (len(current) >= max_inputs or tokens + cost > max_tokens):
+            batches.append((start, current))
+            start, current, tokens = index, [], 0
+        current.append(text)
+        tokens += cost
+    if current:
+        batches.append((start, current))
+    return batches
 
 
 def _first_error(error: BaseException) -> BaseException:

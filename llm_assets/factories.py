@@ -25,7 +25,8 @@ import pydantic
 from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from dagster._core.storage.upath_io_manager import UPathIOManager
 
-from llm_assets.engine import MAX_EMBEDDING_INPUTS, ChatRequest, Engine
+from llm_assets.cache import CacheMode
+from llm_assets.engine import MAX_EMBEDDING_BATCH_TOKENS, MAX_EMBEDDING_INPUTS, ChatRequest, Engine
 from llm_assets.errors import LLMAssetsError
 from llm_assets.frames import (
     ANSWER_COLUMNS,
@@ -65,6 +66,11 @@ class ChatConfig(dg.Config):
     variables: dict[str, str] = pydantic.Field(
         default_factory=dict, description="Values for other {placeholders} of the prompt."
     )
+    cache: CacheMode = pydantic.Field(
+        default=CacheMode.USE,
+        description="Request cache: USE answers repeated requests from it, REFRESH re-asks the API "
+        "(re-sampling) and stores the new answers, OFF neither reads nor writes.",
+    )
 
 
 class EmbeddingConfig(dg.Config):
@@ -77,7 +83,13 @@ class EmbeddingConfig(dg.Config):
         default=None, ge=1, description="Vector size, for models that can shorten their vectors."
     )
     batch_size: int = pydantic.Field(
-        default=MAX_EMBEDDING_INPUTS, ge=1, le=MAX_EMBEDDING_INPUTS, description="Texts per request."
+        default=MAX_EMBEDDING_INPUTS, ge=1, le=MAX_EMBEDDING_INPUTS, description="Most texts per request."
+    )
+    max_batch_tokens: int = pydantic.Field(
+        default=MAX_EMBEDDING_BATCH_TOKENS, ge=1, description="Most (estimated) tokens per request."
+    )
+    cache: CacheMode = pydantic.Field(
+        default=CacheMode.USE, description="Request cache: USE, REFRESH or OFF."
     )
 
 
@@ -330,13 +342,15 @@ def build_chat_answers_asset(
                 if "system_prompt" in rendered:
                     messages.insert(0, {"role": "system", "content": rendered["system_prompt"]})
                 requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), params))
-        records = Engine(resource, context, max_concurrency=max_concurrency).chat(requests)
+        engine = Engine(resource, context, max_concurrency=max_concurrency, cache=config.cache)
+        records = engine.chat(requests)
         frame = answers_frame(records)
         for pk in rows_by_partition:
             part = frame[frame[PARTITION_COLUMN] == pk] if pk is not None else frame
             context.add_asset_metadata(
                 {
                     "dagster/row_count": len(part),
+                    "answers_from_cache": int(part["cached"].sum()),
                     "preview": dg.MetadataValue.md(_preview(part, ["prompt", "answer"])),
                 },
                 partition_key=pk,
@@ -436,12 +450,13 @@ def build_embeddings_asset(
         params: dict[str, Any] = {"model": config.embedding_model or resource.embedding_model}
         if config.dimensions:
             params["dimensions"] = config.dimensions
-        results = Engine(resource, context, max_concurrency=max_concurrency).embed(
-            {pk: t for pk, t in texts.items() if t}, params, batch_size=config.batch_size
+        engine = Engine(resource, context, max_concurrency=max_concurrency, cache=config.cache)
+        results = engine.embed(
+            {pk: t for pk, t in texts.items() if t}, params, config.batch_size, config.max_batch_tokens
         )
         frames = []
         for pk, items in texts.items():
-            model, matrix = results.get(pk, (params["model"], None))
+            model, matrix, _ = results.get(pk, (params["model"], None, 0))
             records = [
                 {"partition_key": pk, "row": i, "text": t, "model": model} for i, t in enumerate(items)
             ]

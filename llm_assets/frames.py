@@ -1,7 +1,7 @@
 """The DataFrames the assets produce, with their documented columns.
 
 * answers: one row per request: ``partition_key, row, prompt, answer, model,
-  finish_reason, prompt_tokens, completion_tokens, total_tokens, latency_s``.
+  finish_reason, prompt_tokens, completion_tokens, total_tokens, latency_s, cached``.
 * embeddings: ``partition_key, row, text, model`` then one float32 column per
   dimension (``e0 … e{n-1}``), stored columnar rather than as lists of floats.
 * plot: ``partition_key, row, label, x, y``.
@@ -35,6 +35,7 @@ ANSWER_COLUMNS: dict[str, tuple[str, str]] = {
     "completion_tokens": ("int", "Completion tokens the server reported for this request."),
     "total_tokens": ("int", "Total tokens the server reported for this request."),
     "latency_s": ("float", "Seconds from sending the request to the whole answer."),
+    "cached": ("bool", "True when answered from the request cache (no tokens spent)."),
 }
 EMBEDDING_COLUMNS: dict[str, tuple[str, str]] = {
     "partition_key": ANSWER_COLUMNS["partition_key"],
@@ -64,6 +65,7 @@ def answers_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         frame[name] = frame[name].astype("Int64")
     frame["row"] = frame["row"].astype("int64")
     frame["latency_s"] = frame["latency_s"].astype("float64")
+    frame["cached"] = frame["cached"].astype("bool")
     return frame
 
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from llm_assets.cache import CacheMode, RequestCache, request_key
+from llm_assets.limits import RateLimits, estimate_request_tokens
 from llm_assets.usage import Usage
 
 try:  # openai >= 3 speaks httpx2; older releases speak httpx.
@@ -121,7 +122,9 @@ class _Plan:
     def __init__(self, request: httpx.Request, cache: RequestCache | None, mode: CacheMode) -> None:
         self.metered = is_metered(request)
         self.cache = cache if self.metered and mode is not CacheMode.OFF else None
-        self.key = request_key(request.method, str(request.url), request.content) if self.cache else None
+        self.key = (
+            request_key(request.method, str(request.url), request.content) if self.cache is not None else None
+        )
         self.reads = bool(self.key) and mode.reads
         self.writes = bool(self.key) and mode.writes
         if self.metered:
@@ -210,7 +213,9 @@ class MeteredTransport(httpx.BaseTransport):
 
 
 class AsyncMeteredTransport(httpx.AsyncBaseTransport):
-    """Async twin of :class:`MeteredTransport` (cache I/O runs in a worker thread)."""
+    """Async twin of :class:`MeteredTransport` (cache I/O runs in a worker thread); each
+    billed request that goes out (retries included, cache hits not) first waits for
+    ``limits``."""
 
     def __init__(
         self,
@@ -218,8 +223,9 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
         inner: httpx.AsyncBaseTransport | None = None,
         cache: RequestCache | None = None,
         cache_mode: CacheMode = CacheMode.OFF,
+        limits: RateLimits | None = None,
     ) -> None:
-        self._usage, self._cache, self._mode = usage, cache, cache_mode
+        self._usage, self._cache, self._mode, self._limits = usage, cache, cache_mode, limits
         self._owns_inner = inner is None
         self._inner = inner or httpx.AsyncHTTPTransport()
 
@@ -227,6 +233,8 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
         plan = _Plan(request, self._cache, self._mode)
         if plan.reads and (body := await asyncio.to_thread(plan.cache.get, plan.key)) is not None:
             return _cached_response(request, body, self._usage)
+        if plan.metered and self._limits is not None and self._limits.active:
+            await self._limits.acquire(estimate_request_tokens(request.content))
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError:

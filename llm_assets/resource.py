@@ -33,6 +33,7 @@ from pydantic import Field, PrivateAttr
 
 from llm_assets.cache import CacheMode, RequestCache
 from llm_assets.errors import LLMAssetsError
+from llm_assets.limits import RateLimits
 from llm_assets.metering import AsyncMeteredTransport, MeteredTransport, httpx
 from llm_assets.usage import Usage
 
@@ -42,6 +43,14 @@ _POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
 UsageKey = tuple[dg.AssetKey | None, str | None]
+
+
+class MeteredClients(dict[str | None, openai.AsyncOpenAI]):
+    """Async clients by partition key, with the usage each has recorded so far."""
+
+    def __init__(self, clients: dict[str | None, openai.AsyncOpenAI], usage: dict[str | None, Usage]) -> None:
+        super().__init__(clients)
+        self.usage = usage
 
 
 class OpenAIResource(dagster_openai.OpenAIResource):
@@ -225,24 +234,26 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         partition_keys: list[str | None],
         asset_key: dg.AssetKey | None = None,
         cache: CacheMode | bool = False,
-    ) -> AsyncIterator[dict[str | None, openai.AsyncOpenAI]]:
-        """One ``openai.AsyncOpenAI`` per partition key, sharing one connection pool, each
-        recording its usage on its own partition."""
+    ) -> AsyncIterator["MeteredClients"]:
+        """One ``openai.AsyncOpenAI`` per partition key, sharing one connection pool and the
+        resource's rate limits, each recording its usage on its own partition
+        (``clients.usage[key]`` shows it live)."""
         keys = {pk: self._usage_key(context, asset_key, pk) for pk in partition_keys}
         usages = {pk: Usage() for pk in partition_keys}
         pool = httpx.AsyncHTTPTransport(limits=_POOL_LIMITS)
         kwargs, mode = self._client_kwargs(), self.cache_mode(cache)
+        limits = RateLimits(self.requests_per_minute, self.tokens_per_minute)
         clients = {
             pk: openai.AsyncOpenAI(
                 **kwargs,
                 http_client=openai.DefaultAsyncHttpxClient(
-                    transport=AsyncMeteredTransport(usages[pk], pool, self._cache, mode)
+                    transport=AsyncMeteredTransport(usages[pk], pool, self._cache, mode, limits)
                 ),
             )
             for pk in partition_keys
         }
         try:
-            yield clients
+            yield MeteredClients(clients, usages)
         finally:
             for client in clients.values():
                 await client.close()

@@ -66,6 +66,7 @@ class ServerStats:
     usage: Usage = field(default_factory=Usage)
     requests: list[dict[str, Any]] = field(default_factory=list)
     billed: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
     paths: Counter = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -80,7 +81,7 @@ class ScriptedOpenAIServer:
             (e.g. a dated snapshot); unmapped names are echoed.
         usage_null: answer with ``"usage": null`` like many local servers do.
         report_details: include cached and reasoning token details in usage.
-        latency: seconds each request waits before answering.
+        latency: seconds each request waits before answering, or ``latency(body)``.
         embedding_dimensions: vector size when the request gives no ``dimensions``.
         fault: optional hook ``fault(handler, body) -> bool``; returning True means it
             already answered (used for fault injection).
@@ -92,7 +93,7 @@ class ScriptedOpenAIServer:
         served_models: dict[str, str] | None = None,
         usage_null: bool = False,
         report_details: bool = False,
-        latency: float = 0.0,
+        latency: float | Callable[[dict[str, Any]], float] = 0.0,
         embedding_dimensions: int = 16,
         fault: Callable[[BaseHTTPRequestHandler, dict[str, Any]], bool] | None = None,
         host: str = "127.0.0.1",
@@ -105,7 +106,7 @@ class ScriptedOpenAIServer:
         self.embedding_dimensions = embedding_dimensions
         self.fault = fault
         self.stats = ServerStats()
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd = _Server((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -198,6 +199,11 @@ def _structured(response_format: Any, text: str) -> str:
     return json.dumps({name: text for name in schema.get("properties", {})})
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # many concurrent clients connect at once
+    daemon_threads = True
+
+
 def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -226,12 +232,14 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             stats = server.stats
             with stats.lock:
                 stats.requests.append({"path": self.path, "body": body})
+                stats.arrivals.append(time.monotonic())
                 stats.paths[self.path] += 1
                 stats.in_flight += 1
                 stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             try:
-                if server.latency:
-                    time.sleep(server.latency)
+                delay = server.latency(body) if callable(server.latency) else server.latency
+                if delay:
+                    time.sleep(delay)
                 if server.fault is not None and server.fault(self, body):
                     return
                 self._route(body)
