@@ -43,19 +43,24 @@ class CacheMode(enum.Enum):
         return self is not CacheMode.OFF
 
 
-def request_key(method: str, url: str, body: bytes) -> str | None:
-    """The cache key of a request, or ``None`` when it must not be cached (not a
-    completion/embedding POST, not JSON, or streamed)."""
-    if method != "POST" or not url.split("?", 1)[0].rstrip("/").endswith(CACHEABLE_SUFFIXES):
-        return None
-    try:
-        payload: Any = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict) or payload.get("stream"):
+def payload_key(url: str, payload: Any) -> str | None:
+    """The cache key of a POST of JSON ``payload`` to ``url``, or ``None`` when it must not
+    be cached (not a completion/embedding endpoint, not a JSON object, or streamed)."""
+    url = url.split("?", 1)[0].rstrip("/")
+    if not url.endswith(CACHEABLE_SUFFIXES) or not isinstance(payload, dict) or payload.get("stream"):
         return None
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{method} {url}\n{canonical}".encode()).hexdigest()
+    return hashlib.sha256(f"POST {url}\n{canonical}".encode()).hexdigest()
+
+
+def request_key(method: str, url: str, body: bytes) -> str | None:
+    """The cache key of an HTTP request (see :func:`payload_key`)."""
+    if method != "POST":
+        return None
+    try:
+        return payload_key(url, json.loads(body))
+    except ValueError:
+        return None
 
 
 class RequestCache:
@@ -67,6 +72,10 @@ class RequestCache:
 
     def _path(self, key: str) -> UPath:
         return self.root / key[:2] / f"{key}.json"
+
+    def get_many(self, keys: list[str | None]) -> list[bytes | None]:
+        """Entries for ``keys`` (``None`` where absent), read in one go."""
+        return [self.get(key) if key else None for key in keys]
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -1,11 +1,12 @@
 """The one execution engine behind every factory: many requests, bounded concurrency,
-input order kept, usage per partition (rate limits and the request cache apply in the
-clients' transports).
+the request cache, input order kept, usage per partition.
 
-Requests of one materialization run concurrently on ``openai.AsyncOpenAI`` clients from
-:meth:`OpenAIResource.get_async_clients` (one per partition, sharing a connection pool),
-so the usage of each partition is metered from its own HTTP responses. Retries with
-backoff (honouring ``Retry-After`` on 429) are the OpenAI SDK's own (``max_retries``).
+Requests of one materialization are POSTed concurrently through one ``openai.AsyncOpenAI``
+from :meth:`OpenAIResource.get_partitioned_async_client`: each request names its
+partition, so each partition's usage is metered from its own HTTP responses, and the
+resource's rate limits apply to what goes out. Retries with backoff, honouring
+``Retry-After``, are the OpenAI SDK's own (``max_retries``). Cached answers are looked up
+in one batch before anything is sent, so a re-run of unchanged inputs costs file reads.
 
 Example:
     >>> engine = Engine(openai_resource, context)  # doctest: +SKIP
@@ -15,8 +16,10 @@ Example:
 """
 
 import asyncio
+import base64
+import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,10 +27,10 @@ import dagster as dg
 import numpy as np
 import openai
 
-from llm_assets.cache import CacheMode
+from llm_assets.cache import CacheMode, payload_key
 from llm_assets.limits import estimate_tokens
-from llm_assets.metering import CACHE_HEADER
-from llm_assets.resource import MeteredClients, OpenAIResource
+from llm_assets.metering import httpx
+from llm_assets.resource import OpenAIResource, PartitionedClient
 
 T = TypeVar("T")
 
@@ -56,6 +59,19 @@ class ChatRequest:
         return f"{where}row {self.row} (prompt {self.prompt[:60]!r})"
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One POST: where it goes, what it says, and how its JSON answer becomes a result
+    (``read(body, cached, latency_s)``). ``items`` counts toward progress."""
+
+    partition_key: str | None
+    path: str
+    body: dict[str, Any]
+    description: str
+    read: Callable[[dict[str, Any], bool, float], Any]
+    items: int = 1
+
+
 @dataclass
 class _Progress:
     """Logs done / total, tokens, cache hits and failed attempts at most every ``every``
@@ -64,7 +80,7 @@ class _Progress:
     context: Any
     what: str
     total: int
-    clients: MeteredClients | None = None
+    clients: PartitionedClient
     every: float = 10.0
     done: int = 0
     _last: float = field(default_factory=time.monotonic)
@@ -74,13 +90,11 @@ class _Progress:
         now = time.monotonic()
         if self.done == self.total or now - self._last >= self.every:
             self._last = now
-            usage = list(self.clients.usage.values()) if self.clients else []
-            tokens = sum(u.total_tokens for u in usage)
-            hits = sum(u.total("cache_hits") for u in usage)
-            failed = sum(u.failed_attempts for u in usage)
+            usage = list(self.clients.usage.values())
             self.context.log.info(
-                f"{self.what}: {self.done}/{self.total} done, {tokens} tokens, {hits} from cache, "
-                f"{failed} failed attempts retried"
+                f"{self.what}: {self.done}/{self.total} done, {sum(u.total_tokens for u in usage)} tokens, "
+                f"{sum(u.total('cache_hits') for u in usage)} from cache, "
+                f"{sum(u.failed_attempts for u in usage)} failed attempts retried"
             )
 
 
@@ -107,78 +121,106 @@ class Engine:
         self.context = context
         self.asset_key = asset_key
         self.max_concurrency = max_concurrency or resource.max_concurrency
-        self.cache = cache
+        self.cache = resource.cache_mode(cache)
+        self.seconds = 0.0  # wall time of the last batch of requests
 
-    def _run(
-        self,
-        what: str,
-        jobs: Sequence[tuple[str | None, int, Callable[[openai.AsyncOpenAI], Awaitable[T]], str]],
-        total: int,
-    ) -> list[T]:
-        """Run ``(partition_key, count, job, description)`` jobs concurrently; results in
-        input order. ``count`` items of ``total`` are done when a job returns."""
-
-        async def main() -> list[T]:
-            in_flight = asyncio.Semaphore(self.max_concurrency)
-            keys = list(dict.fromkeys(pk for pk, *_ in jobs))
-            async with self.resource.get_async_clients(
-                self.context, keys, self.asset_key, self.cache
-            ) as clients:
-                progress = _Progress(self.context, what, total, clients)
-
-                async def one(pk: str | None, count: int, job: Callable, description: str) -> T:
-                    async with in_flight:
-                        try:
-                            result = await job(clients[pk])
-                        except openai.OpenAIError as error:
-                            raise LLMRequestError(f"Request for {description} failed: {error}") from error
-                    progress.step(count)
-                    return result
-
-                async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(one(*job)) for job in jobs]
-                return [task.result() for task in tasks]
-
+    def _run(self, what: str, calls: Sequence[_Call], total: int) -> list[Any]:
+        """Send ``calls`` concurrently (cache hits first, without sending); results in order."""
+        started = time.perf_counter()
         try:
-            return asyncio.run(main())
+            return asyncio.run(self._send_all(what, calls, total))
         except ExceptionGroup as group:
             raise _first_error(group) from None
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    async def _send_all(self, what: str, calls: Sequence[_Call], total: int) -> list[Any]:
+        keys = list(dict.fromkeys(call.partition_key for call in calls))
+        # The engine reads the cache itself; its clients only store what they fetch.
+        send_mode = CacheMode.REFRESH if self.cache is CacheMode.USE else self.cache
+        async with self.resource.get_partitioned_async_client(
+            self.context, keys, self.asset_key, send_mode
+        ) as clients:
+            progress = _Progress(self.context, what, total, clients)
+            results: list[Any] = [None] * len(calls)
+            pending = list(range(len(calls)))
+            if self.cache.reads:
+                pending = await self._answer_from_cache(calls, clients, results, progress)
+            in_flight = asyncio.Semaphore(self.max_concurrency)
+
+            async def send(index: int) -> None:
+                call = calls[index]
+                options = {"headers": clients.headers(call.partition_key)}
+                async with in_flight:
+                    sent = time.perf_counter()
+                    try:
+                        response = await clients.client.post(
+                            call.path, cast_to=httpx.Response, body=call.body, options=options
+                        )
+                    except openai.OpenAIError as error:
+                        raise LLMRequestError(f"Request for {call.description} failed: {error}") from error
+                    results[index] = call.read(response.json(), False, time.perf_counter() - sent)
+                progress.step(call.items)
+
+            async with asyncio.TaskGroup() as group:
+                for index in pending:
+                    group.create_task(send(index))
+            return results
+
+    async def _answer_from_cache(
+        self, calls: Sequence[_Call], clients: PartitionedClient, results: list[Any], progress: _Progress
+    ) -> list[int]:
+        """Fill ``results`` from the cache; returns the indices still to send."""
+        urls = {call.path: str(clients.client.base_url).rstrip("/") + call.path for call in calls}
+        keys = [payload_key(urls[call.path], call.body) for call in calls]
+        bodies = await asyncio.to_thread(self.resource.request_cache.get_many, keys)
+        pending = []
+        for index, (call, cached) in enumerate(zip(calls, bodies, strict=True)):
+            if cached is None:
+                pending.append(index)
+                continue
+            payload = json.loads(cached)
+            clients.usage[call.partition_key].add_cache_hit(payload.get("model"))
+            results[index] = call.read(payload, True, 0.0)
+            progress.step(call.items)
+        return pending
 
     # -- chat -------------------------------------------------------------------------------
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
         """Answer every request; returns one answers-frame record per request, in order."""
 
-        def job(request: ChatRequest) -> Callable[[openai.AsyncOpenAI], Awaitable[dict[str, Any]]]:
-            async def send(client: openai.AsyncOpenAI) -> dict[str, Any]:
-                started = time.perf_counter()
-                raw = await client.chat.completions.with_raw_response.create(
-                    messages=list(request.messages), **request.params
-                )
-                response = raw.parse()
-                latency = time.perf_counter() - started
-                choice = response.choices[0] if response.choices else None
-                usage = response.usage
+        def reader(request: ChatRequest) -> Callable[[dict[str, Any], bool, float], dict[str, Any]]:
+            def read(body: dict[str, Any], cached: bool, latency: float) -> dict[str, Any]:
+                choice = (body.get("choices") or [{}])[0]
+                usage = body.get("usage") or {}
                 return {
                     "partition_key": request.partition_key,
                     "row": request.row,
                     "prompt": request.prompt,
-                    "answer": (choice.message.content or "") if choice else "",
-                    "model": response.model,
-                    "finish_reason": choice.finish_reason if choice else None,
-                    "prompt_tokens": usage.prompt_tokens if usage else None,
-                    "completion_tokens": usage.completion_tokens if usage else None,
-                    "total_tokens": usage.total_tokens if usage else None,
+                    "answer": (choice.get("message") or {}).get("content") or "",
+                    "model": body.get("model"),
+                    "finish_reason": choice.get("finish_reason"),
+                    "prompt_tokens": usage.get("prompt_tokens"),
+                    "completion_tokens": usage.get("completion_tokens"),
+                    "total_tokens": usage.get("total_tokens"),
                     "latency_s": latency,
-                    "cached": raw.headers.get(CACHE_HEADER) == "hit",
+                    "cached": cached,
                 }
 
-            return send
+            return read
 
-        if not requests:
-            return []
-        jobs = [(r.partition_key, 1, job(r), r.describe()) for r in requests]
-        return self._run("chat requests", jobs, len(requests))
+        calls = [
+            _Call(
+                r.partition_key,
+                "/chat/completions",
+                {"messages": list(r.messages), **r.params},
+                r.describe(),
+                reader(r),
+            )
+            for r in requests
+        ]
+        return self._run("chat requests", calls, len(calls)) if calls else []
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -192,27 +234,28 @@ class Engine:
         """Embed each partition's texts in as few requests as the limits allow (at most
         ``batch_size`` inputs and ``max_batch_tokens`` estimated tokens each), order kept.
         Returns ``{partition_key: (model reported by the server, float32 matrix, cache hits)}``."""
+
+        def read(body: dict[str, Any], cached: bool, latency: float) -> tuple[str, np.ndarray, bool]:
+            ordered = sorted(body["data"], key=lambda d: d["index"])
+            return body.get("model"), np.stack([_vector(d["embedding"]) for d in ordered]), cached
+
         batches = [
             (pk, start, batch)
             for pk, items in texts.items()
             for start, batch in pack_batches(items, batch_size, max_batch_tokens)
         ]
-
-        def job(batch: list[str]) -> Callable[[openai.AsyncOpenAI], Awaitable[tuple[str, np.ndarray, bool]]]:
-            async def send(client: openai.AsyncOpenAI) -> tuple[str, np.ndarray, bool]:
-                raw = await client.embeddings.with_raw_response.create(input=batch, **params)
-                response = raw.parse()
-                ordered = sorted(response.data, key=lambda d: d.index)
-                matrix = np.asarray([d.embedding for d in ordered], dtype=np.float32)
-                return response.model, matrix, raw.headers.get(CACHE_HEADER) == "hit"
-
-            return send
-
-        jobs = [
-            (pk, len(batch), job(batch), f"partition {pk!r} texts {start}..{start + len(batch) - 1}")
+        calls = [
+            _Call(
+                pk,
+                "/embeddings",
+                {"input": batch, "encoding_format": "base64", **params},
+                f"partition {pk!r} texts {start}..{start + len(batch) - 1}",
+                read,
+                items=len(batch),
+            )
             for pk, start, batch in batches
         ]
-        results = self._run("embedded texts", jobs, sum(len(t) for t in texts.values()))
+        results = self._run("embedded texts", calls, sum(len(t) for t in texts.values())) if calls else []
         out: dict[str | None, tuple[str, np.ndarray, int]] = {}
         for (pk, _, _), (model, matrix, hit) in zip(batches, results, strict=True):
             if pk in out:
@@ -221,6 +264,14 @@ class Engine:
             else:
                 out[pk] = (model, matrix, int(hit))
         return out
+
+
+def _vector(embedding: str | list[float]) -> np.ndarray:
+    """An embedding as float32, from base64 (what OpenAI sends when asked) or a JSON list
+    (servers that ignore ``encoding_format``)."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype=np.float32)
+    return np.asarray(embedding, dtype=np.float32)
 
 
 def pack_batches(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list[tuple[int, list[str]]]:

@@ -38,10 +38,9 @@ from llm_assets.frames import (
     column_schema,
     embeddings_frame,
     vector_columns,
-    vectors,
 )
 from llm_assets.io_manager import _SplittingPickleIOManager
-from llm_assets.plot import markdown_image, project_2d, scatter_png
+from llm_assets.plot import markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.resource import OpenAIResource
 
@@ -345,13 +344,16 @@ def build_chat_answers_asset(
         engine = Engine(resource, context, max_concurrency=max_concurrency, cache=config.cache)
         records = engine.chat(requests)
         frame = answers_frame(records)
-        for pk in rows_by_partition:
-            part = frame[frame[PARTITION_COLUMN] == pk] if pk is not None else frame
+        context.add_asset_metadata({"request_seconds": engine.seconds})
+        by_key: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in rows_by_partition}
+        for record in records:
+            by_key[record["partition_key"]].append(record)
+        for pk, rows in by_key.items():
             context.add_asset_metadata(
                 {
-                    "dagster/row_count": len(part),
-                    "answers_from_cache": int(part["cached"].sum()),
-                    "preview": dg.MetadataValue.md(_preview(part, ["prompt", "answer"])),
+                    "dagster/row_count": len(rows),
+                    "answers_from_cache": sum(1 for r in rows if r["cached"]),
+                    "preview": dg.MetadataValue.md(_preview(rows, ["prompt", "answer"])),
                 },
                 partition_key=pk,
             )
@@ -381,19 +383,18 @@ def build_chat_answers_asset(
     )
 
 
-def _preview(frame: pd.DataFrame, columns: Sequence[str], rows: int = 5, width: int = 120) -> str:
-    shown = (
-        frame[list(columns)]
-        .head(rows)
-        .map(
-            lambda v: (
-                (str(v)[:width] + "…" if len(str(v)) > width else str(v))
-                .replace("|", "\\|")
-                .replace("\n", " ")
-            )
-        )
-    )
-    return shown.to_markdown(index=False)
+def _preview(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], count: int = 5, width: int = 120
+) -> str:
+    """A small markdown table of the first ``count`` rows, cells cut at ``width`` characters."""
+
+    def cell(value: Any) -> str:
+        text = str(value).replace("|", "\\|").replace("\n", " ")
+        return text[:width] + "…" if len(text) > width else text
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows[:count]]
+    return "\n".join(lines)
 
 
 # -- embeddings -----------------------------------------------------------------------------
@@ -454,6 +455,7 @@ def build_embeddings_asset(
         results = engine.embed(
             {pk: t for pk, t in texts.items() if t}, params, config.batch_size, config.max_batch_tokens
         )
+        context.add_asset_metadata({"request_seconds": engine.seconds})
         frames = []
         for pk, items in texts.items():
             model, matrix, _ = results.get(pk, (params["model"], None, 0))
@@ -536,11 +538,13 @@ def build_pca_plot_asset(
     }
 
     def answer_map(context: dg.AssetExecutionContext, config: PlotConfig, upstream: Any) -> pd.DataFrame:
-        if isinstance(upstream, Mapping):
+        if isinstance(upstream, dict):
             if upstream_partitions is not None:
                 expected = upstream_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
                 _log_missing(context, upstream, expected, upstream_key)
-            parts = {pk: frame for pk, frame in upstream.items() if len(frame)}
+            parts = upstream
+            for pk in [pk for pk, frame in parts.items() if not len(frame)]:
+                del parts[pk]
         else:
             parts = {None: upstream}
         widths = {pk: len(vector_columns(frame)) for pk, frame in parts.items()}
@@ -549,18 +553,20 @@ def build_pca_plot_asset(
                 f"Embeddings of {upstream_key.to_user_string()} differ in dimension across partitions "
                 f"({widths}): re-materialize them all with one embedding model and dimensions."
             )
-        frame = pd.concat(list(parts.values()), ignore_index=True) if parts else pd.DataFrame()
-        if label_column not in frame.columns and len(frame):
+        columns = set().union(*(frame.columns for frame in parts.values())) if parts else set()
+        if parts and label_column not in columns:
             raise LLMAssetsError(
                 f"label_column {label_column!r} is not a column of {upstream_key.to_user_string()} "
-                f"(columns: {[c for c in frame.columns if c not in vector_columns(frame)]})."
+                f"(columns: {sorted(c for c in columns if not (c[:1] == 'e' and c[1:].isdigit()))})."
             )
-        projection = project_2d(vectors(frame) if len(frame) else frame.to_numpy())
-        labels = frame[label_column].astype(str).tolist()
+        meta, matrix = stack_vectors(parts)  # consumes the loaded partitions to bound memory
+        projection = project_2d(matrix)
+        del matrix
+        labels = meta[label_column].astype(str).tolist() if len(meta) else []
         points = pd.DataFrame(
             {
-                PARTITION_COLUMN: frame.get(PARTITION_COLUMN, pd.Series([None] * len(frame))),
-                "row": frame.get("row", pd.Series(range(len(frame)))),
+                PARTITION_COLUMN: meta.get(PARTITION_COLUMN, pd.Series([None] * len(meta))),
+                "row": meta.get("row", pd.Series(range(len(meta)))),
                 "label": labels,
                 "x": projection.points[:, 0],
                 "y": projection.points[:, 1],

@@ -96,11 +96,8 @@ def by_partition(value: Any, partition_keys: Sequence[str | None]) -> dict[str |
     if len(partition_keys) == 1:
         return {partition_keys[0]: value}
     if isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns:
-        return {
-            k: value[value[PARTITION_COLUMN] == k].reset_index(drop=True)
-            for k in partition_keys
-            if (value[PARTITION_COLUMN] == k).any()
-        }
+        groups = {k: part.reset_index(drop=True) for k, part in value.groupby(PARTITION_COLUMN, sort=False)}
+        return {k: groups[k] for k in partition_keys if k in groups}
     raise TypeError(
         f"Cannot split a {type(value).__name__} across partitions {list(partition_keys)}: "
         f"give it a '{PARTITION_COLUMN}' column."

@@ -36,6 +36,9 @@ METERED_PATH_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/r
 #: Content encodings the meter can decode; others are not offered to the server.
 _ACCEPT_ENCODING = "gzip, deflate"
 CACHE_HEADER = "x-llm-assets-cache"
+#: Request header naming which of a transport's usage counters a request is for; it is
+#: removed before the request leaves the machine.
+PARTITION_HEADER = "x-llm-assets-usage-slot"
 
 
 def is_metered(request: httpx.Request) -> bool:
@@ -117,9 +120,14 @@ def _cached_response(request: httpx.Request, body: bytes, usage: Usage) -> httpx
 
 
 class _Plan:
-    """What to do with one request: meter it, and look up / store it in the cache."""
+    """What to do with one request: whose usage it is, whether to meter it, and whether to
+    look it up / store it in the cache."""
 
-    def __init__(self, request: httpx.Request, cache: RequestCache | None, mode: CacheMode) -> None:
+    def __init__(
+        self, request: httpx.Request, usages: list[Usage], cache: RequestCache | None, mode: CacheMode
+    ) -> None:
+        slot = request.headers.pop(PARTITION_HEADER, None)
+        self.usage = usages[int(slot)] if slot is not None else usages[0]
         self.metered = is_metered(request)
         self.cache = cache if self.metered and mode is not CacheMode.OFF else None
         self.key = (
@@ -169,14 +177,14 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
             self._tap.finish(complete=False)
 
 
-def _meter(response: httpx.Response, plan: _Plan, usage: Usage, stream_cls: type) -> httpx.Response:
+def _meter(response: httpx.Response, plan: _Plan, stream_cls: type) -> httpx.Response:
     """Count a failed attempt, or wrap a successful billed response's body in a tap."""
     if not plan.metered:
         return response
     if not 200 <= response.status_code < 300:
-        usage.add_failed_attempt()
+        plan.usage.add_failed_attempt()
         return response
-    response.stream = stream_cls(response.stream, _BodyTap(response, usage), plan)
+    response.stream = stream_cls(response.stream, _BodyTap(response, plan.usage), plan)
     return response
 
 
@@ -187,25 +195,26 @@ class MeteredTransport(httpx.BaseTransport):
 
     def __init__(
         self,
-        usage: Usage,
+        usage: Usage | list[Usage],
         inner: httpx.BaseTransport | None = None,
         cache: RequestCache | None = None,
         cache_mode: CacheMode = CacheMode.OFF,
     ) -> None:
-        self._usage, self._cache, self._mode = usage, cache, cache_mode
+        self._usages = usage if isinstance(usage, list) else [usage]
+        self._cache, self._mode = cache, cache_mode
         self._owns_inner = inner is None
         self._inner = inner or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _Plan(request, self._cache, self._mode)
+        plan = _Plan(request, self._usages, self._cache, self._mode)
         if plan.reads and (body := plan.cache.get(plan.key)) is not None:
-            return _cached_response(request, body, self._usage)
+            return _cached_response(request, body, plan.usage)
         try:
             response = self._inner.handle_request(request)
         except httpx.TransportError:
-            self._usage.add_failed_attempt()
+            plan.usage.add_failed_attempt()
             raise
-        return _meter(response, plan, self._usage, _MeteredStream)
+        return _meter(response, plan, _MeteredStream)
 
     def close(self) -> None:
         if self._owns_inner:
@@ -219,28 +228,29 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        usage: Usage,
+        usage: Usage | list[Usage],
         inner: httpx.AsyncBaseTransport | None = None,
         cache: RequestCache | None = None,
         cache_mode: CacheMode = CacheMode.OFF,
         limits: RateLimits | None = None,
     ) -> None:
-        self._usage, self._cache, self._mode, self._limits = usage, cache, cache_mode, limits
+        self._usages = usage if isinstance(usage, list) else [usage]
+        self._cache, self._mode, self._limits = cache, cache_mode, limits
         self._owns_inner = inner is None
         self._inner = inner or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _Plan(request, self._cache, self._mode)
+        plan = _Plan(request, self._usages, self._cache, self._mode)
         if plan.reads and (body := await asyncio.to_thread(plan.cache.get, plan.key)) is not None:
-            return _cached_response(request, body, self._usage)
+            return _cached_response(request, body, plan.usage)
         if plan.metered and self._limits is not None and self._limits.active:
             await self._limits.acquire(estimate_request_tokens(request.content))
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError:
-            self._usage.add_failed_attempt()
+            plan.usage.add_failed_attempt()
             raise
-        return _meter(response, plan, self._usage, _AsyncMeteredStream)
+        return _meter(response, plan, _AsyncMeteredStream)
 
     async def aclose(self) -> None:
         if self._owns_inner:

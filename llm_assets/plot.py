@@ -12,13 +12,16 @@ Example:
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from llm_assets.errors import LLMAssetsError
+from llm_assets.frames import vector_columns
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,42 @@ class Projection:
     explained_variance_ratio: tuple[float, float]
 
 
-def project_2d(matrix: np.ndarray) -> Projection:
-    """PCA of ``matrix`` (rows are vectors) onto its first two components."""
+def stack_vectors(frames: MutableMapping[Any, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
+    """One float32 matrix of the vector columns of ``frames`` (and their other columns),
+    *consuming* the mapping: each frame is dropped once copied, so peak memory stays near
+    one copy of the matrix however many partitions there are."""
+    columns = vector_columns(next(iter(frames.values()))) if frames else []
+    total = sum(len(f) for f in frames.values())
+    matrix = np.empty((total, len(columns)), dtype=np.float32)
+    meta, start = [], 0
+    for key in list(frames):
+        frame = frames.pop(key)
+        matrix[start : start + len(frame)] = frame[columns].to_numpy(dtype=np.float32, copy=False)
+        meta.append(frame.drop(columns=columns))
+        start += len(frame)
+        del frame
+    if not np.isfinite(matrix).all():
+        raise LLMAssetsError("Some embeddings are NaN or infinite: re-materialize the embeddings asset.")
+    return (pd.concat(meta, ignore_index=True) if meta else pd.DataFrame()), matrix
+
+
+def project_2d(matrix: np.ndarray, chunk_rows: int = 16_384) -> Projection:
+    """PCA of ``matrix`` (rows are vectors) onto its first two components, with
+    scikit-learn's covariance solver (memory: a d × d matrix, not a copy of the data)."""
     if matrix.ndim != 2 or matrix.shape[0] < 2:
         raise LLMAssetsError(
             f"PCA needs at least 2 embeddings, got {0 if matrix.ndim != 2 else matrix.shape[0]}: "
             "materialize more partitions of the embeddings asset (or rows within them) first."
         )
+    import sklearn
     from sklearn.decomposition import PCA
 
     components = min(2, matrix.shape[0], matrix.shape[1])
-    pca = PCA(n_components=components, svd_solver="auto", random_state=0)
-    points = pca.fit_transform(matrix).astype(np.float64)
+    with sklearn.config_context(assume_finite=True):  # checked by the caller, chunk by chunk
+        pca = PCA(n_components=components, svd_solver="covariance_eigh").fit(matrix)
+        points = np.vstack(
+            [pca.transform(matrix[i : i + chunk_rows]) for i in range(0, matrix.shape[0], chunk_rows)]
+        ).astype(np.float64)
     ratios = [float(r) for r in pca.explained_variance_ratio_]
     if components < 2:
         points = np.hstack([points, np.zeros((points.shape[0], 2 - components))])

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import threading
@@ -207,12 +208,17 @@ class _Server(ThreadingHTTPServer):
 def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs (~40 ms)
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
 
         def do_GET(self) -> None:
-            if self.path.rstrip("/").endswith("/models"):
+            if self.path.rstrip("/").endswith("/_stats"):  # not OpenAI: the server's own counters
+                stats = server.stats
+                counters = {"requests": len(stats.requests), "max_in_flight": stats.max_in_flight}
+                self._json(200, {**counters, "usage": stats.usage.to_metadata()})
+            elif self.path.rstrip("/").endswith("/models"):
                 models = [
                     {"id": m, "object": "model", "owned_by": "scripted"}
                     for m in server.served_models.values()
@@ -447,3 +453,23 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(b"0\r\n\r\n")
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m llm_assets.testing --port 0 --latency 0.05``: serve until interrupted;
+    prints the base URL on the first line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llm_assets.testing", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--dimensions", type=int, default=16, help="embedding size")
+    args = parser.parse_args(argv)
+    server = ScriptedOpenAIServer(port=args.port, latency=args.latency, embedding_dimensions=args.dimensions)
+    print(server.base_url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server._httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
