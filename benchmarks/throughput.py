@@ -53,7 +53,11 @@ class Server:
 
     def close(self) -> None:
         self.process.terminate()
-        self.process.wait()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def range_tags(keys: list[str]) -> dict[str, str]:

@@ -128,7 +128,8 @@ class Engine:
         """Send ``calls`` concurrently (cache hits first, without sending); results in order."""
         started = time.perf_counter()
         try:
-            return asyncio.run(self._send_all(what, calls, total))
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                return runner.run(self._send_all(what, calls, total))
         except ExceptionGroup as group:
             raise _first_error(group) from None
         finally:
@@ -264,6 +265,15 @@ class Engine:
             else:
                 out[pk] = (model, matrix, int(hit))
         return out
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where installed (less CPU per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _vector(embedding: str | list[float]) -> np.ndarray:

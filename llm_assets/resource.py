@@ -20,9 +20,10 @@ Example:
     >>> defs = dg.Definitions(assets=[haiku], resources={"openai": resource})
 """
 
+import functools
 import os
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -45,35 +46,56 @@ AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExe
 UsageKey = tuple[dg.AssetKey | None, str | None]
 
 
+@functools.cache
+def _ssl_context() -> Any:
+    """One TLS context per process: building one reads the CA bundle (~50 ms)."""
+    return httpx.create_ssl_context()
+
+
 def async_connection_pool() -> httpx.AsyncBaseTransport:
     """The transport async clients share: openai's aiohttp transport (``openai[aiohttp]``,
     about 2× less CPU per request than httpx's pool, which matters at hundreds of requests
     per second), else httpx's own."""
     try:
-        return openai.DefaultAioHttpClient(limits=_POOL_LIMITS)._transport
+        return openai.DefaultAioHttpClient(limits=_POOL_LIMITS, verify=_ssl_context())._transport
     except (RuntimeError, AttributeError, ImportError):  # aiohttp missing, or openai changed
-        return httpx.AsyncHTTPTransport(limits=_POOL_LIMITS)
+        return httpx.AsyncHTTPTransport(limits=_POOL_LIMITS, verify=_ssl_context())
 
 
 class PartitionedClient:
-    """An ``openai.AsyncOpenAI`` whose requests are attributed to partitions.
+    """An ``openai.AsyncOpenAI`` whose requests are attributed to partitions, created on
+    first use (a run answered entirely from the cache never opens a connection).
 
-    Pass ``**clients.options(key)`` to a request (``client.post(..., options=...)``) or use
-    ``clients.for_partition(key)`` to record its usage on partition ``key``.
+    Send ``options={"headers": clients.headers(key)}`` with a request, or use
+    ``clients.for_partition(key)``, to record its usage on partition ``key``.
     """
 
     def __init__(
-        self, client: openai.AsyncOpenAI, partition_keys: list[str | None], usages: list[Usage]
+        self,
+        make_client: Callable[[], openai.AsyncOpenAI],
+        partition_keys: list[str | None],
+        usages: list[Usage],
     ) -> None:
-        self.client = client
+        self._make_client = make_client
+        self._client: openai.AsyncOpenAI | None = None
         self._index = {key: i for i, key in enumerate(partition_keys)}
         self.usage = dict(zip(partition_keys, usages, strict=True))
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
 
     def headers(self, partition_key: str | None) -> dict[str, str]:
         return {PARTITION_HEADER: str(self._index[partition_key])}
 
     def for_partition(self, partition_key: str | None) -> openai.AsyncOpenAI:
         return self.client.with_options(default_headers=self.headers(partition_key))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
 
 
 class OpenAIResource(dagster_openai.OpenAIResource):
@@ -263,17 +285,28 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         resource's rate limits apply to what goes out. ``clients.usage[key]`` is live."""
         usage_keys = [self._usage_key(context, asset_key, pk) for pk in partition_keys]
         usages = [Usage() for _ in partition_keys]
-        pool = async_connection_pool()
-        limits = RateLimits(self.requests_per_minute, self.tokens_per_minute)
-        transport = AsyncMeteredTransport(usages, pool, self._cache, self.cache_mode(cache), limits)
-        client = openai.AsyncOpenAI(
-            **self._client_kwargs(), http_client=openai.DefaultAsyncHttpxClient(transport=transport)
+        kwargs = self._client_kwargs()
+        transport_args = (
+            self._cache,
+            self.cache_mode(cache),
+            RateLimits(self.requests_per_minute, self.tokens_per_minute),
         )
+        pools: list[httpx.AsyncBaseTransport] = []
+
+        def make_client() -> openai.AsyncOpenAI:
+            pools.append(async_connection_pool())
+            transport = AsyncMeteredTransport(usages, pools[0], *transport_args)
+            return openai.AsyncOpenAI(
+                **kwargs, http_client=openai.DefaultAsyncHttpxClient(transport=transport)
+            )
+
+        clients = PartitionedClient(make_client, list(partition_keys), usages)
         try:
-            yield PartitionedClient(client, list(partition_keys), usages)
+            yield clients
         finally:
-            await client.close()
-            await pool.aclose()
+            await clients.aclose()
+            for pool in pools:
+                await pool.aclose()
             for usage_key, usage in zip(usage_keys, usages, strict=True):
                 self._record(context, usage_key, usage)
 

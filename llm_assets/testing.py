@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import signal
 import threading
 import time
 from collections import Counter
@@ -466,6 +467,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dimensions", type=int, default=16, help="embedding size")
     args = parser.parse_args(argv)
     server = ScriptedOpenAIServer(port=args.port, latency=args.latency, embedding_dimensions=args.dimensions)
+    # an explicit handler: a parent may have left SIGTERM ignored, and that is inherited
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     print(server.base_url, flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server._httpd.serve_forever()
