@@ -17,6 +17,7 @@ Example:
 
 import asyncio
 import base64
+import enum
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 import dagster as dg
 import numpy as np
 import openai
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from llm_assets.cache import CacheMode, payload_key
 from llm_assets.limits import estimate_tokens
@@ -42,6 +44,17 @@ MAX_EMBEDDING_BATCH_TOKENS = 250_000
 
 class LLMRequestError(Exception):
     """A request failed after the SDK's retries; names the item that caused it."""
+
+
+class MalformedResponseError(Exception):
+    """A 2xx response whose body is not the JSON the endpoint returns (retried)."""
+
+
+class ErrorPolicy(enum.Enum):
+    """What a failed item (after retries) does to its materialization."""
+
+    FAIL = "fail"  # stop sending, fail the materialization (completed answers stay cached)
+    RECORD = "record"  # keep going; the item's row carries the error
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class _Call:
     description: str
     read: Callable[[dict[str, Any], bool, float], Any]
     items: int = 1
+    failed: Callable[[str], Any] | None = None  # the result for an item that failed, if recordable
 
 
 @dataclass
@@ -116,13 +130,16 @@ class Engine:
         asset_key: dg.AssetKey | None = None,
         max_concurrency: int | None = None,
         cache: CacheMode = CacheMode.USE,
+        on_error: ErrorPolicy = ErrorPolicy.FAIL,
     ) -> None:
         self.resource = resource
         self.context = context
         self.asset_key = asset_key
         self.max_concurrency = max_concurrency or resource.max_concurrency
         self.cache = resource.cache_mode(cache)
+        self.on_error = on_error
         self.seconds = 0.0  # wall time of the last batch of requests
+        self.failures = 0  # items recorded as failed in the last batch
 
     def _run(self, what: str, calls: Sequence[_Call], total: int) -> list[Any]:
         """Send ``calls`` concurrently (cache hits first, without sending); results in order."""
@@ -130,8 +147,6 @@ class Engine:
         try:
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 return runner.run(self._send_all(what, calls, total))
-        except ExceptionGroup as group:
-            raise _first_error(group) from None
         finally:
             self.seconds = time.perf_counter() - started
 
@@ -148,25 +163,53 @@ class Engine:
             if self.cache.reads:
                 pending = await self._answer_from_cache(calls, clients, results, progress)
             in_flight = asyncio.Semaphore(self.max_concurrency)
+            errors: list[LLMRequestError] = []
 
             async def send(index: int) -> None:
                 call = calls[index]
                 options = {"headers": clients.headers(call.partition_key)}
                 async with in_flight:
-                    sent = time.perf_counter()
+                    if errors:  # after a failure nothing new is sent; what is in flight finishes
+                        return
                     try:
-                        response = await clients.client.post(
-                            call.path, cast_to=httpx.Response, body=call.body, options=options
-                        )
-                    except openai.OpenAIError as error:
-                        raise LLMRequestError(f"Request for {call.description} failed: {error}") from error
-                    results[index] = call.read(response.json(), False, time.perf_counter() - sent)
+                        results[index] = await self._send_one(clients, call, options)
+                    except LLMRequestError as error:
+                        if self.on_error is ErrorPolicy.FAIL or call.failed is None:
+                            errors.append(error)
+                            return
+                        self.failures += 1
+                        self.context.log.warning(str(error))
+                        results[index] = call.failed(str(error))
                 progress.step(call.items)
 
-            async with asyncio.TaskGroup() as group:
-                for index in pending:
-                    group.create_task(send(index))
+            await asyncio.gather(*(send(index) for index in pending))
+            if errors:
+                raise errors[0]
             return results
+
+    async def _send_one(self, clients: PartitionedClient, call: _Call, options: dict[str, Any]) -> Any:
+        """One call, with the SDK's retries for HTTP and connection errors and tenacity's
+        (same count, exponential backoff with jitter) for malformed 2xx bodies."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(MalformedResponseError),
+            stop=stop_after_attempt(self.resource.max_retries + 1),
+            wait=wait_exponential_jitter(multiplier=0.5, max=8),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    sent = time.perf_counter()
+                    response = await clients.client.post(
+                        call.path, cast_to=httpx.Response, body=call.body, options=options
+                    )
+                    try:
+                        return call.read(response.json(), False, time.perf_counter() - sent)
+                    except (ValueError, KeyError, TypeError, IndexError) as error:
+                        raise MalformedResponseError(f"malformed response body ({error})") from error
+        except (openai.OpenAIError, MalformedResponseError) as error:
+            raise LLMRequestError(f"Request for {call.description} failed: {_describe(error)}") from error
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _answer_from_cache(
         self, calls: Sequence[_Call], clients: PartitionedClient, results: list[Any], progress: _Progress
@@ -193,13 +236,13 @@ class Engine:
 
         def reader(request: ChatRequest) -> Callable[[dict[str, Any], bool, float], dict[str, Any]]:
             def read(body: dict[str, Any], cached: bool, latency: float) -> dict[str, Any]:
-                choice = (body.get("choices") or [{}])[0]
+                choice = body["choices"][0]  # a body without choices is malformed: retried
                 usage = body.get("usage") or {}
                 return {
                     "partition_key": request.partition_key,
                     "row": request.row,
                     "prompt": request.prompt,
-                    "answer": (choice.get("message") or {}).get("content") or "",
+                    "answer": choice["message"].get("content") or "",
                     "model": body.get("model"),
                     "finish_reason": choice.get("finish_reason"),
                     "prompt_tokens": usage.get("prompt_tokens"),
@@ -207,9 +250,23 @@ class Engine:
                     "total_tokens": usage.get("total_tokens"),
                     "latency_s": latency,
                     "cached": cached,
+                    "error": None,
                 }
 
             return read
+
+        def failure(request: ChatRequest) -> Callable[[str], dict[str, Any]]:
+            def failed(message: str) -> dict[str, Any]:
+                return {
+                    "partition_key": request.partition_key,
+                    "row": request.row,
+                    "prompt": request.prompt,
+                    "answer": None,
+                    "cached": False,
+                    "error": message,
+                }
+
+            return failed
 
         calls = [
             _Call(
@@ -218,6 +275,7 @@ class Engine:
                 {"messages": list(r.messages), **r.params},
                 r.describe(),
                 reader(r),
+                failed=failure(r),
             )
             for r in requests
         ]
@@ -267,6 +325,13 @@ class Engine:
         return out
 
 
+def _describe(error: BaseException) -> str:
+    """The server's own message for an API error, else the error."""
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}: {error.message}"
+    return str(error)
+
+
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where installed (less CPU per request), else asyncio's."""
     try:
@@ -300,10 +365,3 @@ def pack_batches(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list
     if current:
         batches.append((start, current))
     return batches
-
-
-def _first_error(error: BaseException) -> BaseException:
-    """The first underlying error of a (nested) task group failure."""
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error

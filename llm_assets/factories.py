@@ -26,7 +26,13 @@ from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from dagster._core.storage.upath_io_manager import UPathIOManager
 
 from llm_assets.cache import CacheMode
-from llm_assets.engine import MAX_EMBEDDING_BATCH_TOKENS, MAX_EMBEDDING_INPUTS, ChatRequest, Engine
+from llm_assets.engine import (
+    MAX_EMBEDDING_BATCH_TOKENS,
+    MAX_EMBEDDING_INPUTS,
+    ChatRequest,
+    Engine,
+    ErrorPolicy,
+)
 from llm_assets.errors import LLMAssetsError
 from llm_assets.frames import (
     ANSWER_COLUMNS,
@@ -69,6 +75,11 @@ class ChatConfig(dg.Config):
         default=CacheMode.USE,
         description="Request cache: USE answers repeated requests from it, REFRESH re-asks the API "
         "(re-sampling) and stores the new answers, OFF neither reads nor writes.",
+    )
+    on_error: ErrorPolicy = pydantic.Field(
+        default=ErrorPolicy.FAIL,
+        description="A request that still fails after retries: FAIL the materialization (answers "
+        "completed so far stay cached), or RECORD the error in its row and keep going.",
     )
 
 
@@ -341,7 +352,9 @@ def build_chat_answers_asset(
                 if "system_prompt" in rendered:
                     messages.insert(0, {"role": "system", "content": rendered["system_prompt"]})
                 requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), params))
-        engine = Engine(resource, context, max_concurrency=max_concurrency, cache=config.cache)
+        engine = Engine(
+            resource, context, max_concurrency=max_concurrency, cache=config.cache, on_error=config.on_error
+        )
         records = engine.chat(requests)
         frame = answers_frame(records)
         context.add_asset_metadata({"request_seconds": engine.seconds})
@@ -353,6 +366,7 @@ def build_chat_answers_asset(
                 {
                     "dagster/row_count": len(rows),
                     "answers_from_cache": sum(1 for r in rows if r["cached"]),
+                    "failed_requests": sum(1 for r in rows if r.get("error")),
                     "preview": dg.MetadataValue.md(_preview(rows, ["prompt", "answer"])),
                 },
                 partition_key=pk,

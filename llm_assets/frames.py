@@ -1,7 +1,7 @@
 """The DataFrames the assets produce, with their documented columns.
 
 * answers: one row per request: ``partition_key, row, prompt, answer, model,
-  finish_reason, prompt_tokens, completion_tokens, total_tokens, latency_s, cached``.
+  finish_reason, prompt_tokens, completion_tokens, total_tokens, latency_s, cached, error``.
 * embeddings: ``partition_key, row, text, model`` then one float32 column per
   dimension (``e0 … e{n-1}``), stored columnar rather than as lists of floats.
 * plot: ``partition_key, row, label, x, y``.
@@ -36,6 +36,7 @@ ANSWER_COLUMNS: dict[str, tuple[str, str]] = {
     "total_tokens": ("int", "Total tokens the server reported for this request."),
     "latency_s": ("float", "Seconds from sending the request to the whole answer."),
     "cached": ("bool", "True when answered from the request cache (no tokens spent)."),
+    "error": ("string", "Why the request failed (on_error=RECORD); empty when it was answered."),
 }
 EMBEDDING_COLUMNS: dict[str, tuple[str, str]] = {
     "partition_key": ANSWER_COLUMNS["partition_key"],
