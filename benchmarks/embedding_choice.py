@@ -66,9 +66,7 @@ def main() -> None:
     e5_q, e5_ms = timed(e5.query, questions)
     e5_p, _ = timed(e5.passage, passages)
 
-    smol = Llama(
-        model_path=str(chat_model_path()), embedding=True, pooling_type=1, n_threads=2, verbose=False
-    )
+    smol = Llama(model_path=str(chat_model_path()), embedding=True, pooling_type=1, n_threads=2, verbose=False)
     smol_q, smol_ms = timed(lambda t: smol.embed(t, normalize=True), questions)
     smol_p, _ = timed(lambda t: smol.embed(t, normalize=True), passages)
 

@@ -42,9 +42,7 @@ class Server:
 
     def __init__(self, latency: float, dimensions: int = 16) -> None:
         command = [sys.executable, "-m", "llm_assets.testing", "--latency", str(latency)]
-        self.process = subprocess.Popen(
-            [*command, "--dimensions", str(dimensions)], stdout=subprocess.PIPE, text=True
-        )
+        self.process = subprocess.Popen([*command, "--dimensions", str(dimensions)], stdout=subprocess.PIPE, text=True)
         self.base_url = self.process.stdout.readline().strip()
 
     def requests(self) -> int:
@@ -81,9 +79,7 @@ def volume_assets(n: int, partitions: int) -> tuple[list[dg.AssetsDefinition], l
     """``n`` prompts as rows of ``partitions`` partitions, and the answers asset over them."""
     keys = [f"p{i:04d}" for i in range(partitions)]
 
-    @dg.asset(
-        partitions_def=dg.StaticPartitionsDefinition(keys), backfill_policy=dg.BackfillPolicy.single_run()
-    )
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(keys), backfill_policy=dg.BackfillPolicy.single_run())
     def prompts(context: dg.AssetExecutionContext) -> pd.DataFrame:
         rows = n // partitions
         return pd.DataFrame(
@@ -228,12 +224,8 @@ def embedding_benchmarks(n: int, latency: float, concurrency: int) -> None:
                     [docs, vectors], resources={"openai": openai_}, instance=instance, run_config=config
                 )
                 assert result.success
-                event = next(
-                    e for e in result.get_asset_materialization_events() if e.asset_key.path == ["vectors"]
-                )
-                measured.append(
-                    (server.requests() - before, event.materialization.metadata["request_seconds"].value)
-                )
+                event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["vectors"])
+                measured.append((server.requests() - before, event.materialization.metadata["request_seconds"].value))
         (batched, batched_s), (single, single_s) = measured
         report(f"embeddings: {n} texts, requests: batched vs one text per request", f"{batched} vs {single}")
         report(
@@ -295,8 +287,7 @@ def plot_benchmark(rows: int, dims: int, parts: int) -> None:
     )
     report(
         "PCA plot: peak memory the run adds (loading, PCA, plot)",
-        f"{measured['extra_mb']:.0f} MB = {measured['extra_mb'] / matrix_mb:.2f}× "
-        f"the {matrix_mb:.0f} MB matrix",
+        f"{measured['extra_mb']:.0f} MB = {measured['extra_mb'] / matrix_mb:.2f}× the {matrix_mb:.0f} MB matrix",
         "target ≤ 2×",
     )
 
@@ -329,9 +320,7 @@ def overhead_benchmark(n: int) -> None:
 
         openai_ = OpenAIResource(base_url=server.base_url, max_concurrency=1, max_retries=0, cache=False)
         raw_s = min(asyncio.run(raw()) for _ in range(3))
-        ours = min(
-            dg.materialize([probe], resources={"openai": openai_}).output_for_node("probe") for _ in range(3)
-        )
+        ours = min(dg.materialize([probe], resources={"openai": openai_}).output_for_node("probe") for _ in range(3))
         report(
             f"overhead per request vs the raw openai client ({n} sequential requests, 0 ms server)",
             f"{(ours - raw_s) * 1000:+.2f} ms ({raw_s * 1000:.2f} → {ours * 1000:.2f} ms per request)",

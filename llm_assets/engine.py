@@ -154,9 +154,7 @@ class Engine:
         keys = list(dict.fromkeys(call.partition_key for call in calls))
         # The engine reads the cache itself; its clients only store what they fetch.
         send_mode = CacheMode.REFRESH if self.cache is CacheMode.USE else self.cache
-        async with self.resource.get_partitioned_async_client(
-            self.context, keys, self.asset_key, send_mode
-        ) as clients:
+        async with self.resource.get_partitioned_async_client(self.context, keys, self.asset_key, send_mode) as clients:
             progress = _Progress(self.context, what, total, clients)
             results: list[Any] = [None] * len(calls)
             pending = list(range(len(calls)))

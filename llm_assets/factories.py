@@ -98,9 +98,7 @@ class EmbeddingConfig(dg.Config):
     max_batch_tokens: int = pydantic.Field(
         default=MAX_EMBEDDING_BATCH_TOKENS, ge=1, description="Most (estimated) tokens per request."
     )
-    cache: CacheMode = pydantic.Field(
-        default=CacheMode.USE, description="Request cache: USE, REFRESH or OFF."
-    )
+    cache: CacheMode = pydantic.Field(default=CacheMode.USE, description="Request cache: USE, REFRESH or OFF.")
 
 
 class PlotConfig(dg.Config):
@@ -119,9 +117,7 @@ def _config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any])
     return pydantic.create_model(f"{name}_config", __base__=base, **fields)  # type: ignore[call-overload]
 
 
-def _key(
-    key: CoercibleToAssetKey | None, key_prefix: Sequence[str] | str | None, default: str
-) -> dg.AssetKey:
+def _key(key: CoercibleToAssetKey | None, key_prefix: Sequence[str] | str | None, default: str) -> dg.AssetKey:
     asset_key = dg.AssetKey.from_coercible(key if key is not None else default)
     if key_prefix:
         prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix)
@@ -214,9 +210,7 @@ def _texts(frame: Any, column: str, where: str) -> list[str]:
     elif isinstance(frame, str):
         values = [frame]
     else:
-        raise LLMAssetsError(
-            f"{where} is a {type(frame).__name__}; expected a DataFrame with a {column!r} column."
-        )
+        raise LLMAssetsError(f"{where} is a {type(frame).__name__}; expected a DataFrame with a {column!r} column.")
     for row, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
             raise LLMAssetsError(
@@ -331,9 +325,7 @@ def build_chat_answers_asset(
             _log_missing(context, loaded, [k for k in partition_keys if k is not None], ins["upstream"].key)
             rows_by_partition = {}
             for pk, value in loaded.items():
-                texts = _texts(
-                    value, text_column, f"Upstream {ins['upstream'].key.to_user_string()} partition {pk!r}"
-                )
+                texts = _texts(value, text_column, f"Upstream {ins['upstream'].key.to_user_string()} partition {pk!r}")
                 rows_by_partition[pk] = (
                     [{"text": t, "row": i} for i, t in enumerate(texts)]
                     if one_request_per_row
@@ -345,8 +337,7 @@ def build_chat_answers_asset(
             for row, extra in enumerate(rows):
                 values = {**base, **extra}
                 rendered = {
-                    w: t.render(values, where=f"{w} of {asset_key.to_user_string()}")
-                    for w, t in templates.items()
+                    w: t.render(values, where=f"{w} of {asset_key.to_user_string()}") for w, t in templates.items()
                 }
                 messages = [{"role": "user", "content": rendered["prompt"]}]
                 if "system_prompt" in rendered:
@@ -397,9 +388,7 @@ def build_chat_answers_asset(
     )
 
 
-def _preview(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], count: int = 5, width: int = 120
-) -> str:
+def _preview(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], count: int = 5, width: int = 120) -> str:
     """A small markdown table of the first ``count`` rows, cells cut at ``width`` characters."""
 
     def cell(value: Any) -> str:
@@ -473,9 +462,7 @@ def build_embeddings_asset(
         frames = []
         for pk, items in texts.items():
             model, matrix, _ = results.get(pk, (params["model"], None, 0))
-            records = [
-                {"partition_key": pk, "row": i, "text": t, "model": model} for i, t in enumerate(items)
-            ]
+            records = [{"partition_key": pk, "row": i, "text": t, "model": model} for i, t in enumerate(items)]
             frame = embeddings_frame(records, matrix if matrix is not None else [])
             frames.append(frame)
             context.add_asset_metadata(
@@ -488,9 +475,7 @@ def build_embeddings_asset(
         embeddings,
         key=asset_key,
         config_class=config_class,
-        description=(
-            f"Embeddings of {upstream_key.to_user_string()}.{text_column}, one float32 column per dimension."
-        ),
+        description=(f"Embeddings of {upstream_key.to_user_string()}.{text_column}, one float32 column per dimension."),
         columns=EMBEDDING_COLUMNS,
         resource_key=resource_key,
         io_manager_key=io_manager_key,

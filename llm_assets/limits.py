@@ -10,24 +10,12 @@ Example:
     >>> asyncio.run(limits.acquire(tokens=100))
 """
 
-import json
-
 from aiolimiter import AsyncLimiter
 
 
 def estimate_tokens(text: str) -> int:
     """A conservative token estimate (about 3 characters per token) for packing and limits."""
     return len(text) // 3 + 1
-
-
-def estimate_request_tokens(body: bytes) -> int:
-    """Estimated tokens a request body may use: its text plus the completion limit."""
-    try:
-        payload = json.loads(body)
-        limit = int(payload.get("max_tokens") or payload.get("max_completion_tokens") or 0)
-    except (ValueError, AttributeError, TypeError):
-        limit = 0
-    return len(body) // 3 + 1 + limit
 
 
 class RateLimits:

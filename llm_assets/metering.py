@@ -22,8 +22,9 @@ import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from llm_assets.cache import CacheMode, RequestCache, request_key
-from llm_assets.limits import RateLimits, estimate_request_tokens
+from llm_assets.cache import CacheMode, RequestCache, payload_key
+from llm_assets.governance import REFUSAL_CODE, Governor
+from llm_assets.limits import RateLimits
 from llm_assets.usage import Usage
 
 try:  # openai >= 3 speaks httpx2; older releases speak httpx.
@@ -50,8 +51,9 @@ class _BodyTap:
     the model and usage found in it, exactly once, and returns the decoded JSON body
     (for the cache) when it was a complete JSON object."""
 
-    def __init__(self, response: httpx.Response, usage: Usage) -> None:
+    def __init__(self, response: httpx.Response, usage: Usage, plan: "_Plan") -> None:
         encoding = response.headers.get("content-encoding", "").lower()
+        self._plan = plan
         self._inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding else None
         self._is_sse = "text/event-stream" in response.headers.get("content-type", "")
         self._usage = usage
@@ -96,17 +98,21 @@ class _BodyTap:
         self._done = True
         if self._is_sse:
             self._sse_line(self._buffer)
-            self._usage.add_response(self._model, self._reported)
-            return None
+            return self._count(None)
         try:
             body = json.loads(self._buffer)
         except ValueError:
-            return None  # malformed or cut off: not a billed completion we can read
+            body = None  # malformed or cut off: not a billed completion we can read
         if not isinstance(body, dict):
+            self._plan.settle(None, None)
             return None
         self._observe(body)
+        return self._count(self._buffer if complete else None)
+
+    def _count(self, body: bytes | None) -> bytes | None:
         self._usage.add_response(self._model, self._reported)
-        return self._buffer if complete else None
+        self._plan.settle(self._model, self._reported)
+        return body
 
 
 def _cached_response(request: httpx.Request, body: bytes, usage: Usage) -> httpx.Response:
@@ -120,23 +126,56 @@ def _cached_response(request: httpx.Request, body: bytes, usage: Usage) -> httpx
 
 
 class _Plan:
-    """What to do with one request: whose usage it is, whether to meter it, and whether to
-    look it up / store it in the cache."""
+    """What to do with one request: whose usage it is, whether it is metered, governed,
+    looked up in / stored to the cache."""
 
     def __init__(
-        self, request: httpx.Request, usages: list[Usage], cache: RequestCache | None, mode: CacheMode
+        self,
+        request: httpx.Request,
+        usages: list[Usage],
+        cache: RequestCache | None,
+        mode: CacheMode,
+        governor: Governor | None,
     ) -> None:
         slot = request.headers.pop(PARTITION_HEADER, None)
         self.usage = usages[int(slot)] if slot is not None else usages[0]
         self.metered = is_metered(request)
+        self.governor = governor if governor is not None and governor.active and self.metered else None
         self.cache = cache if self.metered and mode is not CacheMode.OFF else None
-        self.key = (
-            request_key(request.method, str(request.url), request.content) if self.cache is not None else None
-        )
-        self.reads = bool(self.key) and mode.reads
-        self.writes = bool(self.key) and mode.writes
+        self.key, self.model, self.estimate, self._reserved = None, None, 0, False
         if self.metered:
             request.headers["accept-encoding"] = _ACCEPT_ENCODING
+            try:
+                payload: Any = json.loads(request.content)
+            except ValueError:
+                payload = None
+            if isinstance(payload, dict):
+                self.model = payload.get("model")
+                limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 0
+                self.estimate = len(request.content) // 3 + 1 + (limit if isinstance(limit, int) else 0)
+                if self.cache is not None:
+                    self.key = payload_key(str(request.url), payload)
+        self.reads = bool(self.key) and mode.reads
+        self.writes = bool(self.key) and mode.writes
+
+    def refusal(self) -> str | None:
+        """Why the governor refuses this request (else it reserves its estimate)."""
+        if self.governor is None:
+            return None
+        refused = self.governor.refusal(self.model, self.estimate)
+        self._reserved = refused is None
+        return refused
+
+    def settle(self, served: str | None, usage: dict[str, Any] | None) -> None:
+        if self._reserved:
+            self._reserved = False
+            self.governor.settle(self.model, self.estimate, usage, served)
+
+
+def _refused(request: httpx.Request, reason: str) -> httpx.Response:
+    """The answer to a request the governor refused: it never left the machine."""
+    error = {"message": reason, "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}
+    return httpx.Response(403, json={"error": error}, request=request)
 
 
 class _MeteredStream(httpx.SyncByteStream):
@@ -183,8 +222,9 @@ def _meter(response: httpx.Response, plan: _Plan, stream_cls: type) -> httpx.Res
         return response
     if not 200 <= response.status_code < 300:
         plan.usage.add_failed_attempt()
+        plan.settle(None, None)
         return response
-    response.stream = stream_cls(response.stream, _BodyTap(response, plan.usage), plan)
+    response.stream = stream_cls(response.stream, _BodyTap(response, plan.usage, plan), plan)
     return response
 
 
@@ -199,20 +239,24 @@ class MeteredTransport(httpx.BaseTransport):
         inner: httpx.BaseTransport | None = None,
         cache: RequestCache | None = None,
         cache_mode: CacheMode = CacheMode.OFF,
+        governor: Governor | None = None,
     ) -> None:
         self._usages = usage if isinstance(usage, list) else [usage]
-        self._cache, self._mode = cache, cache_mode
+        self._cache, self._mode, self._governor = cache, cache_mode, governor
         self._owns_inner = inner is None
         self._inner = inner or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _Plan(request, self._usages, self._cache, self._mode)
+        plan = _Plan(request, self._usages, self._cache, self._mode, self._governor)
         if plan.reads and (body := plan.cache.get(plan.key)) is not None:
             return _cached_response(request, body, plan.usage)
+        if (reason := plan.refusal()) is not None:
+            return _refused(request, reason)
         try:
             response = self._inner.handle_request(request)
         except httpx.TransportError:
             plan.usage.add_failed_attempt()
+            plan.settle(None, None)
             raise
         return _meter(response, plan, _MeteredStream)
 
@@ -233,22 +277,26 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
         cache: RequestCache | None = None,
         cache_mode: CacheMode = CacheMode.OFF,
         limits: RateLimits | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self._usages = usage if isinstance(usage, list) else [usage]
-        self._cache, self._mode, self._limits = cache, cache_mode, limits
+        self._cache, self._mode, self._limits, self._governor = cache, cache_mode, limits, governor
         self._owns_inner = inner is None
         self._inner = inner or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _Plan(request, self._usages, self._cache, self._mode)
+        plan = _Plan(request, self._usages, self._cache, self._mode, self._governor)
         if plan.reads and (body := await asyncio.to_thread(plan.cache.get, plan.key)) is not None:
             return _cached_response(request, body, plan.usage)
+        if (reason := plan.refusal()) is not None:
+            return _refused(request, reason)
         if plan.metered and self._limits is not None and self._limits.active:
-            await self._limits.acquire(estimate_request_tokens(request.content))
+            await self._limits.acquire(plan.estimate)
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError:
             plan.usage.add_failed_attempt()
+            plan.settle(None, None)
             raise
         return _meter(response, plan, _AsyncMeteredStream)
 

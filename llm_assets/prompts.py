@@ -55,9 +55,7 @@ class PromptTemplate:
         return self.template.format_map({k: values[k] for k in self.fields})
 
 
-def partition_values(
-    partitions_def: dg.PartitionsDefinition | None, partition_key: str | None
-) -> dict[str, str]:
+def partition_values(partitions_def: dg.PartitionsDefinition | None, partition_key: str | None) -> dict[str, str]:
     """Placeholder values of one partition: ``partition_key`` and, for a multi-partition,
     each dimension by name."""
     if partition_key is None:

@@ -34,8 +34,10 @@ from pydantic import Field, PrivateAttr
 
 from llm_assets.cache import CacheMode, RequestCache
 from llm_assets.errors import LLMAssetsError
+from llm_assets.governance import Governor
 from llm_assets.limits import RateLimits
 from llm_assets.metering import PARTITION_HEADER, AsyncMeteredTransport, MeteredTransport, httpx
+from llm_assets.prices import ModelPrice, price_table
 from llm_assets.usage import Usage
 
 #: Placeholder key sent to OpenAI-compatible servers that need none.
@@ -134,12 +136,8 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         description="Retries of the OpenAI SDK (with backoff) for connection errors, 408, 409, 429 and 5xx.",
     )
     chat_model: str = Field(default="gpt-4o-mini", description="Default model for chat answers.")
-    embedding_model: str = Field(
-        default="text-embedding-3-small", description="Default model for embeddings."
-    )
-    max_concurrency: int = Field(
-        default=8, ge=1, description="Requests in flight at once within one materialization."
-    )
+    embedding_model: str = Field(default="text-embedding-3-small", description="Default model for embeddings.")
+    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once within one materialization.")
     requests_per_minute: int | None = Field(
         default=None, ge=1, description="Client-side cap on requests per minute within one step."
     )
@@ -159,10 +157,30 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     default_headers: dict[str, str] | None = Field(
         default=None, description="Extra HTTP headers sent with every request."
     )
+    allowed_models: list[str] | None = Field(
+        default=None,
+        description="Models that may be requested; any other is refused before it is sent. None allows all.",
+    )
+    max_tokens_per_run: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens a run may spend; the request that would exceed it is not sent.",
+    )
+    max_cost_usd_per_run: float | None = Field(
+        default=None,
+        gt=0,
+        description="Estimated USD a run may spend (see prices); enforced like max_tokens_per_run.",
+    )
+    prices: dict[str, dict[str, float]] | None = Field(
+        default=None,
+        description="USD per 1M tokens by model, overriding/extending the shipped table: "
+        "{'my-model': {'input': 1.0, 'cached_input': 0.5, 'output': 2.0}}.",
+    )
 
     _pool: Any = PrivateAttr(default=None)
     _ledgers: Any = PrivateAttr(default=None)
     _cache: RequestCache | None = PrivateAttr(default=None)
+    _governor: Governor | None = PrivateAttr(default=None)
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -174,6 +192,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         self._client_kwargs()  # fail at start-up, before any asset runs, on bad configuration
         self._pool = httpx.HTTPTransport(limits=_POOL_LIMITS)
         self._ledgers = weakref.WeakKeyDictionary()
+        self._governor = self._new_governor()
         root = self.cache_dir
         if root is None and context.instance is not None:
             root = os.path.join(context.instance.storage_directory(), "llm_assets", "request_cache")
@@ -182,6 +201,19 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._pool is not None:
             self._pool.close()
+
+    def price_table(self) -> dict[str, ModelPrice]:
+        """The prices cost is estimated with: the shipped table plus ``prices``."""
+        return price_table(self.prices)
+
+    def _new_governor(self) -> Governor:
+        return Governor(self.allowed_models, self.max_tokens_per_run, self.max_cost_usd_per_run, self.price_table())
+
+    def governor(self) -> Governor:
+        """The allow-list and budgets of this run."""
+        if self._governor is None:
+            self._governor = self._new_governor()
+        return self._governor
 
     def resolved_base_url(self) -> str | None:
         """The base URL requests go to (``None`` means OpenAI's)."""
@@ -234,7 +266,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         """
         usage_key = self._usage_key(context, asset_key, partition_key)
         usage = Usage()
-        transport = MeteredTransport(usage, self._shared_pool(), self._cache, self.cache_mode(cache))
+        transport = MeteredTransport(usage, self._shared_pool(), self._cache, self.cache_mode(cache), self.governor())
         http_client = openai.DefaultHttpxClient(transport=transport)
         client = openai.OpenAI(**self._client_kwargs(), http_client=http_client)
         try:
@@ -290,15 +322,14 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             self._cache,
             self.cache_mode(cache),
             RateLimits(self.requests_per_minute, self.tokens_per_minute),
+            self.governor(),
         )
         pools: list[httpx.AsyncBaseTransport] = []
 
         def make_client() -> openai.AsyncOpenAI:
             pools.append(async_connection_pool())
             transport = AsyncMeteredTransport(usages, pools[0], *transport_args)
-            return openai.AsyncOpenAI(
-                **kwargs, http_client=openai.DefaultAsyncHttpxClient(transport=transport)
-            )
+            return openai.AsyncOpenAI(**kwargs, http_client=openai.DefaultAsyncHttpxClient(transport=transport))
 
         clients = PartitionedClient(make_client, list(partition_keys), usages)
         try:
@@ -332,9 +363,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         return self._pool
 
     @staticmethod
-    def _usage_key(
-        context: AnyContext, asset_key: dg.AssetKey | None, partition_key: str | None
-    ) -> UsageKey | None:
+    def _usage_key(context: AnyContext, asset_key: dg.AssetKey | None, partition_key: str | None) -> UsageKey | None:
         if not isinstance(context, dg.AssetExecutionContext):
             return None
         if asset_key is None:
@@ -353,9 +382,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         partition_key: str | None = None,
     ) -> Usage:
         """Usage recorded so far in this step for one asset (and partition)."""
-        ledger = (
-            self._ledgers.get(context.get_step_execution_context(), {}) if self._ledgers is not None else {}
-        )
+        ledger = self._ledgers.get(context.get_step_execution_context(), {}) if self._ledgers is not None else {}
         return ledger.get(self._usage_key(context, asset_key, partition_key), Usage())
 
     def _record(self, context: AnyContext, usage_key: UsageKey | None, usage: Usage) -> None:
@@ -369,4 +396,6 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         total = ledger.setdefault(usage_key, Usage())
         total.merge(usage)
         asset_key, partition_key = usage_key
-        context.add_asset_metadata(total.to_metadata(), asset_key=asset_key, partition_key=partition_key)
+        context.add_asset_metadata(
+            total.to_metadata(self.price_table()), asset_key=asset_key, partition_key=partition_key
+        )

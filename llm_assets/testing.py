@@ -220,10 +220,7 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 counters = {"requests": len(stats.requests), "max_in_flight": stats.max_in_flight}
                 self._json(200, {**counters, "usage": stats.usage.to_metadata()})
             elif self.path.rstrip("/").endswith("/models"):
-                models = [
-                    {"id": m, "object": "model", "owned_by": "scripted"}
-                    for m in server.served_models.values()
-                ]
+                models = [{"id": m, "object": "model", "owned_by": "scripted"} for m in server.served_models.values()]
                 self._json(200, {"object": "list", "data": models})
             else:
                 self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
@@ -374,11 +371,7 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def _responses(self, body: dict[str, Any]) -> None:
             model = server.served_models.get(body.get("model", ""), body.get("model", ""))
             given = body.get("input")
-            prompt = (
-                given
-                if isinstance(given, str)
-                else "\n".join(_text_of(m.get("content")) for m in given or [])
-            )
+            prompt = given if isinstance(given, str) else "\n".join(_text_of(m.get("content")) for m in given or [])
             text = scripted_answer(prompt, body.get("max_output_tokens"))
             usage = server._usage(count_tokens(prompt), count_tokens(text), responses_api=True)
             server._bill(model, usage, body)

@@ -135,10 +135,27 @@ class Usage:
     def total_tokens(self) -> int:
         return self.total("total_tokens")
 
-    def to_metadata(self) -> dict[str, int]:
+    def cost_usd(self, prices: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
+        """Estimated USD cost per priced model, and the models with no price."""
+        from llm_assets.prices import price_for
+
+        costs, unknown = {}, []
+        for model, m in sorted(self.models.items()):
+            if not m.calls:
+                continue
+            price = price_for(model, prices)
+            if price is None:
+                unknown.append(model)
+            else:
+                costs[model] = price.cost(m.prompt_tokens, m.cached_tokens, m.completion_tokens)
+        return costs, unknown
+
+    def to_metadata(self, prices: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Metadata in dagster-openai's scheme (``openai.<model>.<counter>``) plus totals
-        over all models (``openai.<counter>``)."""
-        metadata: dict[str, int] = {}
+        over all models (``openai.<counter>``) and, given ``prices``, the estimated cost:
+        ``openai.<model>.cost_usd``, and ``openai.cost_usd`` when every model is priced
+        (else ``openai.cost_unknown_models`` names the others: their cost is not guessed)."""
+        metadata: dict[str, Any] = {}
         for model, m in sorted(self.models.items()):
             metadata[f"openai.{model}.calls"] = m.calls
             metadata[f"openai.{model}.prompt_tokens"] = m.prompt_tokens
@@ -164,4 +181,12 @@ class Usage:
             metadata["openai.calls_without_usage"] = self.total("calls_without_usage")
         metadata["openai.cache_hits"] = self.total("cache_hits")
         metadata["openai.failed_attempts"] = self.failed_attempts
+        if prices is not None:
+            costs, unknown = self.cost_usd(prices)
+            for model, cost in costs.items():
+                metadata[f"openai.{model}.cost_usd"] = round(cost, 8)
+            if unknown:
+                metadata["openai.cost_unknown_models"] = ", ".join(unknown)
+            else:
+                metadata["openai.cost_usd"] = round(sum(costs.values()), 8)
         return metadata

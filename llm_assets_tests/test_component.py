@@ -36,9 +36,7 @@ def test_yaml_component_loads_and_materializes(server, openai_resource, instance
         ([dg.AssetKey(["crew", "answers"]), dg.AssetKey(["crew", "embeddings"])], tags),
         ([dg.AssetKey(["crew", "answer_map"])], {}),
     ):
-        result = dg.materialize(
-            assets, selection=selection, resources=resources, instance=instance, tags=run_tags
-        )
+        result = dg.materialize(assets, selection=selection, resources=resources, instance=instance, tags=run_tags)
         assert result.success
     assert {r["body"]["max_tokens"] for r in server.stats.requests if "messages" in r["body"]} == {9}
     assert server.stats.paths["/v1/embeddings"] == 3

@@ -9,6 +9,8 @@ import dagster as dg
 import pytest
 from PIL import Image
 
+from llm_assets.prices import DEFAULT_PRICES as PRICES
+
 MODULE = "llm_assets.examples.captains"
 
 
@@ -37,9 +39,7 @@ def test_all_captains_then_embeddings_then_plot(monkeypatch, server, env_home):
             (example.pipeline.embeddings, everyone),
             (example.pipeline.plot, {}),
         ):
-            result = dg.materialize(
-                assets, selection=[asset.key], resources=resources, instance=instance, tags=tags
-            )
+            result = dg.materialize(assets, selection=[asset.key], resources=resources, instance=instance, tags=tags)
             assert result.success
         records = instance.fetch_materializations(example.pipeline.answers.key, limit=100).records
         plot_event = instance.get_latest_materialization_event(example.pipeline.plot.key)
@@ -49,7 +49,7 @@ def test_all_captains_then_embeddings_then_plot(monkeypatch, server, env_home):
         expected = server.usage_where(
             lambda b, c=captain: f"Captain {c} " in b.get("messages", [{}])[0].get("content", "")
         )
-        assert recorded == expected.to_metadata() and expected.calls == 1
+        assert recorded == expected.to_metadata(PRICES) and expected.calls == 1
     assert server.stats.paths["/v1/chat/completions"] == len(example.CAPTAINS)
     assert server.stats.paths["/v1/embeddings"] == len(example.CAPTAINS)
     png = plot_event.asset_materialization.metadata["plot_path"].value

@@ -14,6 +14,7 @@ from llm_assets import (
     vectors,
 )
 from llm_assets.frames import ANSWER_COLUMNS
+from llm_assets.prices import DEFAULT_PRICES as PRICES
 from llm_assets.testing import scripted_vector
 from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
 
@@ -27,9 +28,7 @@ def resources(openai_resource):
 
 
 def run(assets, openai_resource, instance, select=None, **kwargs):
-    result = dg.materialize(
-        assets, selection=select, resources=resources(openai_resource), instance=instance, **kwargs
-    )
+    result = dg.materialize(assets, selection=select, resources=resources(openai_resource), instance=instance, **kwargs)
     assert result.success
     return result
 
@@ -54,7 +53,7 @@ def test_chat_answers_per_partition_with_exact_usage(server, openai_resource, in
     for captain, event in events.items():
         expected = server.usage_where(lambda b, c=captain: f"Captain {c}." in content(b))
         assert expected.calls == 1
-        assert usage_metadata(event) == expected.to_metadata()
+        assert usage_metadata(event) == expected.to_metadata(PRICES)
     totals = [usage_metadata(e)["openai.prompt_tokens"] for e in events.values()]
     assert len(set(totals)) == 3  # the captains' names differ in length, so do their prompts
 
@@ -109,9 +108,7 @@ def test_multi_partition_dimensions_fill_the_template(server, openai_resource, i
     )
     key = dg.MultiPartitionKey({"captain": "Picard", "topic": "tea"})
     result = run([answers], openai_resource, instance, partition_key=key)
-    assert [r["body"]["messages"][0]["content"] for r in server.stats.requests] == [
-        "Captain Picard on tea (calm)."
-    ]
+    assert [r["body"]["messages"][0]["content"] for r in server.stats.requests] == ["Captain Picard on tea (calm)."]
     assert result.output_for_node("answers")["partition_key"].tolist() == [str(key)]
 
 
@@ -133,14 +130,12 @@ def test_one_request_per_upstream_row_the_volume_case(server, openai_resource, i
     assert frame["row"].tolist() == list(range(25))
     assert frame["prompt"].tolist() == [f"Q{i}: Kirk question {i}" for i in range(25)]
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"]]
-    assert usage_metadata(event) == server.usage.to_metadata()
+    assert usage_metadata(event) == server.usage.to_metadata(PRICES)
     assert metadata_values(event)["dagster/row_count"] == 25
 
 
 def test_chained_prompts_research_points_into_one_report(server, openai_resource, instance):
-    points = build_chat_answers_asset(
-        key="points", partitions_def=captains, prompt="Research point on {partition_key}"
-    )
+    points = build_chat_answers_asset(key="points", partitions_def=captains, prompt="Research point on {partition_key}")
     report = build_chat_answers_asset(
         key="report",
         upstream=points,
@@ -151,9 +146,7 @@ def test_chained_prompts_research_points_into_one_report(server, openai_resource
     run([points, report], openai_resource, instance, tags=ALL)
     reports = [r["body"] for r in server.stats.requests if "structured report" in content(r["body"])]
     assert len(reports) == 3
-    point_answers = [
-        r["body"] for r in server.stats.requests if content(r["body"]).startswith("Research point")
-    ]
+    point_answers = [r["body"] for r in server.stats.requests if content(r["body"]).startswith("Research point")]
     assert len(point_answers) == 3
     assert any("Research point on Jean-Luc Picard" in content(b) for b in reports)
 
@@ -165,9 +158,7 @@ def test_embeddings_batch_keep_order_and_store_columnar(server, openai_resource,
     def docs() -> pd.DataFrame:
         return pd.DataFrame({"body": texts})
 
-    embeddings = build_embeddings_asset(
-        key="embeddings", upstream=docs, text_column="body", batch_size=4, dimensions=8
-    )
+    embeddings = build_embeddings_asset(key="embeddings", upstream=docs, text_column="body", batch_size=4, dimensions=8)
     result = run([docs, embeddings], openai_resource, instance)
     frame = result.output_for_node("embeddings")
     assert server.stats.paths["/v1/embeddings"] == 3  # 4 + 4 + 2 inputs
@@ -178,7 +169,7 @@ def test_embeddings_batch_keep_order_and_store_columnar(server, openai_resource,
     np.testing.assert_allclose(matrix, expected, rtol=1e-6)
     assert all(frame[c].dtype == np.float32 for c in frame.columns if c.startswith("e") and c[1:].isdigit())
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["embeddings"]]
-    assert usage_metadata(event) == server.usage.to_metadata()
+    assert usage_metadata(event) == server.usage.to_metadata(PRICES)
     assert metadata_values(event)["dimensions"] == 8
 
 
@@ -197,7 +188,7 @@ def test_pipeline_single_run_backfill_then_plot(server, openai_resource, instanc
     embeddings = run(assets, openai_resource, instance, select=[pipeline.embeddings.key], tags=ALL)
     for event in embeddings.get_asset_materialization_events():
         expected = server.usage_where(lambda b, p=event.partition: "input" in b and p in b["input"][0])
-        assert usage_metadata(event) == expected.to_metadata()
+        assert usage_metadata(event) == expected.to_metadata(PRICES)
     plot = run(assets, openai_resource, instance, select=[pipeline.plot.key])
     frame = plot.output_for_node("crew__answer_map")
     assert sorted(frame["label"]) == sorted(CAPTAINS)
@@ -206,10 +197,7 @@ def test_pipeline_single_run_backfill_then_plot(server, openai_resource, instanc
     assert meta["plot"].startswith("![crew/answer_map](data:image/png;base64,")
     with open(meta["plot_path"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert (
-        0 < meta["explained_variance_pc1"] <= 1
-        and meta["explained_variance_pc1"] >= meta["explained_variance_pc2"]
-    )
+    assert 0 < meta["explained_variance_pc1"] <= 1 and meta["explained_variance_pc1"] >= meta["explained_variance_pc2"]
     assert len(meta["coordinates"].records) == 3
 
 
@@ -268,9 +256,7 @@ def test_unknown_placeholder_fails_at_definition_time():
 
 
 def test_single_run_on_the_default_io_manager_is_refused_before_sending(server, openai_resource, instance):
-    answers = build_chat_answers_asset(
-        key="answers", partitions_def=captains, prompt="Captain {partition_key}"
-    )
+    answers = build_chat_answers_asset(key="answers", partitions_def=captains, prompt="Captain {partition_key}")
     result = dg.materialize(
         [answers], resources={"openai": openai_resource}, instance=instance, raise_on_error=False, tags=ALL
     )
@@ -280,9 +266,7 @@ def test_single_run_on_the_default_io_manager_is_refused_before_sending(server, 
 
 
 def test_io_manager_writes_where_the_default_one_reads(server, openai_resource, instance):
-    answers = build_chat_answers_asset(
-        key="answers", partitions_def=captains, prompt="Captain {partition_key}"
-    )
+    answers = build_chat_answers_asset(key="answers", partitions_def=captains, prompt="Captain {partition_key}")
 
     @dg.asset(partitions_def=captains)
     def lengths(answers: pd.DataFrame) -> int:

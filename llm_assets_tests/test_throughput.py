@@ -13,7 +13,7 @@ from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_cha
 from llm_assets import build_embeddings_asset as embeddings_factory
 from llm_assets.cache import RequestCache, request_key
 from llm_assets.engine import pack_batches
-from llm_assets.limits import RateLimits, estimate_request_tokens
+from llm_assets.limits import RateLimits
 from llm_assets_tests.conftest import metadata_values, usage_metadata
 
 QUESTIONS = [f"question number {i} " + "padding " * (i % 7) for i in range(60)]
@@ -69,7 +69,7 @@ def test_tokens_per_minute_paces_by_estimated_tokens():
     async def spend() -> float:
         await limits.acquire(1000)  # a full bucket goes at once
         started = time.monotonic()
-        await limits.acquire(estimate_request_tokens(b'{"max_tokens": 99}'))  # 6 + 1 + 99 tokens
+        await limits.acquire(100)  # the bucket refills 100 tokens a second
         return time.monotonic() - started
 
     assert 0.9 < asyncio.run(spend()) < 2.0
@@ -166,9 +166,7 @@ def test_get_client_caches_only_when_asked(server, instance):
             with openai.get_client(context, cache=cache) as client:
                 client.chat.completions.create(model="m", messages=[{"role": "user", "content": "same"}])
 
-    result = dg.materialize(
-        [twice], resources={"openai": OpenAIResource(base_url=server.base_url)}, instance=instance
-    )
+    result = dg.materialize([twice], resources={"openai": OpenAIResource(base_url=server.base_url)}, instance=instance)
     assert len(server.stats.requests) == 3  # two uncached, then one miss that fills the cache, one hit
     assert usage_metadata(result.get_asset_materialization_events()[0])["openai.cache_hits"] == 1
 
@@ -215,9 +213,7 @@ def test_embedding_batches_respect_input_and_token_limits(server, instance):
 
     vectors = embeddings_factory(key="vectors", upstream=docs)
     config = {"ops": {"vectors": {"config": {"max_batch_tokens": 1200, "batch_size": 4}}}}
-    result = materialize(
-        OpenAIResource(base_url=server.base_url), instance, run_config=config, assets=(docs, vectors)
-    )
+    result = materialize(OpenAIResource(base_url=server.base_url), instance, run_config=config, assets=(docs, vectors))
     sizes = [len(r["body"]["input"]) for r in server.stats.requests]
     assert sorted(sizes) == [2, 2, 2, 2, 4]  # two long texts per 1,200 tokens; 4 inputs at most
     assert result.output_for_node("vectors")["text"].tolist() == texts

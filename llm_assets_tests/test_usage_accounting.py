@@ -7,6 +7,7 @@ import pydantic
 import pytest
 
 from llm_assets import OpenAIResource
+from llm_assets.prices import DEFAULT_PRICES as PRICES
 from llm_assets_tests.conftest import usage_metadata
 
 MODEL = "gpt-4o-mini"
@@ -33,7 +34,7 @@ def test_two_get_client_blocks_in_one_asset(server, openai_resource, instance):
             ask(client, "a second and longer question here")
 
     recorded = materialize_one(two_blocks, openai_resource, instance)
-    assert recorded == server.usage.to_metadata()
+    assert recorded == server.usage.to_metadata(PRICES)
     assert recorded[f"openai.{SERVED}.calls"] == 2
     assert recorded["openai.total_tokens"] == server.usage.total_tokens > 0
 
@@ -60,13 +61,11 @@ def test_multi_asset_usage_lands_on_each_asset(server, openai_resource, instance
         return dg.MaterializeResult(asset_key="m1"), dg.MaterializeResult(asset_key="m2")
 
     result = dg.materialize([pair], resources={"openai": openai_resource}, instance=instance)
-    by_key = {
-        e.asset_key.to_user_string(): usage_metadata(e) for e in result.get_asset_materialization_events()
-    }
+    by_key = {e.asset_key.to_user_string(): usage_metadata(e) for e in result.get_asset_materialization_events()}
     m1 = server.usage_where(lambda b: "m1" in b["messages"][0]["content"])
     m2 = server.usage_where(lambda b: "m2" in b["messages"][0]["content"])
-    assert by_key["m1"] == m1.to_metadata() and m1.calls == 1
-    assert by_key["m2"] == m2.to_metadata() and m2.calls == 2
+    assert by_key["m1"] == m1.to_metadata(PRICES) and m1.calls == 1
+    assert by_key["m2"] == m2.to_metadata(PRICES) and m2.calls == 2
 
 
 def test_multi_asset_without_asset_key_is_a_clear_error(openai_resource, instance):
@@ -96,8 +95,8 @@ def test_several_assets_in_one_in_process_run(server, openai_resource, instance)
     result = dg.materialize([first, second], resources={"openai": openai_resource}, instance=instance)
     assert result.success
     by_key = {e.asset_key.path[-1]: usage_metadata(e) for e in result.get_asset_materialization_events()}
-    assert by_key["first"] == server.usage_where(lambda b: "first asset" in str(b)).to_metadata()
-    assert by_key["second"] == server.usage_where(lambda b: "second asset" in str(b)).to_metadata()
+    assert by_key["first"] == server.usage_where(lambda b: "first asset" in str(b)).to_metadata(PRICES)
+    assert by_key["second"] == server.usage_where(lambda b: "second asset" in str(b)).to_metadata(PRICES)
     assert by_key["second"][f"openai.{SERVED}.calls"] == 2
 
 
@@ -121,7 +120,7 @@ def test_one_run_many_partitions_each_gets_its_own_usage(server, openai_resource
     assert set(events) == {"a", "bb", "ccc"}
     for key, recorded in events.items():
         expected = server.usage_where(lambda b, k=key: f"partition {k} " in b["messages"][0]["content"])
-        assert recorded == expected.to_metadata()
+        assert recorded == expected.to_metadata(PRICES)
         assert recorded[f"openai.{SERVED}.calls"] == len(key)
     assert sum(e["openai.total_tokens"] for e in events.values()) == server.usage.total_tokens
 
@@ -134,7 +133,7 @@ def test_stream_with_include_usage(server, openai_resource, instance):
             return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
     recorded = materialize_one(streamed, openai_resource, instance)
-    assert recorded == server.usage.to_metadata()
+    assert recorded == server.usage.to_metadata(PRICES)
     assert recorded[f"openai.{SERVED}.completion_tokens"] > 0
 
 
@@ -175,7 +174,7 @@ def test_with_raw_response(server, openai_resource, instance):
             )
             assert response.parse().usage.total_tokens > 0
 
-    assert materialize_one(raw, openai_resource, instance) == server.usage.to_metadata()
+    assert materialize_one(raw, openai_resource, instance) == server.usage.to_metadata(PRICES)
 
 
 def test_chat_completions_parse(server, openai_resource, instance):
@@ -193,7 +192,7 @@ def test_chat_completions_parse(server, openai_resource, instance):
             return completion.choices[0].message.parsed.answer
 
     recorded = materialize_one(parsed, openai_resource, instance)
-    assert recorded == server.usage.to_metadata() and recorded["openai.calls"] == 1
+    assert recorded == server.usage.to_metadata(PRICES) and recorded["openai.calls"] == 1
 
 
 def test_responses_api_plain_and_streamed(server, openai_resource, instance):
@@ -207,7 +206,7 @@ def test_responses_api_plain_and_streamed(server, openai_resource, instance):
             return first.output_text
 
     recorded = materialize_one(responses, openai_resource, instance)
-    assert recorded == server.usage.to_metadata()
+    assert recorded == server.usage.to_metadata(PRICES)
     assert recorded[f"openai.{SERVED}.calls"] == 2
     assert recorded[f"openai.{SERVED}.completion_tokens"] > 0
 
@@ -219,7 +218,7 @@ def test_embeddings_have_no_completion_tokens(server, openai_resource, instance)
             client.embeddings.create(model="text-embedding-3-small", input=["one two", "three"])
 
     recorded = materialize_one(embedded, openai_resource, instance)
-    assert recorded == server.usage.to_metadata()
+    assert recorded == server.usage.to_metadata(PRICES)
     assert recorded["openai.text-embedding-3-small.prompt_tokens"] == 3
     assert "openai.text-embedding-3-small.completion_tokens" not in recorded
 
@@ -230,7 +229,7 @@ def test_legacy_completions(server, openai_resource, instance):
         with openai.get_client(context) as client:
             client.completions.create(model=MODEL, prompt="complete this sentence", max_tokens=5)
 
-    assert materialize_one(legacy, openai_resource, instance) == server.usage.to_metadata()
+    assert materialize_one(legacy, openai_resource, instance) == server.usage.to_metadata(PRICES)
 
 
 def test_async_client(server, openai_resource, instance):
@@ -240,9 +239,7 @@ def test_async_client(server, openai_resource, instance):
             async with openai.get_async_client(context) as client:
                 await asyncio.gather(
                     *[
-                        client.chat.completions.create(
-                            model=MODEL, messages=[{"role": "user", "content": f"q {i}"}]
-                        )
+                        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q {i}"}])
                         for i in range(5)
                     ]
                 )
@@ -250,7 +247,7 @@ def test_async_client(server, openai_resource, instance):
         asyncio.run(main())
 
     recorded = materialize_one(concurrent, openai_resource, instance)
-    assert recorded == server.usage.to_metadata() and recorded["openai.calls"] == 5
+    assert recorded == server.usage.to_metadata(PRICES) and recorded["openai.calls"] == 5
 
 
 def test_cached_and_reasoning_tokens_are_recorded_where_reported(server, openai_resource, instance):
@@ -263,7 +260,7 @@ def test_cached_and_reasoning_tokens_are_recorded_where_reported(server, openai_
             client.responses.create(model=MODEL, input="another long question with cached tokens")
 
     recorded = materialize_one(detailed, openai_resource, instance)
-    assert recorded == server.usage.to_metadata()
+    assert recorded == server.usage.to_metadata(PRICES)
     assert recorded[f"openai.{SERVED}.cached_tokens"] > 0
     assert recorded[f"openai.{SERVED}.reasoning_tokens"] > 0
     assert recorded["openai.cached_tokens"] == recorded[f"openai.{SERVED}.cached_tokens"]

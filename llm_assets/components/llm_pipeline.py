@@ -31,9 +31,7 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     key_prefix: str | None = pydantic.Field(default=None, description="Prefix of the three asset keys.")
     group_name: str | None = pydantic.Field(default=None, description="Asset group of the three assets.")
     chat_model: str | None = pydantic.Field(default=None, description="Chat model (else the resource's).")
-    embedding_model: str | None = pydantic.Field(
-        default=None, description="Embedding model (else the resource's)."
-    )
+    embedding_model: str | None = pydantic.Field(default=None, description="Embedding model (else the resource's).")
     max_tokens: int = pydantic.Field(default=256, ge=1, description="Most tokens per answer.")
     temperature: float = pydantic.Field(default=0.7, ge=0, le=2, description="Sampling temperature.")
     resource_key: str = pydantic.Field(default="openai", description="Key of the OpenAIResource.")

@@ -30,9 +30,7 @@ products = dg.StaticPartitionsDefinition(list(REVIEWS))
 @dg.asset(partitions_def=products, backfill_policy=dg.BackfillPolicy.single_run(), group_name="reviews")
 def reviews(context: dg.AssetExecutionContext) -> pd.DataFrame:
     """Customer reviews: many texts per product; one run may load several products."""
-    return pd.DataFrame(
-        [{"partition_key": p, "body": body} for p in context.partition_keys for body in REVIEWS[p]]
-    )
+    return pd.DataFrame([{"partition_key": p, "body": body} for p in context.partition_keys for body in REVIEWS[p]])
 
 
 summaries = build_chat_answers_asset(  # one request per review row
@@ -54,9 +52,7 @@ report = build_chat_answers_asset(  # chained: all summaries of a product → on
     group_name="reviews",
 )
 embeddings = build_embeddings_asset(key="summary_embeddings", upstream=summaries, group_name="reviews")
-review_map = build_pca_plot_asset(
-    key="review_map", upstream=embeddings, label_column="text", group_name="reviews"
-)
+review_map = build_pca_plot_asset(key="review_map", upstream=embeddings, label_column="text", group_name="reviews")
 
 defs = dg.Definitions(
     assets=[reviews, summaries, report, embeddings, review_map],

@@ -65,9 +65,7 @@ class LocalBackend:
     @property
     def base_url(self) -> str:
         if self.process is None:
-            raise LLMAssetsError(
-                "The local backend is not running: call start() or use it as a context manager."
-            )
+            raise LLMAssetsError("The local backend is not running: call start() or use it as a context manager.")
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property

@@ -29,9 +29,7 @@ class LocalOpenAIResource(OpenAIResource):
     """
 
     threads: int | None = Field(default=None, ge=1, description="CPU threads for the models (default: all).")
-    ready_timeout: float = Field(
-        default=60.0, gt=0, description="Seconds to wait for the local server to start."
-    )
+    ready_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for the local server to start.")
 
     _backend: LocalBackend | None = PrivateAttr(default=None)
 
@@ -61,16 +59,10 @@ def openai_resource_from_env(**fields: object) -> OpenAIResource:
     logger = dg.get_dagster_logger("llm_assets")
     base_url = os.environ.get("OPENAI_BASE_URL") or None
     if os.environ.get("OPENAI_API_KEY"):
-        logger.info(
-            f"llm_assets: using {base_url or 'OpenAI'} with OPENAI_API_KEY; unset it for the local model."
-        )
+        logger.info(f"llm_assets: using {base_url or 'OpenAI'} with OPENAI_API_KEY; unset it for the local model.")
         return OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"), base_url=base_url, **fields)
     if base_url:
-        logger.info(
-            f"llm_assets: using the server at OPENAI_BASE_URL={base_url}; unset it for the local model."
-        )
+        logger.info(f"llm_assets: using the server at OPENAI_BASE_URL={base_url}; unset it for the local model.")
         return OpenAIResource(base_url=base_url, **fields)
-    logger.info(
-        f"llm_assets: no OPENAI_API_KEY or OPENAI_BASE_URL, using the embedded local model: {SWITCH_HINT}."
-    )
+    logger.info(f"llm_assets: no OPENAI_API_KEY or OPENAI_BASE_URL, using the embedded local model: {SWITCH_HINT}.")
     return LocalOpenAIResource(**fields)

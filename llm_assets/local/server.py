@@ -63,9 +63,7 @@ def _error(status: int, message: str) -> Any:
 
     return JSONResponse(
         status_code=status,
-        content={
-            "error": {"message": message, "type": "invalid_request_error", "param": "input", "code": None}
-        },
+        content={"error": {"message": message, "type": "invalid_request_error", "param": "input", "code": None}},
     )
 
 
@@ -93,9 +91,7 @@ def _embeddings_route(threads: int):
         given = body.get("input") if isinstance(body, dict) else None
         texts = [given] if isinstance(given, str) else given
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
-            return _error(
-                400, "'input' must be a non-empty string or a non-empty array of non-empty strings."
-            )
+            return _error(400, "'input' must be a non-empty string or a non-empty array of non-empty strings.")
         dimensions = body.get("dimensions")
         if dimensions not in (None, EMBEDDING_DIMENSIONS):
             return _error(
@@ -212,8 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             sock.bind((args.host, args.port))
         except OSError as error:
             raise SystemExit(
-                f"llm-assets: cannot listen on {args.host}:{args.port} ({error.strerror}): "
-                "pick another --port."
+                f"llm-assets: cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port."
             ) from None
         sock.listen(128)
     app = build_app(threads=args.threads, n_ctx=args.n_ctx)

@@ -1,0 +1,63 @@
+"""USD prices per 1M tokens, and the estimated cost of recorded usage.
+
+``DEFAULT_PRICES`` are OpenAI's published standard (non-batch) rates as of
+``PRICES_AS_OF`` (source: ``PRICES_SOURCE``); override or extend them with
+``OpenAIResource(prices={...})``. A served model name (often a dated snapshot such as
+``gpt-4o-mini-2024-07-18``) is priced by its longest listed prefix; a model with no
+listed prefix has an *unknown* cost, never a guessed one.
+
+Example:
+    >>> price_for("gpt-4o-mini-2024-07-18", DEFAULT_PRICES).input
+    0.15
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PRICES_AS_OF = "2025-06-01"
+PRICES_SOURCE = "https://openai.com/api/pricing (standard tier)"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """USD per 1M tokens: uncached input, cached input, output (reasoning included)."""
+
+    input: float
+    cached_input: float | None = None
+    output: float = 0.0
+
+    def cost(self, prompt: int, cached: int, completion: int) -> float:
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1e6
+
+
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4.1-nano": ModelPrice(0.10, 0.025, 0.40),
+    "gpt-4.1-mini": ModelPrice(0.40, 0.10, 1.60),
+    "gpt-4.1": ModelPrice(2.00, 0.50, 8.00),
+    "gpt-4o-mini": ModelPrice(0.15, 0.075, 0.60),
+    "gpt-4o": ModelPrice(2.50, 1.25, 10.00),
+    "o4-mini": ModelPrice(1.10, 0.275, 4.40),
+    "o3": ModelPrice(2.00, 0.50, 8.00),
+    "gpt-3.5-turbo": ModelPrice(0.50, None, 1.50),
+    "text-embedding-3-small": ModelPrice(0.02),
+    "text-embedding-3-large": ModelPrice(0.13),
+    "text-embedding-ada-002": ModelPrice(0.10),
+    # the embedded local models cost nothing
+    "smollm2-135m-instruct": ModelPrice(0.0),
+    "multilingual-e5-small-q4": ModelPrice(0.0),
+}
+
+
+def price_table(overrides: Mapping[str, Mapping[str, float]] | None) -> dict[str, ModelPrice]:
+    """``DEFAULT_PRICES`` with ``{"model": {"input": …, "cached_input": …, "output": …}}`` applied."""
+    table = dict(DEFAULT_PRICES)
+    for model, price in (overrides or {}).items():
+        table[model] = ModelPrice(**price)
+    return table
+
+
+def price_for(model: str, table: Mapping[str, ModelPrice]) -> ModelPrice | None:
+    """The price of ``model`` by its longest listed prefix, or ``None`` (unknown)."""
+    matches = [name for name in table if model == name or model.startswith(name + "-")]
+    return table[max(matches, key=len)] if matches else None
