@@ -30,6 +30,7 @@ import openai
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from llm_assets.cache import CacheMode, payload_key
+from llm_assets.governance import REFUSAL_CODE
 from llm_assets.limits import estimate_tokens
 from llm_assets.metering import httpx
 from llm_assets.resource import OpenAIResource, PartitionedClient
@@ -44,6 +45,10 @@ MAX_EMBEDDING_BATCH_TOKENS = 250_000
 
 class LLMRequestError(Exception):
     """A request failed after the SDK's retries; names the item that caused it."""
+
+
+class GovernanceError(LLMRequestError):
+    """A request refused by the allow-list or a budget; it was never sent. Always fatal."""
 
 
 class MalformedResponseError(Exception):
@@ -172,7 +177,11 @@ class Engine:
                     try:
                         results[index] = await self._send_one(clients, call, options)
                     except LLMRequestError as error:
-                        if self.on_error is ErrorPolicy.FAIL or call.failed is None:
+                        if (
+                            self.on_error is ErrorPolicy.FAIL
+                            or call.failed is None
+                            or isinstance(error, GovernanceError)
+                        ):
                             errors.append(error)
                             return
                         self.failures += 1
@@ -205,6 +214,11 @@ class Engine:
                         return call.read(response.json(), False, time.perf_counter() - sent)
                     except (ValueError, KeyError, TypeError, IndexError) as error:
                         raise MalformedResponseError(f"malformed response body ({error})") from error
+        except openai.APIStatusError as error:
+            refused = isinstance(error.body, dict) and error.body.get("code") == REFUSAL_CODE
+            if refused:
+                raise GovernanceError(f"Request for {call.description} was not sent: {error.body['message']}") from None
+            raise LLMRequestError(f"Request for {call.description} failed: {_describe(error)}") from error
         except (openai.OpenAIError, MalformedResponseError) as error:
             raise LLMRequestError(f"Request for {call.description} failed: {_describe(error)}") from error
         raise AssertionError("unreachable")  # pragma: no cover

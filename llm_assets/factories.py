@@ -194,6 +194,13 @@ def _run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> l
     return keys
 
 
+def _check_model(resource: OpenAIResource, model: str, field: str) -> None:
+    """Refuse a model outside the resource's allow-list before anything is sent."""
+    refused = resource.governor().model_refusal(model)
+    if refused is not None:
+        raise LLMAssetsError(f"{refused} (set by run config or factory `{field}`, else the resource's).")
+
+
 def _texts(frame: Any, column: str, where: str) -> list[str]:
     """The text column of an upstream value, checked to hold non-empty strings."""
     if isinstance(frame, pd.Series):
@@ -319,6 +326,7 @@ def build_chat_answers_asset(
             "max_tokens": config.max_tokens,
             "temperature": config.temperature,
         }
+        _check_model(resource, params["model"], "chat_model")
         rows_by_partition = {pk: [{}] for pk in partition_keys}
         if ins:
             loaded = by_partition(inputs["upstream"], partition_keys)
@@ -452,6 +460,7 @@ def build_embeddings_asset(
             for pk, value in loaded.items()
         }
         params: dict[str, Any] = {"model": config.embedding_model or resource.embedding_model}
+        _check_model(resource, params["model"], "embedding_model")
         if config.dimensions:
             params["dimensions"] = config.dimensions
         engine = Engine(resource, context, max_concurrency=max_concurrency, cache=config.cache)
