@@ -33,6 +33,7 @@ from llm_assets.cache import CacheMode, payload_key
 from llm_assets.governance import REFUSAL_CODE
 from llm_assets.limits import estimate_tokens
 from llm_assets.metering import httpx
+from llm_assets.redaction import mask_secrets, redact
 from llm_assets.resource import OpenAIResource, PartitionedClient
 
 T = TypeVar("T")
@@ -203,6 +204,7 @@ class Engine:
             wait=wait_exponential_jitter(multiplier=0.5, max=8),
             reraise=True,
         )
+        api_key = clients.client.api_key
         try:
             async for attempt in retrying:
                 with attempt:
@@ -217,11 +219,21 @@ class Engine:
         except openai.APIStatusError as error:
             refused = isinstance(error.body, dict) and error.body.get("code") == REFUSAL_CODE
             if refused:
-                raise GovernanceError(f"Request for {call.description} was not sent: {error.body['message']}") from None
-            raise LLMRequestError(f"Request for {call.description} failed: {_describe(error)}") from error
+                raise GovernanceError(
+                    f"Request for {self._text(call.description)} was not sent: {error.body['message']}"
+                ) from None
+            raise LLMRequestError(
+                f"Request for {self._text(call.description)} failed: {_describe(error, api_key)}"
+            ) from None
         except (openai.OpenAIError, MalformedResponseError) as error:
-            raise LLMRequestError(f"Request for {call.description} failed: {_describe(error)}") from error
+            raise LLMRequestError(
+                f"Request for {self._text(call.description)} failed: {_describe(error, api_key)}"
+            ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _text(self, text: str) -> str:
+        """Text about prompts as the library may log it (redacted when asked)."""
+        return redact(text) if self.resource.redact_text else text
 
     async def _answer_from_cache(
         self, calls: Sequence[_Call], clients: PartitionedClient, results: list[Any], progress: _Progress
@@ -337,11 +349,11 @@ class Engine:
         return out
 
 
-def _describe(error: BaseException) -> str:
-    """The server's own message for an API error, else the error."""
-    if isinstance(error, openai.APIStatusError):
-        return f"HTTP {error.status_code}: {error.message}"
-    return str(error)
+def _describe(error: BaseException, api_key: str | None = None) -> str:
+    """The server's own message for an API error, else the error; secrets masked (a server
+    may echo the key it was sent)."""
+    message = f"HTTP {error.status_code}: {error.message}" if isinstance(error, openai.APIStatusError) else str(error)
+    return mask_secrets(message, api_key)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -17,7 +17,7 @@ Example:
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import dagster as dg
 import pandas as pd
@@ -48,6 +48,7 @@ from llm_assets.frames import (
 from llm_assets.io_manager import _SplittingPickleIOManager
 from llm_assets.plot import markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.prompts import PromptTemplate, partition_placeholders, partition_values
+from llm_assets.redaction import redact
 from llm_assets.resource import OpenAIResource
 
 #: Partitioned factories default to one run for many partitions: requests of all the
@@ -108,13 +109,23 @@ class PlotConfig(dg.Config):
 
 
 def _config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any]) -> type[dg.Config]:
-    """``base`` with the factory's defaults, so the launchpad shows them."""
-    fields = {
-        field: (info.annotation, pydantic.Field(default=defaults[field], description=info.description))
+    """``base`` with the factory's defaults, so the launchpad shows them; the defaults are
+    checked against the fields' bounds here, when the asset is defined."""
+    fields = {  # the bounds (ge, le…) travel in the annotation's metadata
+        field: (
+            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation,
+            pydantic.Field(defaults[field], description=info.description),
+        )
         for field, info in base.model_fields.items()
         if field in defaults
     }
-    return pydantic.create_model(f"{name}_config", __base__=base, **fields)  # type: ignore[call-overload]
+    config_class = pydantic.create_model(f"{name}_config", __base__=base, **fields)  # type: ignore[call-overload]
+    try:
+        config_class(**defaults)
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise LLMAssetsError(f"Invalid default for {name}: {problems}.") from None
+    return config_class
 
 
 def _key(key: CoercibleToAssetKey | None, key_prefix: Sequence[str] | str | None, default: str) -> dg.AssetKey:
@@ -347,6 +358,11 @@ def build_chat_answers_asset(
                 rendered = {
                     w: t.render(values, where=f"{w} of {asset_key.to_user_string()}") for w, t in templates.items()
                 }
+                if not rendered["prompt"].strip():
+                    raise LLMAssetsError(
+                        f"The prompt of {asset_key.to_user_string()} is empty once filled (partition {pk!r}, row "
+                        f"{row}): give the placeholders non-empty values in run config or the factory."
+                    )
                 messages = [{"role": "user", "content": rendered["prompt"]}]
                 if "system_prompt" in rendered:
                     messages.insert(0, {"role": "system", "content": rendered["system_prompt"]})
@@ -366,7 +382,7 @@ def build_chat_answers_asset(
                     "dagster/row_count": len(rows),
                     "answers_from_cache": sum(1 for r in rows if r["cached"]),
                     "failed_requests": sum(1 for r in rows if r.get("error")),
-                    "preview": dg.MetadataValue.md(_preview(rows, ["prompt", "answer"])),
+                    "preview": dg.MetadataValue.md(_preview(rows, ["prompt", "answer"], resource.redact_text)),
                 },
                 partition_key=pk,
             )
@@ -396,11 +412,14 @@ def build_chat_answers_asset(
     )
 
 
-def _preview(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], count: int = 5, width: int = 120) -> str:
-    """A small markdown table of the first ``count`` rows, cells cut at ``width`` characters."""
+def _preview(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], redacted: bool = False, count: int = 5, width: int = 120
+) -> str:
+    """A small markdown table of the first ``count`` rows, cells cut at ``width`` characters
+    (personal data and secrets masked when ``redacted``)."""
 
     def cell(value: Any) -> str:
-        text = str(value).replace("|", "\\|").replace("\n", " ")
+        text = (redact(str(value)) if redacted else str(value)).replace("|", "\\|").replace("\n", " ")
         return text[:width] + "…" if len(text) > width else text
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

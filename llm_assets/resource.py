@@ -157,6 +157,11 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     default_headers: dict[str, str] | None = Field(
         default=None, description="Extra HTTP headers sent with every request."
     )
+    redact_text: bool = Field(
+        default=False,
+        description="Mask e-mail addresses, phone numbers and key-like strings in the prompt and answer text "
+        "the library logs or records as metadata (previews, error messages).",
+    )
     allowed_models: list[str] | None = Field(
         default=None,
         description="Models that may be requested; any other is refused before it is sent. None allows all.",
