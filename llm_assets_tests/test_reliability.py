@@ -114,3 +114,65 @@ def test_a_rerun_after_a_failure_sends_only_what_was_not_answered(server, instan
     recorded = usage_metadata(answers_event(result))
     assert recorded["openai.calls"] == N - answered and recorded["openai.cache_hits"] == answered
     assert recorded["openai.total_tokens"] == server.usage.total_tokens  # only the re-run's tokens
+
+
+CRASHING_RUN = """
+import dagster as dg
+import pandas as pd
+from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
+
+@dg.asset
+def prompts() -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"Crash question {i}" for i in range(200)]})
+
+answers = build_chat_answers_asset(key="answers", upstream=prompts, text_column="text", prompt="{text}")
+resources = {"openai": OpenAIResource(max_concurrency=4),  # OPENAI_BASE_URL: the scripted server
+             "io_manager": PartitionedFilesystemIOManager()}
+if __name__ == "__main__":
+    with dg.DagsterInstance.get() as instance:
+        dg.materialize([prompts, answers], resources=resources, instance=instance)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_asking_twice(server, env_home, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server.latency = 0.05
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    script = tmp_path / "crashing_run.py"
+    script.write_text(CRASHING_RUN)
+    process = subprocess.Popen(
+        [sys.executable, str(script), server.base_url],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while server.usage.calls < 60 and time.monotonic() < deadline:  # let about a third complete
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = len(server.stats.requests)
+    assert 60 <= first < 200
+
+    namespace: dict = {}
+    exec(compile(CRASHING_RUN, str(script), "exec"), namespace)
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            [namespace["prompts"], namespace["answers"]], resources=namespace["resources"], instance=instance
+        )
+    assert result.success
+    frame = result.output_for_node("answers")
+    assert len(frame) == 200 and frame["answer"].notna().all()
+    asked = [r["body"]["messages"][0]["content"] for r in server.stats.requests]
+    repeated = len(asked) - len(set(asked))
+    assert len(set(asked)) == 200
+    assert repeated <= 4  # only requests in flight at the kill (max_concurrency) were asked again
+    recorded = usage_metadata(answers_event(result))
+    assert recorded["openai.calls"] == len(asked) - first  # the re-run bills only what it sent
+    assert recorded["openai.cache_hits"] == 200 - recorded["openai.calls"]
