@@ -36,9 +36,9 @@ def answers_event(result):
 
 @pytest.mark.slow
 def test_thousand_requests_with_ten_percent_faults_complete_exactly_once(server, instance):
-    injector = FaultInjector(rate=0.10, seed=42, slow_seconds=0.6, retry_after="0.2")
+    injector = FaultInjector(rate=0.10, seed=42, slow_seconds=2.5, retry_after="0.2")
     server.fault = injector
-    resource = OpenAIResource(base_url=server.base_url, max_concurrency=32, timeout=0.4, max_retries=8)
+    resource = OpenAIResource(base_url=server.base_url, max_concurrency=32, timeout=2.0, max_retries=8)
     result = run(resource, instance)
     assert result.success
     frame = result.output_for_node("answers")
