@@ -152,6 +152,8 @@ def test_two_runs_in_parallel(tmp_path):
         "captains/answers",
         "--partition",
     ]
+    with dg.DagsterInstance.from_config(str(tmp_path)):
+        pass  # create the instance's storage once, as `dagster dev` has by the time runs start
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         runs = list(
             pool.map(
