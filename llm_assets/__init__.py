@@ -20,6 +20,7 @@ from llm_assets.factories import (
 from llm_assets.frames import vectors
 from llm_assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.resource import OpenAIResource
+from llm_assets.translator import ChatTranslator
 from llm_assets.usage import Usage
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChatConfig",
     "ChatRequest",
+    "ChatTranslator",
     "EmbeddingConfig",
     "Engine",
     "LLMAssetsError",

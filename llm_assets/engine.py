@@ -255,33 +255,41 @@ class Engine:
 
     # -- chat -------------------------------------------------------------------------------
 
-    def chat(self, requests: Sequence[ChatRequest]) -> list[dict[str, Any]]:
-        """Answer every request; returns one answers-frame record per request, in order."""
+    def chat(
+        self,
+        requests: Sequence[ChatRequest],
+        to_record: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]] = lambda record, body: record,
+    ) -> list[dict[str, Any]]:
+        """Answer every request; returns one answers-frame record per request, in order
+        (``to_record(record, response_body)`` may add columns)."""
 
         def reader(request: ChatRequest) -> Callable[[dict[str, Any], bool, float], dict[str, Any]]:
             def read(body: dict[str, Any], cached: bool, latency: float) -> dict[str, Any]:
                 choice = body["choices"][0]  # a body without choices is malformed: retried
                 usage = body.get("usage") or {}
-                return {
-                    "partition_key": request.partition_key,
-                    "row": request.row,
-                    "prompt": request.prompt,
-                    "answer": choice["message"].get("content") or "",
-                    "model": body.get("model"),
-                    "finish_reason": choice.get("finish_reason"),
-                    "prompt_tokens": usage.get("prompt_tokens"),
-                    "completion_tokens": usage.get("completion_tokens"),
-                    "total_tokens": usage.get("total_tokens"),
-                    "latency_s": latency,
-                    "cached": cached,
-                    "error": None,
-                }
+                return to_record(
+                    {
+                        "partition_key": request.partition_key,
+                        "row": request.row,
+                        "prompt": request.prompt,
+                        "answer": choice["message"].get("content") or "",
+                        "model": body.get("model"),
+                        "finish_reason": choice.get("finish_reason"),
+                        "prompt_tokens": usage.get("prompt_tokens"),
+                        "completion_tokens": usage.get("completion_tokens"),
+                        "total_tokens": usage.get("total_tokens"),
+                        "latency_s": latency,
+                        "cached": cached,
+                        "error": None,
+                    },
+                    body,
+                )
 
             return read
 
         def failure(request: ChatRequest) -> Callable[[str], dict[str, Any]]:
             def failed(message: str) -> dict[str, Any]:
-                return {
+                record = {
                     "partition_key": request.partition_key,
                     "row": request.row,
                     "prompt": request.prompt,
@@ -289,6 +297,7 @@ class Engine:
                     "cached": False,
                     "error": message,
                 }
+                return to_record(record, {})
 
             return failed
 

@@ -50,6 +50,7 @@ from llm_assets.plot import markdown_image, project_2d, scatter_png, stack_vecto
 from llm_assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.redaction import redact
 from llm_assets.resource import OpenAIResource
+from llm_assets.translator import ChatTranslator
 
 #: Partitioned factories default to one run for many partitions: requests of all the
 #: partitions are then sent concurrently instead of one Dagster run after another.
@@ -269,6 +270,7 @@ def build_chat_answers_asset(
     one_request_per_row: bool = True,
     partition_mapping: dg.PartitionMapping | None = None,
     max_concurrency: int | None = None,
+    translator: ChatTranslator | None = None,
     group_name: str | None = None,
     description: str | None = None,
     retry_policy: dg.RetryPolicy | None = None,
@@ -287,7 +289,8 @@ def build_chat_answers_asset(
     dimension of a multi-partition by name), ``{question}`` and ``variables`` from run
     config, and, with ``upstream``, ``{text}`` from its ``text_column``: one request per
     row (``{row}`` is its position) or, with ``one_request_per_row=False``, one request
-    with all rows joined, which chains answers into a report.
+    with all rows joined, which chains answers into a report. A ``translator``
+    (:class:`ChatTranslator` subclass) customises the messages, parameters and rows.
 
     Example:
         >>> answers = build_chat_answers_asset(
@@ -296,6 +299,7 @@ def build_chat_answers_asset(
         ... )
     """
     asset_key = _key(key, key_prefix, "answers")
+    hook = translator or ChatTranslator()
     variables = dict(variables or {})
     upstream_partitions = _upstream_partitions(upstream) if upstream is not None else None
     partitions_def = partitions_def or upstream_partitions
@@ -363,14 +367,14 @@ def build_chat_answers_asset(
                         f"The prompt of {asset_key.to_user_string()} is empty once filled (partition {pk!r}, row "
                         f"{row}): give the placeholders non-empty values in run config or the factory."
                     )
-                messages = [{"role": "user", "content": rendered["prompt"]}]
-                if "system_prompt" in rendered:
-                    messages.insert(0, {"role": "system", "content": rendered["system_prompt"]})
-                requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), params))
+                messages = hook.get_messages(rendered["prompt"], rendered.get("system_prompt"), values)
+                requests.append(
+                    ChatRequest(pk, row, rendered["prompt"], tuple(messages), hook.get_params(params, values))
+                )
         engine = Engine(
             resource, context, max_concurrency=max_concurrency, cache=config.cache, on_error=config.on_error
         )
-        records = engine.chat(requests)
+        records = engine.chat(requests, hook.get_record)
         frame = answers_frame(records)
         context.add_asset_metadata({"request_seconds": engine.seconds})
         by_key: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in rows_by_partition}

@@ -61,7 +61,9 @@ def column_schema(columns: Mapping[str, tuple[str, str]]) -> dg.TableSchema:
 
 
 def answers_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(list(records), columns=list(ANSWER_COLUMNS))
+    """The answers DataFrame: the documented columns first, then any a translator added."""
+    extra = list(dict.fromkeys(k for r in records for k in r if k not in ANSWER_COLUMNS))
+    frame = pd.DataFrame.from_records(list(records), columns=[*ANSWER_COLUMNS, *extra])
     for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
         frame[name] = frame[name].astype("Int64")
     frame["row"] = frame["row"].astype("int64")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from llm_assets import (
+    ChatTranslator,
     LLMAssetsError,
     PartitionedFilesystemIOManager,
     build_chat_answers_asset,
@@ -281,3 +282,37 @@ def test_io_manager_writes_where_the_default_one_reads(server, openai_resource, 
         partition_key=CAPTAINS[1],
     )
     assert result.output_for_node("lengths") > 0
+
+
+def test_translator_customises_messages_params_and_rows(server, openai_resource, instance):
+    class Structured(ChatTranslator):
+        def get_messages(self, prompt, system_prompt, values):
+            shot = [{"role": "user", "content": "Example?"}, {"role": "assistant", "content": "An example."}]
+            return shot + super().get_messages(prompt, system_prompt, values)
+
+        def get_params(self, params, values):
+            return {
+                **params,
+                "seed": len(values["partition_key"]),
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": {"properties": {"verdict": {"type": "string"}}}},
+                },
+            }
+
+        def get_record(self, record, response):
+            return {**record, "verdict_length": len(record["answer"] or "")}
+
+    answers = build_chat_answers_asset(
+        key="answers",
+        partitions_def=captains,
+        prompt="Judge {partition_key}",
+        translator=Structured(),
+        backfill_policy=dg.BackfillPolicy.multi_run(),
+    )
+    frame = run([answers], openai_resource, instance, partition_key="Kirk").output_for_node("answers")
+    (request,) = server.stats.requests
+    assert [m["content"] for m in request["body"]["messages"]] == ["Example?", "An example.", "Judge Kirk"]
+    assert request["body"]["seed"] == 4 and request["body"]["response_format"]["type"] == "json_schema"
+    assert frame["answer"].iloc[0].startswith('{"verdict": ')
+    assert list(frame.columns)[-1] == "verdict_length" and frame["verdict_length"].iloc[0] > 10
