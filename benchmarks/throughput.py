@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,10 +63,12 @@ def range_tags(keys: list[str]) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
 
 
-def timed_materialize(assets, selection, resources, instance, tags) -> tuple[float, dict]:
+def timed_materialize(assets, selection, resources, instance, tags, run_config=None) -> tuple[float, dict]:
     """Wall seconds of one run, and the metadata of its first `answers` materialization."""
     started = time.perf_counter()
-    result = dg.materialize(assets, selection=selection, resources=resources, instance=instance, tags=tags)
+    result = dg.materialize(
+        assets, selection=selection, resources=resources, instance=instance, tags=tags, run_config=run_config
+    )
     wall = time.perf_counter() - started
     assert result.success
     event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
@@ -105,10 +108,15 @@ def volume_benchmarks(server: Server, n: int, latency: float, concurrency: int) 
         assert dg.materialize(assets[:1], resources=IO, instance=instance, tags=range_tags(keys)).success
         resources = {"openai": openai_, **IO}
         wall, first = timed_materialize(assets, [assets[1].key], resources, instance, range_tags(keys))
-        seconds = first["request_seconds"]
+        refresh = {"ops": {"answers": {"config": {"cache": "REFRESH"}}}}  # sends every request again
+        repeats = [
+            timed_materialize(assets, [assets[1].key], resources, instance, range_tags(keys), refresh)[1]
+            for _ in range(2)
+        ]
+        seconds = statistics.median([first["request_seconds"], *(r["request_seconds"] for r in repeats)])
         report(
             f"chat: {n} prompts (10 partitions × {n // 10} rows, one run), {latency * 1000:.0f} ms latency, "
-            f"concurrency {concurrency}: request phase",
+            f"concurrency {concurrency}: request phase (median of 3 runs)",
             f"{seconds:.2f} s = {seconds / ideal:.2f}× the ideal {ideal:.2f} s",
             "target ≤ 1.25×",
         )
@@ -118,7 +126,7 @@ def volume_benchmarks(server: Server, n: int, latency: float, concurrency: int) 
         report("re-materialize unchanged: requests sent", f"{server.requests() - sent}", "target 0")
         report(
             "re-materialize unchanged: request phase vs first run",
-            f"{rerun['request_seconds'] * 1000:.0f} ms = {rerun['request_seconds'] / seconds:.1%}",
+            f"{rerun['request_seconds'] * 1000:.0f} ms = {rerun['request_seconds'] / first['request_seconds']:.1%}",
             "target ≤ 5%",
         )
         report("re-materialize unchanged: whole materialization vs first run", f"{rerun_wall / wall:.1%}")
