@@ -198,38 +198,39 @@ class Engine:
     async def _send_one(self, clients: PartitionedClient, call: _Call, options: dict[str, Any]) -> Any:
         """One call, with the SDK's retries for HTTP and connection errors and tenacity's
         (same count, exponential backoff with jitter) for malformed 2xx bodies."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(MalformedResponseError),
-            stop=stop_after_attempt(self.resource.max_retries + 1),
-            wait=wait_exponential_jitter(multiplier=0.5, max=8),
-            reraise=True,
-        )
-        api_key = clients.client.api_key
+
+        async def attempt() -> Any:
+            sent = time.perf_counter()
+            response = await clients.client.post(call.path, cast_to=httpx.Response, body=call.body, options=options)
+            try:
+                return call.read(response.json(), False, time.perf_counter() - sent)
+            except (ValueError, KeyError, TypeError, IndexError) as error:
+                raise MalformedResponseError(f"malformed response body ({error})") from error
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    sent = time.perf_counter()
-                    response = await clients.client.post(
-                        call.path, cast_to=httpx.Response, body=call.body, options=options
-                    )
-                    try:
-                        return call.read(response.json(), False, time.perf_counter() - sent)
-                    except (ValueError, KeyError, TypeError, IndexError) as error:
-                        raise MalformedResponseError(f"malformed response body ({error})") from error
+            try:
+                return await attempt()
+            except MalformedResponseError:
+                if self.resource.max_retries == 0:
+                    raise
+            retrying = AsyncRetrying(  # only built on the rare malformed body
+                retry=retry_if_exception_type(MalformedResponseError),
+                stop=stop_after_attempt(self.resource.max_retries),
+                wait=wait_exponential_jitter(multiplier=0.5, max=8),
+                reraise=True,
+            )
+            return await retrying(attempt)
         except openai.APIStatusError as error:
-            refused = isinstance(error.body, dict) and error.body.get("code") == REFUSAL_CODE
-            if refused:
+            if isinstance(error.body, dict) and error.body.get("code") == REFUSAL_CODE:
                 raise GovernanceError(
                     f"Request for {self._text(call.description)} was not sent: {error.body['message']}"
                 ) from None
-            raise LLMRequestError(
-                f"Request for {self._text(call.description)} failed: {_describe(error, api_key)}"
-            ) from None
+            raise LLMRequestError(self._failure(call, error, clients)) from None
         except (openai.OpenAIError, MalformedResponseError) as error:
-            raise LLMRequestError(
-                f"Request for {self._text(call.description)} failed: {_describe(error, api_key)}"
-            ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+            raise LLMRequestError(self._failure(call, error, clients)) from None
+
+    def _failure(self, call: _Call, error: BaseException, clients: PartitionedClient) -> str:
+        return f"Request for {self._text(call.description)} failed: {_describe(error, clients.client.api_key)}"
 
     def _text(self, text: str) -> str:
         """Text about prompts as the library may log it (redacted when asked)."""
