@@ -68,8 +68,8 @@ class PartitionedClient:
     """An ``openai.AsyncOpenAI`` whose requests are attributed to partitions, created on
     first use (a run answered entirely from the cache never opens a connection).
 
-    Send ``options={"headers": clients.headers(key)}`` with a request, or use
-    ``clients.for_partition(key)``, to record its usage on partition ``key``.
+    Send ``options={"headers": clients.headers(key)}`` with a request to record its usage
+    on partition ``key``.
     """
 
     def __init__(
@@ -91,9 +91,6 @@ class PartitionedClient:
 
     def headers(self, partition_key: str | None) -> dict[str, str]:
         return {PARTITION_HEADER: str(self._index[partition_key])}
-
-    def for_partition(self, partition_key: str | None) -> openai.AsyncOpenAI:
-        return self.client.with_options(default_headers=self.headers(partition_key))
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -379,16 +376,6 @@ class OpenAIResource(dagster_openai.OpenAIResource):
                 )
             asset_key = context.asset_key
         return (asset_key, partition_key)
-
-    def usage_for(
-        self,
-        context: dg.AssetExecutionContext,
-        asset_key: dg.AssetKey | None = None,
-        partition_key: str | None = None,
-    ) -> Usage:
-        """Usage recorded so far in this step for one asset (and partition)."""
-        ledger = self._ledgers.get(context.get_step_execution_context(), {}) if self._ledgers is not None else {}
-        return ledger.get(self._usage_key(context, asset_key, partition_key), Usage())
 
     def _record(self, context: AnyContext, usage_key: UsageKey | None, usage: Usage) -> None:
         if usage_key is None or not isinstance(context, dg.AssetExecutionContext):
