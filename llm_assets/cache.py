@@ -23,8 +23,7 @@ from typing import Any
 
 from upath import UPath
 
-#: Paths whose non-streamed responses are cached.
-CACHEABLE_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses")
+from llm_assets.usage import BILLED_PATH_SUFFIXES
 
 
 class CacheMode(enum.Enum):
@@ -47,7 +46,7 @@ def payload_key(url: str, payload: Any) -> str | None:
     """The cache key of a POST of JSON ``payload`` to ``url``, or ``None`` when it must not
     be cached (not a completion/embedding endpoint, not a JSON object, or streamed)."""
     url = url.split("?", 1)[0].rstrip("/")
-    if not url.endswith(CACHEABLE_SUFFIXES) or not isinstance(payload, dict) or payload.get("stream"):
+    if not url.endswith(BILLED_PATH_SUFFIXES) or not isinstance(payload, dict) or payload.get("stream"):
         return None
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(f"POST {url}\n{canonical}".encode()).hexdigest()

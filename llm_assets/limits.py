@@ -13,7 +13,7 @@ Example:
 from aiolimiter import AsyncLimiter
 
 
-def estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str | bytes) -> int:
     """A conservative token estimate (about 3 characters per token) for packing and limits."""
     return len(text) // 3 + 1
 

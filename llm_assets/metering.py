@@ -24,16 +24,14 @@ from typing import Any
 
 from llm_assets.cache import CacheMode, RequestCache, payload_key
 from llm_assets.governance import REFUSAL_CODE, Governor
-from llm_assets.limits import RateLimits
-from llm_assets.usage import Usage
+from llm_assets.limits import RateLimits, estimate_tokens
+from llm_assets.usage import BILLED_PATH_SUFFIXES, Usage
 
 try:  # openai >= 3 speaks httpx2; older releases speak httpx.
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - exercised only with older openai releases
     import httpx  # type: ignore[no-redef]
 
-#: Endpoints whose successful responses are billed and carry ``usage``.
-METERED_PATH_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses")
 #: Content encodings the meter can decode; others are not offered to the server.
 _ACCEPT_ENCODING = "gzip, deflate"
 CACHE_HEADER = "x-llm-assets-cache"
@@ -43,7 +41,7 @@ PARTITION_HEADER = "x-llm-assets-usage-slot"
 
 
 def is_metered(request: httpx.Request) -> bool:
-    return request.method == "POST" and request.url.path.rstrip("/").endswith(METERED_PATH_SUFFIXES)
+    return request.method == "POST" and request.url.path.rstrip("/").endswith(BILLED_PATH_SUFFIXES)
 
 
 class _BodyTap:
@@ -136,15 +134,18 @@ class _Plan:
         cache: RequestCache | None,
         mode: CacheMode,
         governor: Governor | None,
+        limits: RateLimits | None = None,
     ) -> None:
         slot = request.headers.pop(PARTITION_HEADER, None)
         self.usage = usages[int(slot)] if slot is not None else usages[0]
         self.metered = is_metered(request)
         self.governor = governor if governor is not None and governor.active and self.metered else None
+        self.limits = limits if limits is not None and limits.active and self.metered else None
         self.cache = cache if self.metered and mode is not CacheMode.OFF else None
         self.key, self.model, self.estimate, self._reserved = None, None, 0, False
         if self.metered:
             request.headers["accept-encoding"] = _ACCEPT_ENCODING
+        if self.cache is not None or self.governor is not None or self.limits is not None:  # else: not read
             try:
                 payload: Any = json.loads(request.content)
             except ValueError:
@@ -152,7 +153,7 @@ class _Plan:
             if isinstance(payload, dict):
                 self.model = payload.get("model")
                 limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 0
-                self.estimate = len(request.content) // 3 + 1 + (limit if isinstance(limit, int) else 0)
+                self.estimate = estimate_tokens(request.content) + (limit if isinstance(limit, int) else 0)
                 if self.cache is not None:
                     self.key = payload_key(str(request.url), payload)
         self.reads = bool(self.key) and mode.reads
@@ -285,13 +286,13 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
         self._inner = inner or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _Plan(request, self._usages, self._cache, self._mode, self._governor)
+        plan = _Plan(request, self._usages, self._cache, self._mode, self._governor, self._limits)
         if plan.reads and (body := await asyncio.to_thread(plan.cache.get, plan.key)) is not None:
             return _cached_response(request, body, plan.usage)
         if (reason := plan.refusal()) is not None:
             return _refused(request, reason)
-        if plan.metered and self._limits is not None and self._limits.active:
-            await self._limits.acquire(plan.estimate)
+        if plan.limits is not None:
+            await plan.limits.acquire(plan.estimate)
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError:

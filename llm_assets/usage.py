@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Endpoints whose successful (non-streamed) responses are billed and carry ``usage``.
+BILLED_PATH_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses")
+
 #: Counters kept per model; ``completion_tokens`` is omitted for models that only embedded.
 COUNTERS = (
     "calls",
