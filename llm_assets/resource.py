@@ -180,7 +180,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     )
 
     _pool: Any = PrivateAttr(default=None)
-    _ledgers: Any = PrivateAttr(default=None)
+    _ledgers: Any = PrivateAttr(default_factory=weakref.WeakKeyDictionary)  # step → {(asset, partition): Usage}
     _cache: RequestCache | None = PrivateAttr(default=None)
     _governor: Governor | None = PrivateAttr(default=None)
 
@@ -193,7 +193,6 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._client_kwargs()  # fail at start-up, before any asset runs, on bad configuration
         self._pool = httpx.HTTPTransport(limits=_POOL_LIMITS)
-        self._ledgers = weakref.WeakKeyDictionary()
         self._governor = self._new_governor()
         root = self.cache_dir
         if root is None and context.instance is not None:
@@ -361,7 +360,6 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     def _shared_pool(self) -> httpx.BaseTransport:
         if self._pool is None:  # used outside a Dagster run, e.g. in a notebook
             self._pool = httpx.HTTPTransport(limits=_POOL_LIMITS)
-            self._ledgers = weakref.WeakKeyDictionary()
         return self._pool
 
     @staticmethod
@@ -382,8 +380,6 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             if usage.calls:
                 context.log.info(f"OpenAI usage (not attributed to an asset): {usage.to_metadata()}")
             return
-        if self._ledgers is None:
-            self._ledgers = weakref.WeakKeyDictionary()
         ledger = self._ledgers.setdefault(context.get_step_execution_context(), {})
         total = ledger.setdefault(usage_key, Usage())
         total.merge(usage)
