@@ -27,7 +27,7 @@ import pandas as pd
 
 from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
 from llm_assets import build_embeddings_asset as embeddings_factory
-from llm_assets.engine import ChatRequest, Engine
+from llm_assets.engine.core import ChatRequest, Engine
 
 ROWS: list[tuple[str, str, str]] = []
 IO = {"io_manager": PartitionedFilesystemIOManager()}
@@ -250,7 +250,7 @@ PLOT_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
     import dagster as dg, numpy as np, pandas as pd
     from llm_assets import PartitionedFilesystemIOManager, build_pca_plot_asset
-    from llm_assets.frames import embeddings_frame
+    from llm_assets.assets.frames import embeddings_frame
 
     home, phase = sys.argv[1], sys.argv[5]
     rows, dims, parts = (int(a) for a in sys.argv[2:5])

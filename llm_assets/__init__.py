@@ -5,9 +5,8 @@ factories for partitioned chat answers, embeddings and a PCA map of them, and an
 manager that stores single-run backfills one file per partition.
 """
 
-from llm_assets.engine import ChatRequest, Engine, LLMRequestError
-from llm_assets.errors import LLMAssetsError
-from llm_assets.factories import (
+from llm_assets.accounting.usage import Usage
+from llm_assets.assets.factories import (
     ChatConfig,
     EmbeddingConfig,
     LLMPipeline,
@@ -17,11 +16,12 @@ from llm_assets.factories import (
     build_llm_pipeline_assets,
     build_pca_plot_asset,
 )
-from llm_assets.frames import vectors
+from llm_assets.assets.frames import vectors
+from llm_assets.assets.translator import ChatTranslator
+from llm_assets.engine.core import ChatRequest, Engine, LLMRequestError
+from llm_assets.errors import LLMAssetsError
 from llm_assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.resource import OpenAIResource
-from llm_assets.translator import ChatTranslator
-from llm_assets.usage import Usage
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from upath import UPath
 
-from llm_assets.usage import BILLED_PATH_SUFFIXES
+from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES
 
 
 class CacheMode(enum.Enum):

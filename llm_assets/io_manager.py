@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 
-from llm_assets.frames import by_partition
+from llm_assets.assets.frames import by_partition
 
 
 class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):

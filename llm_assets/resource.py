@@ -32,13 +32,13 @@ import dagster_openai
 import openai
 from pydantic import Field, PrivateAttr
 
+from llm_assets.accounting.governance import Governor
+from llm_assets.accounting.limits import RateLimits
+from llm_assets.accounting.prices import ModelPrice, price_table
+from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheMode, RequestCache
 from llm_assets.errors import LLMAssetsError
-from llm_assets.governance import Governor
-from llm_assets.limits import RateLimits
-from llm_assets.metering import PARTITION_HEADER, AsyncMeteredTransport, MeteredTransport, httpx
-from llm_assets.prices import ModelPrice, price_table
-from llm_assets.usage import Usage
+from llm_assets.http.transport import PARTITION_HEADER, AsyncMeteredTransport, MeteredTransport, httpx
 
 #: Placeholder key sent to OpenAI-compatible servers that need none.
 NO_KEY = "no-key-needed"

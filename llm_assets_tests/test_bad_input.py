@@ -13,7 +13,7 @@ from llm_assets import (
     build_embeddings_asset,
     build_pca_plot_asset,
 )
-from llm_assets.frames import embeddings_frame
+from llm_assets.assets.frames import embeddings_frame
 from llm_assets_tests.conftest import failure_message
 
 

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from llm_assets.prices import DEFAULT_PRICES as PRICES
+from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 
 MODULE = "llm_assets.examples.captains"
 

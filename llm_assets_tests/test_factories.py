@@ -14,8 +14,8 @@ from llm_assets import (
     build_llm_pipeline_assets,
     vectors,
 )
-from llm_assets.frames import ANSWER_COLUMNS
-from llm_assets.prices import DEFAULT_PRICES as PRICES
+from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
+from llm_assets.assets.frames import ANSWER_COLUMNS
 from llm_assets.testing import scripted_vector
 from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
-from llm_assets.prices import DEFAULT_PRICES, price_for
+from llm_assets.accounting.prices import DEFAULT_PRICES, price_for
 from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
 
 PROMPTS = [f"Budget question number {i}" for i in range(100)]

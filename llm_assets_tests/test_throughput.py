@@ -11,9 +11,9 @@ import pytest
 
 from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
 from llm_assets import build_embeddings_asset as embeddings_factory
+from llm_assets.accounting.limits import RateLimits
 from llm_assets.cache import RequestCache, request_key
-from llm_assets.engine import pack_batches
-from llm_assets.limits import RateLimits
+from llm_assets.engine.core import pack_batches
 from llm_assets_tests.conftest import metadata_values, usage_metadata
 
 QUESTIONS = [f"question number {i} " + "padding " * (i % 7) for i in range(60)]

@@ -7,7 +7,7 @@ import pydantic
 import pytest
 
 from llm_assets import OpenAIResource
-from llm_assets.prices import DEFAULT_PRICES as PRICES
+from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets_tests.conftest import usage_metadata
 
 MODEL = "gpt-4o-mini"

@@ -1,6 +1,6 @@
 """Token usage as the server reported it, summed per model, asset and partition.
 
-Usage is read from the HTTP responses themselves (see :mod:`llm_assets.metering`),
+Usage is read from the HTTP responses themselves (see :mod:`llm_assets.http.transport`),
 so every call shape of the OpenAI SDK is counted the same way: plain, streamed,
 ``with_raw_response``, ``parse()``, the Responses API and embeddings.
 
@@ -140,7 +140,7 @@ class Usage:
 
     def cost_usd(self, prices: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
         """Estimated USD cost per priced model, and the models with no price."""
-        from llm_assets.prices import price_for
+        from llm_assets.accounting.prices import price_for
 
         costs, unknown = {}, []
         for model, m in sorted(self.models.items()):

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_assets.usage import Usage
+from llm_assets.accounting.usage import Usage
 
 
 def count_tokens(text: str) -> int:

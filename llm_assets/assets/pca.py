@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llm_assets.assets.frames import vector_columns
 from llm_assets.errors import LLMAssetsError
-from llm_assets.frames import vector_columns
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llm_assets.prices import ModelPrice, price_for
-from llm_assets.usage import normalize_usage
+from llm_assets.accounting.prices import ModelPrice, price_for
+from llm_assets.accounting.usage import normalize_usage
 
 REFUSAL_CODE = "llm_assets_refused"
 

@@ -29,10 +29,10 @@ import numpy as np
 import openai
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from llm_assets.accounting.governance import REFUSAL_CODE
+from llm_assets.accounting.limits import estimate_tokens
 from llm_assets.cache import CacheMode, payload_key
-from llm_assets.governance import REFUSAL_CODE
-from llm_assets.limits import estimate_tokens
-from llm_assets.metering import httpx
+from llm_assets.http.transport import httpx
 from llm_assets.redaction import mask_secrets, redact
 from llm_assets.resource import OpenAIResource, PartitionedClient
 

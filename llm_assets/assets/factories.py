@@ -25,16 +25,7 @@ import pydantic
 from dagster._core.definitions.asset_key import CoercibleToAssetKey
 from dagster._core.storage.upath_io_manager import UPathIOManager
 
-from llm_assets.cache import CacheMode
-from llm_assets.engine import (
-    MAX_EMBEDDING_BATCH_TOKENS,
-    MAX_EMBEDDING_INPUTS,
-    ChatRequest,
-    Engine,
-    ErrorPolicy,
-)
-from llm_assets.errors import LLMAssetsError
-from llm_assets.frames import (
+from llm_assets.assets.frames import (
     ANSWER_COLUMNS,
     EMBEDDING_COLUMNS,
     PARTITION_COLUMN,
@@ -45,12 +36,21 @@ from llm_assets.frames import (
     embeddings_frame,
     vector_columns,
 )
+from llm_assets.assets.pca import markdown_image, project_2d, scatter_png, stack_vectors
+from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
+from llm_assets.assets.translator import ChatTranslator
+from llm_assets.cache import CacheMode
+from llm_assets.engine.core import (
+    MAX_EMBEDDING_BATCH_TOKENS,
+    MAX_EMBEDDING_INPUTS,
+    ChatRequest,
+    Engine,
+    ErrorPolicy,
+)
+from llm_assets.errors import LLMAssetsError
 from llm_assets.io_manager import _SplittingPickleIOManager
-from llm_assets.plot import markdown_image, project_2d, scatter_png, stack_vectors
-from llm_assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.redaction import redact
 from llm_assets.resource import OpenAIResource
-from llm_assets.translator import ChatTranslator
 
 #: Partitioned factories default to one run for many partitions: requests of all the
 #: partitions are then sent concurrently instead of one Dagster run after another.

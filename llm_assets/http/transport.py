@@ -9,7 +9,7 @@ server, so it is counted as a cache hit with zero tokens.
 
 Example:
     >>> import openai
-    >>> from llm_assets.usage import Usage
+    >>> from llm_assets.accounting.usage import Usage
     >>> usage = Usage()
     >>> client = openai.OpenAI(
     ...     api_key="sk-test", http_client=openai.DefaultHttpxClient(transport=MeteredTransport(usage))
@@ -22,10 +22,10 @@ import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from llm_assets.accounting.governance import REFUSAL_CODE, Governor
+from llm_assets.accounting.limits import RateLimits, estimate_tokens
+from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
 from llm_assets.cache import CacheMode, RequestCache, payload_key
-from llm_assets.governance import REFUSAL_CODE, Governor
-from llm_assets.limits import RateLimits, estimate_tokens
-from llm_assets.usage import BILLED_PATH_SUFFIXES, Usage
 
 try:  # openai >= 3 speaks httpx2; older releases speak httpx.
     import httpx2 as httpx
