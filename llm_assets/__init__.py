@@ -6,8 +6,10 @@ manager that stores single-run backfills one file per partition.
 """
 
 from llm_assets.accounting.usage import Usage
-from llm_assets.assets.factories import (
+from llm_assets.assets import (
+    AssetOptions,
     ChatConfig,
+    ChatTranslator,
     EmbeddingConfig,
     LLMPipeline,
     PlotConfig,
@@ -15,17 +17,18 @@ from llm_assets.assets.factories import (
     build_embeddings_asset,
     build_llm_pipeline_assets,
     build_pca_plot_asset,
+    vectors,
 )
-from llm_assets.assets.frames import vectors
-from llm_assets.assets.translator import ChatTranslator
-from llm_assets.engine.core import ChatRequest, Engine, LLMRequestError
+from llm_assets.engine import ChatRequest, Engine, LLMRequestError
 from llm_assets.errors import LLMAssetsError
 from llm_assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.resource import OpenAIResource
+from llm_assets.session import RunSession
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AssetOptions",
     "ChatConfig",
     "ChatRequest",
     "ChatTranslator",
@@ -37,6 +40,7 @@ __all__ = [
     "OpenAIResource",
     "PartitionedFilesystemIOManager",
     "PlotConfig",
+    "RunSession",
     "Usage",
     "build_chat_answers_asset",
     "build_embeddings_asset",

@@ -1,17 +1,24 @@
-"""A persistent request cache: identical requests are answered without calling the API.
+"""The request cache: identical requests are answered without calling the API.
 
-A request's key is the SHA-256 of its method, full URL (so different servers never share
-answers) and canonical JSON body (model, messages and every parameter that changes the
-output). Headers, and so the API key, are not part of it and are never stored. Entries
-are the response bodies as the server sent them, one file each, under any fsspec / UPath
-location (local disk, ``s3://…``, ``memory://…``); writes are atomic (temp file + rename
-on local disks, single PUT on object stores), so concurrent writers never corrupt an entry.
+:class:`CacheKeys` is the one key function: a request's key is the SHA-256 of the backend
+it goes to (the client's base URL), its endpoint and its canonical JSON body (model,
+messages and every parameter that changes the output). Headers, and so the API key, are
+not part of it and are never stored. The engine keys the calls it is about to make and
+the HTTP transport keys the requests that reach it with the same function, so the two
+always agree.
+
+:class:`RequestCache` stores the response bodies as the server sent them, one file each,
+under any fsspec / UPath location (local disk, ``s3://…``, ``memory://…``). Writes are
+atomic (temp file + rename on local disks, one PUT on object stores), so concurrent
+writers never corrupt an entry.
 
 Example:
+    >>> keys = CacheKeys("http://127.0.0.1:8000/v1")
+    >>> key = keys.key("/embeddings", {"model": "m", "input": ["a"]})
     >>> cache = RequestCache("memory://llm-cache-doctest")
-    >>> cache.put("k" * 64, b'{"ok": true}')
-    >>> cache.get("k" * 64)
-    b'{"ok": true}'
+    >>> cache.put(key, b'{"ok": true}')
+    >>> cache.get_many([key, None])
+    [b'{"ok": true}', None]
 """
 
 import enum
@@ -24,6 +31,7 @@ from typing import Any
 from upath import UPath
 
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES
+from llm_assets.http.pools import httpx
 
 
 class CacheMode(enum.Enum):
@@ -42,28 +50,32 @@ class CacheMode(enum.Enum):
         return self is not CacheMode.OFF
 
 
-def payload_key(url: str, payload: Any) -> str | None:
-    """The cache key of a POST of JSON ``payload`` to ``url``, or ``None`` when it must not
-    be cached (not a completion/embedding endpoint, not a JSON object, or streamed)."""
-    url = url.split("?", 1)[0].rstrip("/")
-    if not url.endswith(BILLED_PATH_SUFFIXES) or not isinstance(payload, dict) or payload.get("stream"):
-        return None
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"POST {url}\n{canonical}".encode()).hexdigest()
+class CacheKeys:
+    """Cache keys of the requests a client sends to ``base_url``."""
 
+    def __init__(self, base_url: str) -> None:
+        self.base_url = str(httpx.URL(base_url)).rstrip("/")
 
-def request_key(method: str, url: str, body: bytes) -> str | None:
-    """The cache key of an HTTP request (see :func:`payload_key`)."""
-    if method != "POST":
-        return None
-    try:
-        return payload_key(url, json.loads(body))
-    except ValueError:
-        return None
+    def key(self, endpoint: str, payload: Any) -> str | None:
+        """The key of a POST of JSON ``payload`` to ``endpoint`` (e.g. ``/chat/completions``),
+        or ``None`` when it must not be cached (not a billed endpoint, not a JSON object,
+        or streamed)."""
+        endpoint = endpoint.rstrip("/")
+        if not endpoint.endswith(BILLED_PATH_SUFFIXES) or not isinstance(payload, dict) or payload.get("stream"):
+            return None
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(f"POST {self.base_url}{endpoint}\n{canonical}".encode()).hexdigest()
+
+    def key_of(self, request: httpx.Request, payload: Any) -> str | None:
+        """The key of an HTTP request whose decoded JSON body is ``payload``."""
+        url = str(request.url.copy_with(query=None))
+        if request.method != "POST" or not url.startswith(self.base_url + "/"):
+            return None
+        return self.key(url[len(self.base_url) :], payload)
 
 
 class RequestCache:
-    """Response bodies by request key under ``root`` (any fsspec / UPath location)."""
+    """Response bodies by key under ``root`` (any fsspec / UPath location)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = UPath(root)
@@ -73,14 +85,14 @@ class RequestCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get_many(self, keys: list[str | None]) -> list[bytes | None]:
-        """Entries for ``keys`` (``None`` where absent), read in one go."""
-        return [self.get(key) if key else None for key in keys]
-
-    def get(self, key: str) -> bytes | None:
+        """The entries of ``keys`` (``None`` where absent), read with one fsspec ``cat``
+        (concurrently on object stores)."""
+        paths = {key: self._path(key).path for key in keys if key}
         try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, OSError):
-            return None
+            found = self.root.fs.cat(list(paths.values()), on_error="omit") if paths else {}
+        except OSError:
+            found = {}
+        return [found.get(paths[key]) if key else None for key in keys]
 
     def put(self, key: str, body: bytes) -> None:
         path = self._path(key)

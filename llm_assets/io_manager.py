@@ -15,15 +15,21 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 
-from llm_assets.assets.frames import by_partition
+from llm_assets._compat import PickledObjectFilesystemIOManager
+
+PARTITION_COLUMN = "partition_key"
 
 
 class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
+    #: Read by :func:`stores_partition_ranges`.
+    stores_partition_ranges = True
+
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if not context.has_asset_partitions or len(context.asset_partition_keys) <= 1:
             return super().handle_output(context, obj)
+        from llm_assets.assets.frames import by_partition
+
         paths = self._get_paths_for_partitions(context)
         parts = by_partition(obj, list(paths))
         missing = sorted(set(paths) - set(parts))
@@ -48,6 +54,15 @@ class PartitionedFilesystemIOManager(dg.FilesystemIOManager):
     def _is_dagster_maintained(cls) -> bool:
         return False
 
-    def create_io_manager(self, context: dg.InitResourceContext) -> PickledObjectFilesystemIOManager:
+    def create_io_manager(self, context: dg.InitResourceContext) -> dg.UPathIOManager:
         base_dir = self.base_dir or context.instance.storage_directory()  # type: ignore[union-attr]
         return _SplittingPickleIOManager(base_dir=base_dir)
+
+
+def stores_partition_ranges(io_manager: Any) -> bool:
+    """Whether ``io_manager`` can store one output covering several partitions: Dagster's
+    UPath I/O managers (the default filesystem one among them) refuse; this module's
+    splits it; others (DuckDB, Snowflake… with ``partition_expr``) are trusted to."""
+    if isinstance(io_manager, dg.UPathIOManager):
+        return getattr(io_manager, "stores_partition_ranges", False)
+    return True

@@ -1,10 +1,13 @@
-import os
-from collections.abc import Iterator
+"""Fixtures: one scripted loopback server (reset per test), a Dagster instance, and one
+``materialize`` helper with the library's resources."""
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import dagster as dg
 import pytest
 
-from llm_assets import OpenAIResource
+from llm_assets import OpenAIResource, PartitionedFilesystemIOManager
 from llm_assets.testing import ScriptedOpenAIServer
 
 SERVED = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "text-embedding-3-small": "text-embedding-3-small"}
@@ -17,14 +20,10 @@ def _server() -> Iterator[ScriptedOpenAIServer]:
 
 
 @pytest.fixture
-def server(_server: ScriptedOpenAIServer) -> Iterator[ScriptedOpenAIServer]:
-    """The scripted loopback server, with fresh totals and default behaviour."""
+def server(_server: ScriptedOpenAIServer) -> ScriptedOpenAIServer:
+    """The scripted loopback server, with fresh totals and its default behaviour."""
     _server.reset()
-    _server.usage_null = False
-    _server.report_details = False
-    _server.latency = 0.0
-    _server.fault = None
-    yield _server
+    return _server
 
 
 @pytest.fixture
@@ -42,6 +41,42 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def instance(tmp_path) -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         yield instance
+
+
+Materialize = Callable[..., dg.ExecuteInProcessResult]
+
+
+@pytest.fixture
+def materialize(openai_resource: OpenAIResource, instance: dg.DagsterInstance) -> Materialize:
+    """``materialize(assets, resource=None, *, selection=None, partitions=None, **kwargs)``:
+    ``dg.materialize`` on the test instance with ``openai`` (the scripted server's resource
+    unless given) and a ``PartitionedFilesystemIOManager``; ``partitions`` is a list of
+    keys for a single-run range. Raises on failure unless ``raise_on_error=False``."""
+
+    def run(
+        assets: Sequence[Any],
+        resource: OpenAIResource | None = None,
+        *,
+        partitions: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> dg.ExecuteInProcessResult:
+        resources = {"openai": resource or openai_resource, "io_manager": PartitionedFilesystemIOManager()}
+        if partitions:
+            kwargs["tags"] = {**kwargs.get("tags", {}), **partition_range(partitions)}
+        return dg.materialize(list(assets), resources=resources, instance=kwargs.pop("instance", instance), **kwargs)
+
+    return run
+
+
+def partition_range(keys: Sequence[str]) -> dict[str, str]:
+    """Run tags materializing ``keys[0]…keys[-1]`` in one run."""
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
+def event_of(result: dg.ExecuteInProcessResult, key: str) -> Any:
+    """The one materialization of asset ``key`` (its user string) in ``result``."""
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
+    return event
 
 
 def metadata_values(event) -> dict:
@@ -64,6 +99,3 @@ def env_home(tmp_path, monkeypatch) -> str:
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return str(home)
-
-
-__all__ = ["metadata_values", "os", "usage_metadata"]

@@ -1,1 +1,30 @@
-"""assets"""
+"""The asset factories: chat answers, embeddings, a PCA map, and the three together.
+
+Each returns an ordinary ``dg.AssetsDefinition`` any code location can import; each is
+plan → :class:`~llm_assets.engine.Engine` → report.
+"""
+
+from llm_assets.assets.chat import ChatPrompts, build_chat_answers_asset, plan_chat_requests
+from llm_assets.assets.config import ChatConfig, EmbeddingConfig, PlotConfig
+from llm_assets.assets.embeddings import build_embeddings_asset
+from llm_assets.assets.frames import vectors
+from llm_assets.assets.options import AssetOptions
+from llm_assets.assets.pipeline import LLMPipeline, build_llm_pipeline_assets
+from llm_assets.assets.plot import build_pca_plot_asset
+from llm_assets.assets.translator import ChatTranslator
+
+__all__ = [
+    "AssetOptions",
+    "ChatConfig",
+    "ChatPrompts",
+    "ChatTranslator",
+    "EmbeddingConfig",
+    "LLMPipeline",
+    "PlotConfig",
+    "build_chat_answers_asset",
+    "build_embeddings_asset",
+    "build_llm_pipeline_assets",
+    "build_pca_plot_asset",
+    "plan_chat_requests",
+    "vectors",
+]

@@ -1,7 +1,7 @@
-"""The DataFrames the assets produce, with their documented columns.
+"""The DataFrames the assets produce, built from typed rows with documented columns.
 
-* answers: one row per request: ``partition_key, row, prompt, answer, model,
-  finish_reason, prompt_tokens, completion_tokens, total_tokens, latency_s, cached, error``.
+* answers: one :class:`~llm_assets.engine.rows.AnswerRow` per request, then any columns
+  a translator added.
 * embeddings: ``partition_key, row, text, model`` then one float32 column per
   dimension (``e0 … e{n-1}``), stored columnar rather than as lists of floats.
 * plot: ``partition_key, row, label, x, y``.
@@ -16,64 +16,68 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 
-PARTITION_COLUMN = "partition_key"
+from llm_assets.assets.options import PARTITION_COLUMN
+from llm_assets.engine.rows import AnswerRow, ColumnSpec, column, column_specs
+from llm_assets.redaction import redact
 
-ANSWER_COLUMNS: dict[str, tuple[str, str]] = {
-    "partition_key": ("string", "Partition the row belongs to (empty when unpartitioned)."),
-    "row": ("int", "Position of the request within its partition."),
-    "prompt": ("string", "User message sent to the model."),
-    "answer": ("string", "Text the model answered."),
-    "model": ("string", "Model that answered, as the server reported it."),
-    "finish_reason": ("string", "Why generation stopped: stop, length, content_filter…"),
-    "prompt_tokens": ("int", "Prompt tokens the server reported for this request."),
-    "completion_tokens": ("int", "Completion tokens the server reported for this request."),
-    "total_tokens": ("int", "Total tokens the server reported for this request."),
-    "latency_s": ("float", "Seconds from sending the request to the whole answer."),
-    "cached": ("bool", "True when answered from the request cache (no tokens spent)."),
-    "error": ("string", "Why the request failed (on_error=RECORD); empty when it was answered."),
+
+def _partition_column() -> Any:
+    return column("string", "Partition the row belongs to (empty when unpartitioned).")
+
+
+@dataclass
+class EmbeddingRow:
+    """The text columns of an embeddings frame (the vector columns follow)."""
+
+    partition_key: str | None = _partition_column()
+    row: int = column("int", "Position of the text within its partition.", "int64")
+    text: str = column("string", "Text that was embedded.")
+    model: str | None = column("string", "Embedding model, as the server reported it.")
+
+
+@dataclass
+class PlotRow:
+    """One point of a PCA map."""
+
+    partition_key: str | None = _partition_column()
+    row: int = column("int", "Position of the point within its partition.", "int64")
+    label: str = column("string", "Label drawn next to the point.")
+    x: float = column("float", "First principal component.", "float64")
+    y: float = column("float", "Second principal component.", "float64")
+
+
+ANSWER_COLUMNS: dict[str, ColumnSpec] = column_specs(AnswerRow)
+EMBEDDING_COLUMNS: dict[str, ColumnSpec] = {
+    **column_specs(EmbeddingRow),
+    "e0 … e{n-1}": ("float32", "float32", "One column per embedding dimension."),
 }
-EMBEDDING_COLUMNS: dict[str, tuple[str, str]] = {
-    "partition_key": ANSWER_COLUMNS["partition_key"],
-    "row": ("int", "Position of the text within its partition."),
-    "text": ("string", "Text that was embedded."),
-    "model": ("string", "Embedding model, as the server reported it."),
-    "e0 … e{n-1}": ("float32", "One column per embedding dimension."),
-}
-PLOT_COLUMNS: dict[str, tuple[str, str]] = {
-    "partition_key": ANSWER_COLUMNS["partition_key"],
-    "row": ("int", "Position of the point within its partition."),
-    "label": ("string", "Label drawn next to the point."),
-    "x": ("float", "First principal component."),
-    "y": ("float", "Second principal component."),
-}
+PLOT_COLUMNS: dict[str, ColumnSpec] = column_specs(PlotRow)
 
 
-def column_schema(columns: Mapping[str, tuple[str, str]]) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(name, kind, description) for name, (kind, description) in columns.items()]
-    )
+def typed_frame(records: Sequence[Mapping[str, Any]], columns: Mapping[str, ColumnSpec]) -> pd.DataFrame:
+    """``records`` as a DataFrame: the documented ``columns`` first, with their dtypes,
+    then any others the records have."""
+    extra = list(dict.fromkeys(k for r in records for k in r if k not in columns))
+    return typed_columns(pd.DataFrame.from_records(list(records), columns=[*columns, *extra]), columns)
 
 
-def answers_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The answers DataFrame: the documented columns first, then any a translator added."""
-    extra = list(dict.fromkeys(k for r in records for k in r if k not in ANSWER_COLUMNS))
-    frame = pd.DataFrame.from_records(list(records), columns=[*ANSWER_COLUMNS, *extra])
-    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        frame[name] = frame[name].astype("Int64")
-    frame["row"] = frame["row"].astype("int64")
-    frame["latency_s"] = frame["latency_s"].astype("float64")
-    frame["cached"] = frame["cached"].astype("bool")
-    return frame
+def typed_columns(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec]) -> pd.DataFrame:
+    """``frame`` with the dtypes its documented ``columns`` declare."""
+    return frame.astype({name: dtype for name, (_, dtype, _) in columns.items() if dtype != "object"})
+
+
+def answers_frame(rows: Sequence[AnswerRow]) -> pd.DataFrame:
+    return typed_frame([row.to_record() for row in rows], ANSWER_COLUMNS)
 
 
 def embeddings_frame(records: Sequence[Mapping[str, Any]], matrix: np.ndarray) -> pd.DataFrame:
-    meta = pd.DataFrame.from_records(list(records), columns=["partition_key", "row", "text", "model"])
+    meta = typed_frame(records, column_specs(EmbeddingRow))
     matrix = np.asarray(matrix, dtype=np.float32).reshape(len(meta), -1)
     values = pd.DataFrame(matrix, columns=[f"e{i}" for i in range(matrix.shape[1])], index=meta.index)
     return pd.concat([meta, values], axis=1)
@@ -105,3 +109,18 @@ def by_partition(value: Any, partition_keys: Sequence[str | None]) -> dict[str |
         f"Cannot split a {type(value).__name__} across partitions {list(partition_keys)}: "
         f"give it a '{PARTITION_COLUMN}' column."
     )
+
+
+def preview(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], redacted: bool = False, count: int = 5, width: int = 120
+) -> str:
+    """A small markdown table of the first ``count`` rows, cells cut at ``width`` characters
+    (personal data and secrets masked when ``redacted``)."""
+
+    def cell(value: Any) -> str:
+        text = (redact(str(value)) if redacted else str(value)).replace("|", "\\|").replace("\n", " ")
+        return text[:width] + "…" if len(text) > width else text
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows[:count]]
+    return "\n".join(lines)

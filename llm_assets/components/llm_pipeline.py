@@ -18,7 +18,7 @@ definitions, where the API key stays an ``EnvVar``.
 import dagster as dg
 import pydantic
 
-from llm_assets.assets.factories import build_llm_pipeline_assets
+from llm_assets.assets.pipeline import build_llm_pipeline_assets
 
 
 class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):

@@ -1,1 +1,20 @@
-"""engine"""
+"""The execution engine: what a factory asks (:mod:`~llm_assets.engine.chat`,
+:mod:`~llm_assets.engine.embeddings`), sent concurrently by :class:`Engine`."""
+
+from llm_assets.engine.calls import Call, ErrorPolicy, GovernanceError, LLMRequestError
+from llm_assets.engine.chat import ChatRequest
+from llm_assets.engine.core import Engine
+from llm_assets.engine.embeddings import EmbeddingResult, pack_batches
+from llm_assets.engine.rows import AnswerRow
+
+__all__ = [
+    "AnswerRow",
+    "Call",
+    "ChatRequest",
+    "EmbeddingResult",
+    "Engine",
+    "ErrorPolicy",
+    "GovernanceError",
+    "LLMRequestError",
+    "pack_batches",
+]

@@ -1,306 +1,215 @@
-"""HTTP transports that count the usage the server reports, and answer from the request
-cache, without touching the client.
+"""HTTP transports that meter usage, answer from the request cache and enforce the
+session's governance and rate limits, under an unmodified OpenAI client.
 
 The OpenAI SDK talks HTTP through an httpx client; these transports sit under it and
-read each response body as the SDK consumes it (JSON or server-sent events). Because
-nothing above the HTTP layer is patched, every call shape is metered the same way and a
-shared client is never mutated. A response served from the cache never reaches the
-server, so it is counted as a cache hit with zero tokens.
+read each response body as the SDK consumes it. Because nothing above the HTTP layer is
+patched, every call shape is metered the same way and no client is ever mutated. Each
+billed request (a POST to a completion, embedding or response endpoint) goes through
+one :class:`_Exchange`:
+
+1. whose usage it is (:mod:`llm_assets.http.attribution`; none is an error),
+2. answered from the cache, if the cache mode reads and nobody looked it up already,
+3. refused by the governor (an HTTP 403 that never left the machine), or
+4. paced by the rate limits, sent, and its body read as it streams to the SDK: usage
+   counted once, the governor's reservation settled, a complete JSON body stored.
 
 Example:
     >>> import openai
-    >>> from llm_assets.accounting.usage import Usage
-    >>> usage = Usage()
-    >>> client = openai.OpenAI(
-    ...     api_key="sk-test", http_client=openai.DefaultHttpxClient(transport=MeteredTransport(usage))
-    ... )
+    >>> session = RunSession.for_tests()  # doctest: +SKIP
+    >>> client = openai.OpenAI(api_key="sk-test", http_client=openai.DefaultHttpxClient(
+    ...     transport=MeteredTransport(session, usage=Usage())))  # doctest: +SKIP
 """
 
 import asyncio
 import json
-import zlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llm_assets.accounting.governance import REFUSAL_CODE, Governor
-from llm_assets.accounting.limits import RateLimits, estimate_tokens
+from llm_assets.accounting.governance import REFUSAL_CODE
+from llm_assets.accounting.limits import estimate_tokens
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
-from llm_assets.cache import CacheMode, RequestCache, payload_key
+from llm_assets.cache import CacheMode
+from llm_assets.http.attribution import resolve_scope
+from llm_assets.http.body import ACCEPT_ENCODING, BodyReader
+from llm_assets.http.pools import httpx
 
-try:  # openai >= 3 speaks httpx2; older releases speak httpx.
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover - exercised only with older openai releases
-    import httpx  # type: ignore[no-redef]
-
-#: Content encodings the meter can decode; others are not offered to the server.
-_ACCEPT_ENCODING = "gzip, deflate"
-CACHE_HEADER = "x-llm-assets-cache"
-#: Request header naming which of a transport's usage counters a request is for; it is
-#: removed before the request leaves the machine.
-PARTITION_HEADER = "x-llm-assets-usage-slot"
+if TYPE_CHECKING:
+    from llm_assets.session import RunSession
 
 
 def is_metered(request: httpx.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith(BILLED_PATH_SUFFIXES)
 
 
-class _BodyTap:
-    """Reads a (possibly compressed) JSON or SSE body incrementally; when it ends, counts
-    the model and usage found in it, exactly once, and returns the decoded JSON body
-    (for the cache) when it was a complete JSON object."""
+class _Exchange:
+    """One billed request on its way: whose usage, its cache key, its governor
+    reservation and rate-limit estimate."""
 
-    def __init__(self, response: httpx.Response, usage: Usage, plan: "_Plan") -> None:
-        encoding = response.headers.get("content-encoding", "").lower()
-        self._plan = plan
-        self._inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding else None
-        self._is_sse = "text/event-stream" in response.headers.get("content-type", "")
-        self._usage = usage
-        self._buffer = b""
-        self._model: str | None = None
-        self._reported: dict[str, Any] | None = None
-        self._done = False
-
-    def feed(self, chunk: bytes) -> None:
-        if self._inflate is not None:
-            chunk = self._inflate.decompress(chunk)
-        self._buffer += chunk
-        if self._is_sse:
-            *lines, self._buffer = self._buffer.split(b"\n")
-            for line in lines:
-                self._sse_line(line)
-
-    def _sse_line(self, line: bytes) -> None:
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            return
-        payload = line[5:].strip()
-        if not payload or payload == b"[DONE]":
-            return
+    def __init__(self, request: httpx.Request, session: "RunSession", usage: Usage | None, mode: CacheMode) -> None:
+        scope = resolve_scope(usage)
+        self.session, self.usage = session, scope.usage
+        request.headers["accept-encoding"] = ACCEPT_ENCODING
+        governor, limits = session.governor, session.limits
+        self.governed = governor.active
+        self.paced = limits.active
+        self.model, self.estimate, self.key, self._reserved = None, 0, None, False
+        if mode is CacheMode.OFF and not self.governed and not self.paced:
+            return  # nothing reads the body: don't parse it
         try:
-            event = json.loads(payload)
+            payload: Any = json.loads(request.content)
         except ValueError:
             return
-        if isinstance(event, dict):
-            self._observe(event.get("response") if isinstance(event.get("response"), dict) else event)
+        if isinstance(payload, dict):
+            self.model = payload.get("model")
+            limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 0
+            self.estimate = estimate_tokens(request.content) + (limit if isinstance(limit, int) else 0)
+        self.key = session.cache_keys.key_of(request, payload) if session.cache and mode.writes else None
+        self.reads = self.key is not None and mode.reads and not scope.looked_up
 
-    def _observe(self, body: dict[str, Any]) -> None:
-        if body.get("model"):
-            self._model = body["model"]
-        if isinstance(body.get("usage"), dict):
-            self._reported = body["usage"]
+    reads = False
 
-    def finish(self, complete: bool) -> bytes | None:
-        """Count the response once; returns the JSON body if ``complete`` and valid."""
-        if self._done:
+    def refusal(self, request: httpx.Request) -> httpx.Response | None:
+        """The 403 answer if the governor refuses this request (else its estimate is reserved)."""
+        if not self.governed:
             return None
-        self._done = True
-        if self._is_sse:
-            self._sse_line(self._buffer)
-            return self._count(None)
-        try:
-            body = json.loads(self._buffer)
-        except ValueError:
-            body = None  # malformed or cut off: not a billed completion we can read
-        if not isinstance(body, dict):
-            self._plan.settle(None, None)
+        reason = self.session.governor.refusal(self.model, self.estimate)
+        if reason is None:
+            self._reserved = True
             return None
-        self._observe(body)
-        return self._count(self._buffer if complete else None)
+        error = {"message": reason, "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}
+        return httpx.Response(403, json={"error": error}, request=request)
 
-    def _count(self, body: bytes | None) -> bytes | None:
-        self._usage.add_response(self._model, self._reported)
-        self._plan.settle(self._model, self._reported)
-        return body
+    def failed(self) -> None:
+        """An error response or a connection failure: nothing billed, maybe retried."""
+        self.usage.add_failed_attempt()
+        self._settle(None, None)
 
+    def finished(self, reader: BodyReader, complete: bool) -> bytes | None:
+        """Count what the body reported; returns the body to store in the cache, if any."""
+        summary = reader.finish()
+        if summary.readable:
+            self.usage.add_response(summary.model, summary.usage)
+        self._settle(summary.model, summary.usage)
+        return summary.json_body if complete and self.key is not None else None
 
-def _cached_response(request: httpx.Request, body: bytes, usage: Usage) -> httpx.Response:
-    try:
-        model = json.loads(body).get("model")
-    except (ValueError, AttributeError):
-        model = None
-    usage.add_cache_hit(model)
-    headers = {"content-type": "application/json", CACHE_HEADER: "hit"}
-    return httpx.Response(200, headers=headers, content=body, request=request)
-
-
-class _Plan:
-    """What to do with one request: whose usage it is, whether it is metered, governed,
-    looked up in / stored to the cache."""
-
-    def __init__(
-        self,
-        request: httpx.Request,
-        usages: list[Usage],
-        cache: RequestCache | None,
-        mode: CacheMode,
-        governor: Governor | None,
-        limits: RateLimits | None = None,
-    ) -> None:
-        slot = request.headers.pop(PARTITION_HEADER, None)
-        self.usage = usages[int(slot)] if slot is not None else usages[0]
-        self.metered = is_metered(request)
-        self.governor = governor if governor is not None and governor.active and self.metered else None
-        self.limits = limits if limits is not None and limits.active and self.metered else None
-        self.cache = cache if self.metered and mode is not CacheMode.OFF else None
-        self.key, self.model, self.estimate, self._reserved = None, None, 0, False
-        if self.metered:
-            request.headers["accept-encoding"] = _ACCEPT_ENCODING
-        if self.cache is not None or self.governor is not None or self.limits is not None:  # else: not read
-            try:
-                payload: Any = json.loads(request.content)
-            except ValueError:
-                payload = None
-            if isinstance(payload, dict):
-                self.model = payload.get("model")
-                limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 0
-                self.estimate = estimate_tokens(request.content) + (limit if isinstance(limit, int) else 0)
-                if self.cache is not None:
-                    self.key = payload_key(str(request.url), payload)
-        self.reads = bool(self.key) and mode.reads
-        self.writes = bool(self.key) and mode.writes
-
-    def refusal(self) -> str | None:
-        """Why the governor refuses this request (else it reserves its estimate)."""
-        if self.governor is None:
-            return None
-        refused = self.governor.refusal(self.model, self.estimate)
-        self._reserved = refused is None
-        return refused
-
-    def settle(self, served: str | None, usage: dict[str, Any] | None) -> None:
+    def _settle(self, served: str | None, usage: dict[str, Any] | None) -> None:
         if self._reserved:
             self._reserved = False
-            self.governor.settle(self.model, self.estimate, usage, served)
+            self.session.governor.settle(self.model, self.estimate, usage, served)
+
+    def meter(self, response: httpx.Response, stream_class: type) -> httpx.Response:
+        if not 200 <= response.status_code < 300:
+            self.failed()
+            return response
+        reader = BodyReader(response.headers.get("content-encoding", ""), response.headers.get("content-type", ""))
+        response.stream = stream_class(response.stream, reader, self)
+        return response
 
 
-def _refused(request: httpx.Request, reason: str) -> httpx.Response:
-    """The answer to a request the governor refused: it never left the machine."""
-    error = {"message": reason, "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}
-    return httpx.Response(403, json={"error": error}, request=request)
+def _cached_response(request: httpx.Request, body: bytes) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "application/json"}, content=body, request=request)
 
 
 class _MeteredStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, tap: _BodyTap, plan: _Plan) -> None:
-        self._inner, self._tap, self._plan = inner, tap, plan
+    def __init__(self, inner: httpx.SyncByteStream, reader: BodyReader, exchange: _Exchange) -> None:
+        self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
-            self._tap.feed(chunk)
+            self._reader.feed(chunk)
             yield chunk
-        body = self._tap.finish(complete=True)
-        if body is not None and self._plan.writes:
-            self._plan.cache.put(self._plan.key, body)
+        self._done = True
+        if (body := self._exchange.finished(self._reader, complete=True)) is not None:
+            self._exchange.session.store(self._exchange.key, body)
 
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            self._tap.finish(complete=False)
+            if not self._done:
+                self._done = True
+                self._exchange.finished(self._reader, complete=False)
 
 
 class _AsyncMeteredStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, tap: _BodyTap, plan: _Plan) -> None:
-        self._inner, self._tap, self._plan = inner, tap, plan
+    def __init__(self, inner: httpx.AsyncByteStream, reader: BodyReader, exchange: _Exchange) -> None:
+        self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
-            self._tap.feed(chunk)
+            self._reader.feed(chunk)
             yield chunk
-        body = self._tap.finish(complete=True)
-        if body is not None and self._plan.writes:
-            await asyncio.to_thread(self._plan.cache.put, self._plan.key, body)
+        self._done = True
+        if (body := self._exchange.finished(self._reader, complete=True)) is not None:
+            await asyncio.to_thread(self._exchange.session.store, self._exchange.key, body)
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            self._tap.finish(complete=False)
-
-
-def _meter(response: httpx.Response, plan: _Plan, stream_cls: type) -> httpx.Response:
-    """Count a failed attempt, or wrap a successful billed response's body in a tap."""
-    if not plan.metered:
-        return response
-    if not 200 <= response.status_code < 300:
-        plan.usage.add_failed_attempt()
-        plan.settle(None, None)
-        return response
-    response.stream = stream_cls(response.stream, _BodyTap(response, plan.usage, plan), plan)
-    return response
+            if not self._done:
+                self._done = True
+                self._exchange.finished(self._reader, complete=False)
 
 
 class MeteredTransport(httpx.BaseTransport):
-    """Sync transport counting the usage of each billed response into ``usage``, and
-    answering from ``cache`` per ``cache_mode``. ``inner`` (a shared connection pool) is
-    not closed by this wrapper."""
+    """Sync transport of a session's client: bills ``usage`` (else the request's
+    :func:`~llm_assets.http.attribution.billed_to` scope) and uses the cache per
+    ``cache_mode``. The session's shared connection pool is not closed by it."""
 
-    def __init__(
-        self,
-        usage: Usage | list[Usage],
-        inner: httpx.BaseTransport | None = None,
-        cache: RequestCache | None = None,
-        cache_mode: CacheMode = CacheMode.OFF,
-        governor: Governor | None = None,
-    ) -> None:
-        self._usages = usage if isinstance(usage, list) else [usage]
-        self._cache, self._mode, self._governor = cache, cache_mode, governor
-        self._owns_inner = inner is None
-        self._inner = inner or httpx.HTTPTransport()
+    def __init__(self, session: "RunSession", usage: Usage | None = None, cache_mode: CacheMode = CacheMode.OFF):
+        self._session, self._usage, self._mode = session, usage, cache_mode
+        self._inner = session.sync_pool()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _Plan(request, self._usages, self._cache, self._mode, self._governor)
-        if plan.reads and (body := plan.cache.get(plan.key)) is not None:
-            return _cached_response(request, body, plan.usage)
-        if (reason := plan.refusal()) is not None:
-            return _refused(request, reason)
+        if not is_metered(request):
+            return self._inner.handle_request(request)
+        exchange = _Exchange(request, self._session, self._usage, self._mode)
+        if exchange.reads and (hit := self._session.cached([exchange.key], [exchange.usage])[0]) is not None:
+            return _cached_response(request, hit.body)
+        if (refused := exchange.refusal(request)) is not None:
+            return refused
+        if exchange.paced:
+            self._session.limits.acquire_blocking(exchange.estimate)
         try:
             response = self._inner.handle_request(request)
         except httpx.TransportError:
-            plan.usage.add_failed_attempt()
-            plan.settle(None, None)
+            exchange.failed()
             raise
-        return _meter(response, plan, _MeteredStream)
-
-    def close(self) -> None:
-        if self._owns_inner:
-            self._inner.close()
+        return exchange.meter(response, _MeteredStream)
 
 
 class AsyncMeteredTransport(httpx.AsyncBaseTransport):
-    """Async twin of :class:`MeteredTransport` (cache I/O runs in a worker thread); each
-    billed request that goes out (retries included, cache hits not) first waits for
-    ``limits``."""
+    """Async twin of :class:`MeteredTransport` over its own pool (``inner``, opened on the
+    event loop that uses it, and closed with this transport); cache I/O runs in a thread."""
 
     def __init__(
         self,
-        usage: Usage | list[Usage],
-        inner: httpx.AsyncBaseTransport | None = None,
-        cache: RequestCache | None = None,
+        session: "RunSession",
+        inner: httpx.AsyncBaseTransport,
+        usage: Usage | None = None,
         cache_mode: CacheMode = CacheMode.OFF,
-        limits: RateLimits | None = None,
-        governor: Governor | None = None,
     ) -> None:
-        self._usages = usage if isinstance(usage, list) else [usage]
-        self._cache, self._mode, self._limits, self._governor = cache, cache_mode, limits, governor
-        self._owns_inner = inner is None
-        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._session, self._inner, self._usage, self._mode = session, inner, usage, cache_mode
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _Plan(request, self._usages, self._cache, self._mode, self._governor, self._limits)
-        if plan.reads and (body := await asyncio.to_thread(plan.cache.get, plan.key)) is not None:
-            return _cached_response(request, body, plan.usage)
-        if (reason := plan.refusal()) is not None:
-            return _refused(request, reason)
-        if plan.limits is not None:
-            await plan.limits.acquire(plan.estimate)
+        if not is_metered(request):
+            return await self._inner.handle_async_request(request)
+        exchange = _Exchange(request, self._session, self._usage, self._mode)
+        if exchange.reads:
+            hit = (await asyncio.to_thread(self._session.cached, [exchange.key], [exchange.usage]))[0]
+            if hit is not None:
+                return _cached_response(request, hit.body)
+        if (refused := exchange.refusal(request)) is not None:
+            return refused
+        if exchange.paced:
+            await self._session.limits.acquire(exchange.estimate)
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError:
-            plan.usage.add_failed_attempt()
-            plan.settle(None, None)
+            exchange.failed()
             raise
-        return _meter(response, plan, _AsyncMeteredStream)
+        return exchange.meter(response, _AsyncMeteredStream)
 
     async def aclose(self) -> None:
-        if self._owns_inner:
-            await self._inner.aclose()
+        await self._inner.aclose()

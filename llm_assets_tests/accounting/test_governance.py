@@ -1,11 +1,11 @@
 """Allow-lists, budgets and cost: refusals send nothing, spending is exact, cost is priced."""
 
 import dagster as dg
-import openai
 import pandas as pd
 import pytest
+from openai import PermissionDeniedError
 
-from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
+from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES, price_for
 from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
 
@@ -20,40 +20,35 @@ def prompts() -> pd.DataFrame:
 answers = build_chat_answers_asset(key="answers", upstream=prompts, text_column="text", prompt="{text}", max_tokens=20)
 
 
-def run(resource, instance, run_config=None):
-    return dg.materialize(
+def test_a_model_outside_the_allow_list_is_refused_before_sending(server, materialize):
+    resource = OpenAIResource(base_url=server.base_url, allowed_models=["gpt-4o-mini", "text-embedding-3-small"])
+    result = materialize(
         [prompts, answers],
-        resources={"openai": resource, "io_manager": PartitionedFilesystemIOManager()},
-        instance=instance,
-        run_config=run_config,
+        resource,
+        run_config={"ops": {"answers": {"config": {"chat_model": "gpt-4.1"}}}},
         raise_on_error=False,
     )
-
-
-def test_a_model_outside_the_allow_list_is_refused_before_sending(server, instance):
-    resource = OpenAIResource(base_url=server.base_url, allowed_models=["gpt-4o-mini", "text-embedding-3-small"])
-    result = run(resource, instance, run_config={"ops": {"answers": {"config": {"chat_model": "gpt-4.1"}}}})
     assert not result.success
     message = failure_message(result)
     assert "model 'gpt-4.1' is not in allowed_models ['gpt-4o-mini', 'text-embedding-3-small']" in message
     assert server.stats.requests == []
 
 
-def test_the_allow_list_also_guards_your_own_client_calls(server, instance):
+def test_the_allow_list_also_guards_your_own_client_calls(server, materialize):
     @dg.asset
-    def direct(context: dg.AssetExecutionContext, openai_: OpenAIResource) -> None:
-        with openai_.get_client(context) as client, pytest.raises(openai.PermissionDeniedError, match="allowed_models"):
+    def direct(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
+        with openai.get_client(context) as client, pytest.raises(PermissionDeniedError, match="allowed_models"):
             client.chat.completions.create(model="o3", messages=[{"role": "user", "content": "hi"}])
 
     resource = OpenAIResource(base_url=server.base_url, allowed_models=["gpt-4o-mini"])
-    assert dg.materialize([direct], resources={"openai_": resource}, instance=instance).success
+    assert materialize([direct], resource).success
     assert server.stats.requests == []
 
 
-def test_token_budget_stops_sending_keeps_answers_and_fails_clearly(server, instance):
+def test_token_budget_stops_sending_keeps_answers_and_fails_clearly(server, materialize):
     budget = 500  # each request is estimated at ~45 tokens and costs 10
     resource = OpenAIResource(base_url=server.base_url, max_concurrency=8, max_tokens_per_run=budget)
-    result = run(resource, instance)
+    result = materialize([prompts, answers], resource, raise_on_error=False)
     assert not result.success
     assert "max_tokens_per_run 500 would be exceeded" in failure_message(result)
     sent = len(server.stats.requests)
@@ -61,32 +56,32 @@ def test_token_budget_stops_sending_keeps_answers_and_fails_clearly(server, inst
     assert server.usage.total_tokens <= budget  # the server never billed past the budget
     bigger = OpenAIResource(base_url=server.base_url, max_concurrency=8, max_tokens_per_run=100_000)
     server.reset()
-    assert run(bigger, instance).success
+    assert materialize([prompts, answers], bigger, raise_on_error=False).success
     assert len(server.stats.requests) == len(PROMPTS) - sent  # completed answers were kept
 
 
-def test_cost_budget_and_unpriced_models(server, instance):
+def test_cost_budget_and_unpriced_models(server, materialize):
     resource = OpenAIResource(
         base_url=server.base_url,
         max_concurrency=4,
         max_cost_usd_per_run=0.001,
         prices={"gpt-4o-mini": {"input": 1.0, "output": 4.0}},
     )
-    result = run(resource, instance)
+    result = materialize([prompts, answers], resource, raise_on_error=False)
     assert not result.success and "max_cost_usd_per_run $0.001 would be exceeded" in failure_message(result)
     assert 0 < len(server.stats.requests) < len(PROMPTS)
 
     server.reset()
     unpriced = OpenAIResource(base_url=server.base_url, max_cost_usd_per_run=1.0, chat_model="my-finetune")
-    result = run(unpriced, instance)
+    result = materialize([prompts, answers], unpriced, raise_on_error=False)
     assert "model 'my-finetune' has no price" in failure_message(result)
     assert server.stats.requests == []
 
 
-def test_cost_metadata_is_priced_from_the_reported_usage(server, instance):
+def test_cost_metadata_is_priced_from_the_reported_usage(server, materialize):
     server.report_details = True  # cached and reasoning tokens
     resource = OpenAIResource(base_url=server.base_url)
-    result = run(resource, instance)
+    result = materialize([prompts, answers], resource, raise_on_error=False)
     assert result.success
     meta = metadata_values(
         next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
@@ -103,9 +98,9 @@ def test_cost_metadata_is_priced_from_the_reported_usage(server, instance):
     assert meta[f"openai.{served}.cost_usd"] == pytest.approx(by_hand) == meta["openai.cost_usd"]
 
 
-def test_unknown_models_say_the_cost_is_unknown(server, instance):
+def test_unknown_models_say_the_cost_is_unknown(server, materialize):
     resource = OpenAIResource(base_url=server.base_url, chat_model="my-finetune")
-    result = run(resource, instance)
+    result = materialize([prompts, answers], resource, raise_on_error=False)
     recorded = usage_metadata(
         next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
     )

@@ -4,9 +4,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
+from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.testing import FAULTS, FaultInjector
-from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
+from llm_assets_tests.conftest import event_of, failure_message, metadata_values, usage_metadata
 
 N = 1000
 PROMPTS = [f"Reliable question {i}" for i in range(N)]
@@ -20,38 +20,24 @@ def prompts() -> pd.DataFrame:
 answers = build_chat_answers_asset(key="answers", upstream=prompts, text_column="text", prompt="{text}")
 
 
-def run(resource, instance, run_config=None, raise_on_error=True):
-    return dg.materialize(
-        [prompts, answers],
-        resources={"openai": resource, "io_manager": PartitionedFilesystemIOManager()},
-        instance=instance,
-        run_config=run_config,
-        raise_on_error=raise_on_error,
-    )
-
-
-def answers_event(result):
-    return next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
-
-
 @pytest.mark.slow
-def test_thousand_requests_with_ten_percent_faults_complete_exactly_once(server, instance):
+def test_thousand_requests_with_ten_percent_faults_complete_exactly_once(server, materialize):
     injector = FaultInjector(rate=0.10, seed=42, slow_seconds=2.5, retry_after="0.2")
     server.fault = injector
     resource = OpenAIResource(base_url=server.base_url, max_concurrency=32, timeout=2.0, max_retries=8)
-    result = run(resource, instance)
+    result = materialize([prompts, answers], resource)
     assert result.success
     frame = result.output_for_node("answers")
     assert len(frame) == N and frame["error"].isna().all()
     assert [a.split(": ", 1)[1] for a in frame["answer"]] == PROMPTS  # every answer, in order
     assert set(injector.injected) == set(FAULTS) and 60 < sum(injector.injected.values()) < 160
-    recorded = usage_metadata(answers_event(result))
+    recorded = usage_metadata(event_of(result, "answers"))
     assert recorded["openai.calls"] == N == server.usage.calls  # each success counted once
     assert recorded["openai.total_tokens"] == server.usage.total_tokens
     assert recorded["openai.failed_attempts"] >= sum(injector.injected.values()) - injector.injected["slow"]
 
 
-def test_non_retryable_error_fails_fast_with_the_servers_message_and_the_item(server, instance):
+def test_non_retryable_error_fails_fast_with_the_servers_message_and_the_item(server, materialize):
     def reject_one(handler, body):
         if body["messages"][0]["content"] != PROMPTS[7]:
             return False
@@ -65,7 +51,7 @@ def test_non_retryable_error_fails_fast_with_the_servers_message_and_the_item(se
 
     server.fault = reject_one
     resource = OpenAIResource(base_url=server.base_url, max_concurrency=4)
-    result = run(resource, instance, raise_on_error=False)
+    result = materialize([prompts, answers], resource, raise_on_error=False)
     assert not result.success
     message = failure_message(result)
     assert "row 7" in message and "maximum context length" in message and "HTTP 400" in message
@@ -74,7 +60,7 @@ def test_non_retryable_error_fails_fast_with_the_servers_message_and_the_item(se
     assert len(server.stats.requests) < N  # the rest was not sent after the failure
 
 
-def test_record_policy_keeps_the_good_answers(server, instance):
+def test_record_policy_keeps_the_good_answers(server, materialize):
     def reject_some(handler, body):
         if not body["messages"][0]["content"].endswith("3"):
             return False
@@ -83,18 +69,20 @@ def test_record_policy_keeps_the_good_answers(server, instance):
 
     server.fault = reject_some
     resource = OpenAIResource(base_url=server.base_url, max_concurrency=16)
-    result = run(resource, instance, run_config={"ops": {"answers": {"config": {"on_error": "RECORD"}}}})
+    result = materialize(
+        [prompts, answers], resource, run_config={"ops": {"answers": {"config": {"on_error": "RECORD"}}}}
+    )
     assert result.success
     frame = result.output_for_node("answers")
     failed = frame[frame["error"].notna()]
     assert len(failed) == 100 and all("bad prompt" in e for e in failed["error"])
     assert frame["answer"].notna().sum() == N - 100
-    meta = metadata_values(answers_event(result))
+    meta = metadata_values(event_of(result, "answers"))
     assert meta["failed_requests"] == 100
     assert meta["openai.calls"] == N - 100 == server.usage.calls
 
 
-def test_a_rerun_after_a_failure_sends_only_what_was_not_answered(server, instance):
+def test_a_rerun_after_a_failure_sends_only_what_was_not_answered(server, materialize):
     def reject_one(handler, body):
         if body["messages"][0]["content"] != PROMPTS[500]:
             return False
@@ -103,15 +91,15 @@ def test_a_rerun_after_a_failure_sends_only_what_was_not_answered(server, instan
 
     server.fault = reject_one
     resource = OpenAIResource(base_url=server.base_url, max_concurrency=8)
-    assert not run(resource, instance, raise_on_error=False).success
+    assert not materialize([prompts, answers], resource, raise_on_error=False).success
     answered = server.usage.calls
     assert 0 < answered < N
     server.fault = None
     server.reset()
-    result = run(resource, instance)
+    result = materialize([prompts, answers], resource)
     assert result.success
     assert server.usage.calls == N - answered  # the first run's answers came from the cache
-    recorded = usage_metadata(answers_event(result))
+    recorded = usage_metadata(event_of(result, "answers"))
     assert recorded["openai.calls"] == N - answered and recorded["openai.cache_hits"] == answered
     assert recorded["openai.total_tokens"] == server.usage.total_tokens  # only the re-run's tokens
 
@@ -173,6 +161,6 @@ def test_a_killed_run_resumes_without_asking_twice(server, env_home, tmp_path, m
     repeated = len(asked) - len(set(asked))
     assert len(set(asked)) == 200
     assert repeated <= 4  # only requests in flight at the kill (max_concurrency) were asked again
-    recorded = usage_metadata(answers_event(result))
+    recorded = usage_metadata(event_of(result, "answers"))
     assert recorded["openai.calls"] == len(asked) - first  # the re-run bills only what it sent
     assert recorded["openai.cache_hits"] == 200 - recorded["openai.calls"]

@@ -1,0 +1,28 @@
+"""The private APIs of openai and Dagster that llm_assets relies on, in one place.
+
+Each has no public equivalent; ``llm_assets_tests/test_compat.py`` fails as soon as one
+of them moves, instead of a user finding out in production.
+
+- ``openai.DefaultAioHttpClient(...)._transport``: the aiohttp transport the SDK vendors
+  (about half the CPU per request of httpx's pool). llm_assets wraps it in its metering
+  transport; the SDK exposes only the whole client.
+- ``PickledObjectFilesystemIOManager`` and ``UPathIOManager``'s
+  ``_get_paths_for_partitions`` / ``_handle_transition_to_partitioned_asset``: what
+  ``dg.FilesystemIOManager`` builds and how it lays out partition files, which
+  :class:`~llm_assets.PartitionedFilesystemIOManager` must match byte for byte.
+"""
+
+from typing import Any
+
+import openai
+from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
+
+__all__ = ["PickledObjectFilesystemIOManager", "aiohttp_transport"]
+
+
+def aiohttp_transport(**client_kwargs: Any) -> Any:
+    """The SDK's aiohttp transport (``openai[aiohttp]``), or ``None`` when unavailable."""
+    try:
+        return openai.DefaultAioHttpClient(**client_kwargs)._transport
+    except (RuntimeError, AttributeError, ImportError):  # aiohttp missing, or openai changed
+        return None

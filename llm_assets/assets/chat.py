@@ -1,0 +1,229 @@
+"""``build_chat_answers_asset``: partitioned chat answers, as plan → engine → report.
+
+* plan: :func:`plan_chat_requests` fills the prompt templates for each partition and
+  upstream row (pure, testable without Dagster);
+* engine: :meth:`llm_assets.engine.Engine.chat` sends them;
+* report: :func:`report_answers` builds the frame and each partition's metadata.
+
+Example:
+    >>> prompts = ChatPrompts(dg.AssetKey("answers"), PromptTemplate("Captain {partition_key}: {question}"))
+    >>> (request,) = plan_chat_requests(prompts, {"Kirk": [{}]}, {"question": "Why?"}, {"model": "m"})
+    >>> request.prompt
+    'Captain Kirk: Why?'
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Unpack
+
+import dagster as dg
+import pandas as pd
+
+from llm_assets.assets.config import ChatConfig, config_class
+from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
+from llm_assets.assets.options import (
+    AssetKeyLike,
+    AssetOptions,
+    UpstreamAsset,
+    asset_key,
+    define_asset,
+    resolved,
+    upstream_key,
+    upstream_partitions,
+)
+from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
+from llm_assets.assets.translator import ChatTranslator
+from llm_assets.assets.upstream import load_texts, run_partitions
+from llm_assets.engine import AnswerRow, ChatRequest, Engine
+from llm_assets.errors import LLMAssetsError
+
+Rows = Mapping[str | None, Sequence[Mapping[str, Any]]]  # per partition: each request's row values
+
+
+@dataclass(frozen=True)
+class ChatPrompts:
+    """The prompt side of a chat answers asset, fixed when it is defined."""
+
+    asset_key: dg.AssetKey
+    prompt: PromptTemplate
+    system_prompt: PromptTemplate | None = None
+    partitions_def: dg.PartitionsDefinition | None = None
+    translator: ChatTranslator = field(default_factory=ChatTranslator)
+
+    @property
+    def templates(self) -> dict[str, PromptTemplate]:
+        return {"prompt": self.prompt, **({"system_prompt": self.system_prompt} if self.system_prompt else {})}
+
+    @property
+    def uses_question(self) -> bool:
+        return any("question" in t.fields for t in self.templates.values())
+
+    def check(self, available: set[str]) -> None:
+        """Fail at definition time on a placeholder nothing can fill."""
+        available = available | partition_placeholders(self.partitions_def)
+        for where, template in self.templates.items():
+            template.check(available, where=f"{where} of {self.asset_key.to_user_string()}")
+
+
+def plan_chat_requests(
+    prompts: ChatPrompts, rows: Rows, values: Mapping[str, str], params: Mapping[str, Any]
+) -> list[ChatRequest]:
+    """One request per row of each partition, its templates filled from ``values`` (run
+    config), the partition's placeholders and the row's own (``text``, ``row``)."""
+    requests = []
+    name = prompts.asset_key.to_user_string()
+    for pk, partition_rows in rows.items():
+        base = {**values, **partition_values(prompts.partitions_def, pk)}
+        for row, extra in enumerate(partition_rows):
+            filled = {**base, **extra}
+            rendered = {w: t.render(filled, where=f"{w} of {name}") for w, t in prompts.templates.items()}
+            if not rendered["prompt"].strip():
+                raise LLMAssetsError(
+                    f"The prompt of {name} is empty once filled (partition {pk!r}, row {row}): give the "
+                    "placeholders non-empty values in run config or the factory."
+                )
+            hook = prompts.translator
+            messages = hook.get_messages(rendered["prompt"], rendered.get("system_prompt"), filled)
+            requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), hook.get_params(params, filled)))
+    return requests
+
+
+def upstream_rows(texts: Mapping[str | None, list[str]], one_request_per_row: bool) -> dict[str | None, list[dict]]:
+    """Each partition's rows: one per text (``{text}``, ``{row}``), or one of all texts joined."""
+    if one_request_per_row:
+        return {pk: [{"text": t, "row": i} for i, t in enumerate(items)] for pk, items in texts.items()}
+    return {pk: [{"text": "\n\n".join(items)}] for pk, items in texts.items()}
+
+
+def report_answers(
+    context: dg.AssetExecutionContext, rows: Sequence[AnswerRow], partition_keys: Sequence[str | None], redacted: bool
+) -> pd.DataFrame:
+    """The answers frame, and each partition's row count, cache hits, failures and preview."""
+    by_partition: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in partition_keys}
+    for row in rows:
+        by_partition.setdefault(row.partition_key, []).append(row.to_record())
+    for pk, records in by_partition.items():
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": len(records),
+                "answers_from_cache": sum(1 for r in records if r["cached"]),
+                "failed_requests": sum(1 for r in records if r["error"]),
+                "preview": dg.MetadataValue.md(preview(records, ["prompt", "answer"], redacted)),
+            },
+            partition_key=pk,
+        )
+    return answers_frame(rows)
+
+
+def build_chat_answers_asset(
+    *,
+    prompt: str,
+    key: AssetKeyLike | None = None,
+    system_prompt: str | None = None,
+    question: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    chat_model: str | None = None,
+    variables: Mapping[str, str] | None = None,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    upstream: UpstreamAsset | None = None,
+    text_column: str = "answer",
+    one_request_per_row: bool = True,
+    partition_mapping: dg.PartitionMapping | None = None,
+    max_concurrency: int | None = None,
+    translator: ChatTranslator | None = None,
+    **options: Unpack[AssetOptions],
+) -> dg.AssetsDefinition:
+    """An asset of chat answers: one request per partition, or per upstream row.
+
+    ``prompt`` and ``system_prompt`` are templates filled from ``{partition_key}`` (and each
+    dimension of a multi-partition by name), ``{question}`` and ``variables`` from run
+    config, and, with ``upstream``, ``{text}`` from its ``text_column``: one request per
+    row (``{row}`` is its position) or, with ``one_request_per_row=False``, one request
+    with all rows joined, which chains answers into a report. ``question``,
+    ``max_tokens``, ``temperature``, ``chat_model`` and ``variables`` are the defaults of
+    the run config (:class:`ChatConfig`; ``None`` keeps its own). A ``translator``
+    (:class:`ChatTranslator` subclass) customises the messages, parameters and rows.
+    ``options`` are Dagster's (:class:`AssetOptions`).
+
+    Example:
+        >>> answers = build_chat_answers_asset(
+        ...     key="answers", partitions_def=dg.StaticPartitionsDefinition(["Kirk", "Picard"]),
+        ...     prompt="You are Captain {partition_key}. {question}", question="Why explore?",
+        ... )
+    """
+    options = resolved(options)
+    name = asset_key(key, options.get("key_prefix"), "answers")
+    partitions_def = partitions_def or upstream_partitions(upstream)
+    system = PromptTemplate(system_prompt) if system_prompt else None
+    prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator())
+    available = {"question", *(variables or {})}
+    if upstream is not None:
+        available |= {"text", "row"} if one_request_per_row else {"text"}
+    prompts.check(available)
+    defaults = {"question": question, "max_tokens": max_tokens, "temperature": temperature, "chat_model": chat_model}
+    config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
+    source = None
+    if upstream is not None:
+        source = _Upstream(dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping), text_column)
+    return define_asset(
+        _answers(prompts, source, one_request_per_row, max_concurrency, options),
+        key=name,
+        config_class=config,
+        columns=ANSWER_COLUMNS,
+        ins={"upstream": source.asset_in} if source else {},
+        partitions_def=partitions_def,
+        options=options,
+        description="Chat answers: one row per request, with model, finish reason, tokens and latency.",
+        kinds={"openai"},
+    )
+
+
+@dataclass(frozen=True)
+class _Upstream:
+    asset_in: dg.AssetIn
+    text_column: str
+
+
+def _answers(
+    prompts: ChatPrompts,
+    source: _Upstream | None,
+    one_request_per_row: bool,
+    max_concurrency: int | None,
+    options: AssetOptions,
+) -> Callable[..., pd.DataFrame]:
+    """The asset's body: plan, send through the engine, report."""
+
+    def answers(context: dg.AssetExecutionContext, config: ChatConfig, **inputs: Any) -> pd.DataFrame:
+        resource = getattr(context.resources, options["resource_key"])
+        partition_keys = run_partitions(context, options["io_manager_key"])
+        params = _chat_params(prompts, config, resource)
+        rows: Rows = {pk: [{}] for pk in partition_keys}
+        if source is not None:
+            key = source.asset_in.key
+            texts = load_texts(context, inputs["upstream"], partition_keys, source.text_column, key)
+            rows = upstream_rows(texts, one_request_per_row)
+        requests = plan_chat_requests(prompts, rows, {**config.variables, "question": config.question}, params)
+        engine = Engine(
+            resource.session, context, max_concurrency=max_concurrency, cache=config.cache, on_error=config.on_error
+        )
+        rows_out = engine.chat(requests, prompts.translator.get_record)
+        context.add_asset_metadata({"request_seconds": engine.seconds})
+        return report_answers(context, rows_out, list(rows), resource.redact_text)
+
+    return answers
+
+
+def _chat_params(prompts: ChatPrompts, config: ChatConfig, resource: Any) -> dict[str, Any]:
+    """The request parameters of this run, after checking its question and model."""
+    if prompts.uses_question and not config.question.strip():
+        name = prompts.asset_key
+        raise LLMAssetsError(
+            f"Run config 'question' of {name.to_user_string()} is empty: set "
+            f"ops.{name.to_python_identifier()}.config.question in the launchpad, or "
+            "question= in build_chat_answers_asset."
+        )
+    model = config.chat_model or resource.chat_model
+    if (refused := resource.session.governor.model_refusal(model)) is not None:
+        raise LLMAssetsError(f"{refused} (set by run config or factory `chat_model`, else the resource's).")
+    return {"model": model, "max_tokens": config.max_tokens, "temperature": config.temperature}

@@ -1,0 +1,93 @@
+"""Run config of the factories' assets (editable in the launchpad), with the factory's
+defaults applied and checked when the asset is defined.
+
+Each default is declared once, here: a factory argument left as ``None`` keeps it.
+
+Example:
+    >>> Answers = config_class(ChatConfig, "answers", {"max_tokens": 60, "temperature": None})
+    >>> Answers().max_tokens, Answers().temperature
+    (60, 0.7)
+"""
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import dagster as dg
+import pydantic
+
+from llm_assets.cache import CacheMode
+from llm_assets.engine.calls import ErrorPolicy
+from llm_assets.engine.embeddings import MAX_EMBEDDING_BATCH_TOKENS, MAX_EMBEDDING_INPUTS
+from llm_assets.errors import LLMAssetsError
+
+_CACHE = (
+    "Request cache: USE answers repeated requests from it, REFRESH re-asks the API (re-sampling) "
+    "and stores the new answers, OFF neither reads nor writes."
+)
+
+
+class ChatConfig(dg.Config):
+    """Run config of a chat answers asset."""
+
+    question: str = pydantic.Field(default="", description="Fills {question} in the prompt.")
+    max_tokens: int = pydantic.Field(default=256, ge=1, description="Most tokens per answer.")
+    temperature: float = pydantic.Field(
+        default=0.7, ge=0.0, le=2.0, description="Sampling temperature, 0 (focused) to 2 (random)."
+    )
+    chat_model: str | None = pydantic.Field(
+        default=None, description="Model to ask; defaults to the factory's, then the resource's chat_model."
+    )
+    variables: dict[str, str] = pydantic.Field(
+        default_factory=dict, description="Values for other {placeholders} of the prompt."
+    )
+    cache: CacheMode = pydantic.Field(default=CacheMode.USE, description=_CACHE)
+    on_error: ErrorPolicy = pydantic.Field(
+        default=ErrorPolicy.FAIL,
+        description="A request that still fails after retries: FAIL the materialization (answers "
+        "completed so far stay cached), or RECORD the error in its row and keep going.",
+    )
+
+
+class EmbeddingConfig(dg.Config):
+    """Run config of an embeddings asset."""
+
+    embedding_model: str | None = pydantic.Field(
+        default=None, description="Model to embed with; defaults to the resource's embedding_model."
+    )
+    dimensions: int | None = pydantic.Field(
+        default=None, ge=1, description="Vector size, for models that can shorten their vectors."
+    )
+    batch_size: int = pydantic.Field(
+        default=MAX_EMBEDDING_INPUTS, ge=1, le=MAX_EMBEDDING_INPUTS, description="Most texts per request."
+    )
+    max_batch_tokens: int = pydantic.Field(
+        default=MAX_EMBEDDING_BATCH_TOKENS, ge=1, description="Most (estimated) tokens per request."
+    )
+    cache: CacheMode = pydantic.Field(default=CacheMode.USE, description=_CACHE)
+
+
+class PlotConfig(dg.Config):
+    """Run config of a PCA plot asset."""
+
+    title: str = pydantic.Field(default="", description="Plot title; defaults to the asset key.")
+
+
+def config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any]) -> type[dg.Config]:
+    """``base`` with the factory's ``defaults`` (``None`` keeps the base's), so the launchpad
+    shows them; they are checked against the fields' bounds here, when the asset is defined."""
+    given = {field: value for field, value in defaults.items() if value is not None}
+    fields = {  # the bounds (ge, le…) travel in the annotation's metadata
+        field: (
+            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation,
+            pydantic.Field(given[field], description=info.description),
+        )
+        for field, info in base.model_fields.items()
+        if field in given
+    }
+    configured = pydantic.create_model(f"{name}_config", __base__=base, **fields)  # type: ignore[call-overload]
+    try:
+        configured(**given)
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise LLMAssetsError(f"Invalid default for {name}: {problems}.") from None
+    return configured

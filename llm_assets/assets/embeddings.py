@@ -1,0 +1,117 @@
+"""``build_embeddings_asset``: an upstream text column embedded per partition, as
+plan (the texts) → engine (:meth:`~llm_assets.engine.Engine.embed`) → report (frame and
+metadata).
+
+Example:
+    >>> rows = embedding_rows("Kirk", ["Explore.", "Boldly."], "m")
+    >>> [r["row"] for r in rows]
+    [0, 1]
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any, Unpack
+
+import dagster as dg
+import pandas as pd
+
+from llm_assets.assets.config import EmbeddingConfig, config_class
+from llm_assets.assets.frames import EMBEDDING_COLUMNS, embeddings_frame
+from llm_assets.assets.options import (
+    AssetKeyLike,
+    AssetOptions,
+    UpstreamAsset,
+    asset_key,
+    define_asset,
+    resolved,
+    upstream_key,
+    upstream_partitions,
+)
+from llm_assets.assets.upstream import load_texts, run_partitions
+from llm_assets.engine import EmbeddingResult, Engine
+from llm_assets.errors import LLMAssetsError
+
+
+def embedding_rows(partition_key: str | None, texts: list[str], model: str | None) -> list[dict[str, Any]]:
+    return [{"partition_key": partition_key, "row": i, "text": t, "model": model} for i, t in enumerate(texts)]
+
+
+def report_embeddings(
+    context: dg.AssetExecutionContext,
+    texts: Mapping[str | None, list[str]],
+    results: Mapping[str | None, EmbeddingResult],
+    requested_model: str,
+) -> pd.DataFrame:
+    """The embeddings frame, and each partition's row count, dimensions and model."""
+    frames = []
+    for pk, items in texts.items():
+        result = results.get(pk)
+        model = result.model if result is not None else requested_model
+        frame = embeddings_frame(embedding_rows(pk, items, model), result.vectors if result is not None else [])
+        frames.append(frame)
+        dimensions = result.vectors.shape[1] if result is not None else 0
+        context.add_asset_metadata(
+            {"dagster/row_count": len(frame), "dimensions": dimensions, "model": model}, partition_key=pk
+        )
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def build_embeddings_asset(
+    *,
+    upstream: UpstreamAsset,
+    key: AssetKeyLike | None = None,
+    text_column: str = "answer",
+    embedding_model: str | None = None,
+    dimensions: int | None = None,
+    batch_size: int | None = None,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    partition_mapping: dg.PartitionMapping | None = None,
+    max_concurrency: int | None = None,
+    **options: Unpack[AssetOptions],
+) -> dg.AssetsDefinition:
+    """An asset embedding ``text_column`` of ``upstream``, per partition (partitions follow
+    the upstream's unless given). Many texts go in one request; order is kept.
+    ``embedding_model``, ``dimensions`` and ``batch_size`` are run config defaults
+    (:class:`EmbeddingConfig`); ``options`` are Dagster's (:class:`AssetOptions`).
+
+    Example:
+        >>> embeddings = build_embeddings_asset(key="embeddings", upstream=answers)  # doctest: +SKIP
+    """
+    options = resolved(options)
+    name = asset_key(key, options.get("key_prefix"), "embeddings")
+    source = dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping)
+    defaults = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size}
+    return define_asset(
+        _embeddings(source.key, text_column, max_concurrency, options),
+        key=name,
+        config_class=config_class(EmbeddingConfig, name.to_python_identifier(), defaults),
+        columns=EMBEDDING_COLUMNS,
+        ins={"upstream": source},
+        partitions_def=partitions_def or upstream_partitions(upstream),
+        options=options,
+        description=f"Embeddings of {source.key.to_user_string()}.{text_column}, one float32 column per dimension.",
+        kinds={"openai"},
+    )
+
+
+def _embeddings(
+    source: dg.AssetKey, text_column: str, max_concurrency: int | None, options: AssetOptions
+) -> Callable[..., pd.DataFrame]:
+    """The asset's body: load the texts, embed them through the engine, report."""
+
+    def embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, upstream: Any) -> pd.DataFrame:
+        resource = getattr(context.resources, options["resource_key"])
+        partition_keys = run_partitions(context, options["io_manager_key"])
+        texts = load_texts(context, upstream, partition_keys, text_column, source)
+        params: dict[str, Any] = {"model": config.embedding_model or resource.embedding_model}
+        if (refused := resource.session.governor.model_refusal(params["model"])) is not None:
+            raise LLMAssetsError(f"{refused} (set by run config or factory `embedding_model`, else the resource's).")
+        if config.dimensions:
+            params["dimensions"] = config.dimensions
+        engine = Engine(resource.session, context, max_concurrency=max_concurrency, cache=config.cache)
+        results = engine.embed(
+            {pk: t for pk, t in texts.items() if t}, params, config.batch_size, config.max_batch_tokens
+        )
+        context.add_asset_metadata({"request_seconds": engine.seconds})
+        return report_embeddings(context, texts, results, params["model"])
+
+    return embeddings

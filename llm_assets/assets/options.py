@@ -1,0 +1,119 @@
+"""The Dagster options every factory takes, and the one ``@dg.asset`` they all build.
+
+Factories take ``@dg.asset``'s own option names as keyword arguments (typed by
+:class:`AssetOptions`); each default is defined here, once.
+
+Example:
+    >>> options: AssetOptions = {"group_name": "llm", "pool": "openai"}
+    >>> asset_key(None, "captains", default="answers").to_user_string()
+    'captains/answers'
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict
+
+import dagster as dg
+
+from llm_assets.engine.rows import ColumnSpec
+from llm_assets.errors import LLMAssetsError
+
+#: Partitioned factories default to one run for many partitions: requests of all the
+#: partitions are then sent concurrently instead of one Dagster run after another.
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+PARTITION_COLUMN = "partition_key"
+
+AssetKeyLike = dg.AssetKey | str | Sequence[str]
+UpstreamAsset = dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
+
+
+class AssetOptions(TypedDict, total=False):
+    """Dagster's options, with ``@dg.asset``'s names; any factory takes any of them."""
+
+    key_prefix: Sequence[str] | str | None  #: prefix of the asset key
+    group_name: str | None
+    description: str | None  #: defaults to a description of what the asset holds
+    retry_policy: dg.RetryPolicy | None
+    pool: str | None  #: Dagster concurrency pool of the step
+    backfill_policy: dg.BackfillPolicy | None  #: partitioned assets; default: single run
+    resource_key: str  #: key of the OpenAIResource; default "openai"
+    io_manager_key: str  #: default "io_manager"
+    kinds: set[str] | None
+    tags: Mapping[str, str] | None
+    owners: Sequence[str] | None
+    metadata: Mapping[str, Any] | None  #: added to the column schema and partition_expr
+
+
+DEFAULTS: AssetOptions = {"resource_key": "openai", "io_manager_key": "io_manager", "backfill_policy": SINGLE_RUN}
+
+
+def resolved(options: AssetOptions) -> AssetOptions:
+    """``options`` over the defaults; an unknown name is an error naming the valid ones."""
+    unknown = sorted(set(options) - set(AssetOptions.__annotations__))
+    if unknown:
+        raise LLMAssetsError(
+            f"Unknown asset option(s) {', '.join(unknown)}: the factories take "
+            f"{', '.join(sorted(AssetOptions.__annotations__))} (Dagster's own names)."
+        )
+    return {**DEFAULTS, **options}  # type: ignore[typeddict-item]
+
+
+def asset_key(key: AssetKeyLike | None, key_prefix: Sequence[str] | str | None, default: str) -> dg.AssetKey:
+    result = dg.AssetKey.from_coercible(key if key is not None else default)
+    if key_prefix:
+        result = result.with_prefix([key_prefix] if isinstance(key_prefix, str) else list(key_prefix))
+    return result
+
+
+def upstream_key(upstream: UpstreamAsset) -> dg.AssetKey:
+    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
+        return upstream.key
+    return dg.AssetKey.from_coercible(upstream)
+
+
+def upstream_partitions(upstream: UpstreamAsset | None) -> dg.PartitionsDefinition | None:
+    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
+        return upstream.partitions_def
+    return None
+
+
+def column_schema(columns: Mapping[str, ColumnSpec]) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, kind, description) for name, (kind, _, description) in columns.items()]
+    )
+
+
+def define_asset(
+    compute: Callable[..., Any],
+    *,
+    key: dg.AssetKey,
+    config_class: type[dg.Config],
+    columns: Mapping[str, ColumnSpec],
+    ins: Mapping[str, dg.AssetIn],
+    partitions_def: dg.PartitionsDefinition | None,
+    options: AssetOptions,
+    description: str,
+    kinds: set[str],
+    uses_resource: bool = True,
+) -> dg.AssetsDefinition:
+    """The ``@dg.asset`` of a factory: ``compute(context, config, **inputs)`` with the
+    factory's run config class, column schema and ``options``."""
+    compute.__annotations__["config"] = config_class
+    compute.__name__ = key.to_python_identifier()
+    metadata = {"dagster/column_schema": column_schema(columns), "partition_expr": PARTITION_COLUMN}
+    metadata.update(options.get("metadata") or {})
+    return dg.asset(
+        key=key,
+        ins=dict(ins),
+        description=options.get("description") or description,
+        partitions_def=partitions_def,
+        backfill_policy=options["backfill_policy"] if partitions_def is not None else None,
+        group_name=options.get("group_name"),
+        retry_policy=options.get("retry_policy"),
+        pool=options.get("pool"),
+        kinds=set(options.get("kinds") or kinds),
+        tags=options.get("tags"),
+        owners=options.get("owners"),
+        metadata=metadata,
+        required_resource_keys={options["resource_key"]} if uses_resource else set(),
+        io_manager_key=options["io_manager_key"],
+    )(compute)

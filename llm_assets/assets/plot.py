@@ -1,0 +1,153 @@
+"""``build_pca_plot_asset``: every materialized partition of an embeddings asset, projected
+to 2-D with PCA and drawn as a labelled scatter PNG, as gather (:func:`embedding_parts`)
+→ project (:mod:`~llm_assets.assets.pca`) → report (:func:`report_plot`).
+
+Example:
+    >>> import numpy as np
+    >>> frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], np.ones((1, 4)))
+    >>> list(embedding_parts({"a": frame, "b": frame.iloc[:0]}, "text", "embeddings"))
+    ['a']
+"""
+
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import Any, Unpack
+
+import dagster as dg
+import pandas as pd
+
+from llm_assets.assets.config import PlotConfig, config_class
+from llm_assets.assets.frames import PLOT_COLUMNS, embeddings_frame, typed_columns, vector_columns
+from llm_assets.assets.options import (
+    PARTITION_COLUMN,
+    AssetKeyLike,
+    AssetOptions,
+    UpstreamAsset,
+    asset_key,
+    define_asset,
+    resolved,
+    upstream_key,
+    upstream_partitions,
+)
+from llm_assets.assets.pca import Projection, markdown_image, project_2d, scatter_png, stack_vectors
+from llm_assets.assets.upstream import log_missing
+from llm_assets.errors import LLMAssetsError
+
+__all__ = ["build_pca_plot_asset", "embedding_parts", "embeddings_frame", "report_plot"]
+
+_COORDINATES = dg.TableSchema(
+    columns=[dg.TableColumn("label", "string"), dg.TableColumn("x", "float"), dg.TableColumn("y", "float")]
+)
+
+
+def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMapping[Any, pd.DataFrame]:
+    """The non-empty embeddings frames to project, by partition, checked to share one
+    dimension and to have ``label_column``."""
+    parts = (
+        {pk: frame for pk, frame in upstream.items() if len(frame)} if isinstance(upstream, dict) else {None: upstream}
+    )
+    widths = {pk: len(vector_columns(frame)) for pk, frame in parts.items()}
+    if len(set(widths.values())) > 1:
+        raise LLMAssetsError(
+            f"Embeddings of {name} differ in dimension across partitions "
+            f"({widths}): re-materialize them all with one embedding model and dimensions."
+        )
+    columns = set().union(*(frame.columns for frame in parts.values())) if parts else set()
+    if parts and label_column not in columns:
+        raise LLMAssetsError(
+            f"label_column {label_column!r} is not a column of {name} "
+            f"(columns: {sorted(c for c in columns if not (c[:1] == 'e' and c[1:].isdigit()))})."
+        )
+    return parts
+
+
+def report_plot(
+    context: dg.AssetExecutionContext, points: pd.DataFrame, projection: Projection, png: Path, name: str
+) -> None:
+    """The plot inline, its PNG path, explained variance and a coordinate table."""
+    pc1, pc2 = projection.explained_variance_ratio
+    records = [
+        dg.TableRecord({"label": r.label, "x": float(r.x), "y": float(r.y)}) for r in points.head(100).itertuples()
+    ]
+    context.add_output_metadata(
+        {
+            "plot": dg.MetadataValue.md(markdown_image(png, alt=name)),
+            "plot_path": dg.MetadataValue.path(str(png)),
+            "points": len(points),
+            "explained_variance_pc1": pc1,
+            "explained_variance_pc2": pc2,
+            "coordinates": dg.MetadataValue.table(records=records, schema=_COORDINATES),
+        }
+    )
+
+
+def build_pca_plot_asset(
+    *,
+    upstream: UpstreamAsset,
+    key: AssetKeyLike | None = None,
+    label_column: str = PARTITION_COLUMN,
+    title: str | None = None,
+    plot_dir: str | None = None,
+    **options: Unpack[AssetOptions],
+) -> dg.AssetsDefinition:
+    """A non-partitioned asset projecting every materialized partition of an embeddings
+    asset to 2-D with PCA, drawn as a labelled scatter PNG shown in the UI (written to
+    ``plot_dir``, default: the instance's storage directory). ``options`` are Dagster's
+    (:class:`AssetOptions`).
+
+    Example:
+        >>> plot = build_pca_plot_asset(key="answer_map", upstream=embeddings)  # doctest: +SKIP
+    """
+    options = resolved(options)
+    name = asset_key(key, options.get("key_prefix"), "answer_map")
+    partitioned = upstream_partitions(upstream)
+    source = dg.AssetIn(
+        upstream_key(upstream),
+        partition_mapping=dg.AllPartitionMapping() if partitioned is not None else None,
+        metadata={"allow_missing_partitions": True},
+    )
+    return define_asset(
+        _answer_map(name, source.key, partitioned, label_column, plot_dir),
+        key=name,
+        config_class=config_class(PlotConfig, name.to_python_identifier(), {"title": title}),
+        columns=PLOT_COLUMNS,
+        ins={"upstream": source},
+        partitions_def=None,
+        options=options,
+        description=f"2-D PCA map of {source.key.to_user_string()}, as a labelled scatter plot.",
+        kinds={"scikitlearn", "matplotlib"},
+        uses_resource=False,
+    )
+
+
+def _answer_map(
+    name: dg.AssetKey,
+    source: dg.AssetKey,
+    partitioned: dg.PartitionsDefinition | None,
+    label_column: str,
+    plot_dir: str | None,
+) -> Callable[..., pd.DataFrame]:
+    """The asset's body: gather the partitions, project, draw, report."""
+
+    def answer_map(context: dg.AssetExecutionContext, config: PlotConfig, upstream: Any) -> pd.DataFrame:
+        if isinstance(upstream, dict) and partitioned is not None:
+            expected = partitioned.get_partition_keys(dynamic_partitions_store=context.instance)
+            log_missing(context, upstream, expected, source)
+        meta, matrix = stack_vectors(embedding_parts(upstream, label_column, source.to_user_string()))
+        projection = project_2d(matrix)  # stack_vectors consumed the frames: one copy of the vectors in memory
+        del matrix
+        labels = meta[label_column].astype(str).tolist() if len(meta) else []
+        records = {
+            PARTITION_COLUMN: meta.get(PARTITION_COLUMN, pd.Series([None] * len(meta))),
+            "row": meta.get("row", pd.Series(range(len(meta)))),
+            "label": labels,
+            "x": projection.points[:, 0],
+            "y": projection.points[:, 1],
+        }
+        points = typed_columns(pd.DataFrame(records), PLOT_COLUMNS)
+        png = Path(plot_dir or context.instance.storage_directory()).joinpath(*name.path).with_suffix(".png")
+        scatter_png(projection.points, labels, png, title=config.title or name.to_user_string())
+        report_plot(context, points, projection, png, name.to_user_string())
+        return points
+
+    return answer_map

@@ -1,0 +1,51 @@
+"""What the engine sends and how it fails: :class:`Call`, :class:`ErrorPolicy`, the errors.
+
+Example:
+    >>> call = Call(None, "/embeddings", {"model": "m", "input": ["a"]}, "texts 0..0", lambda body, cached, s: body)
+    >>> call.items
+    1
+"""
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+#: ``read(json_body, cached, latency_seconds)``: a call's answer as the caller's result.
+Reader = Callable[[dict[str, Any], bool, float], T]
+
+
+class LLMRequestError(Exception):
+    """A request failed after the SDK's retries; names the item that caused it."""
+
+
+class GovernanceError(LLMRequestError):
+    """A request refused by the allow-list or a budget; it was never sent. Always fatal."""
+
+
+class MalformedResponseError(Exception):
+    """A 2xx response whose body is not the JSON the endpoint returns (retried)."""
+
+
+class ErrorPolicy(enum.Enum):
+    """What a failed item (after retries) does to its materialization."""
+
+    FAIL = "fail"  # stop sending, fail the materialization (completed answers stay cached)
+    RECORD = "record"  # keep going; the item's row carries the error
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One POST: its partition, endpoint and JSON body, a description for errors, how its
+    answer becomes a result, how many items it counts for in progress, and, when a failure
+    can be recorded instead of raised, the result for a failed item (``failed(message)``)."""
+
+    partition_key: str | None
+    endpoint: str
+    body: dict[str, Any]
+    description: str
+    read: Reader[T]
+    items: int = 1
+    failed: Callable[[str], T] | None = None

@@ -1,0 +1,74 @@
+"""Chat requests for the engine: what to ask, and each answer as an :class:`AnswerRow`.
+
+Example:
+    >>> request = ChatRequest("Picard", 0, "Tea?", ({"role": "user", "content": "Tea?"},), {"model": "m"})
+    >>> (call,) = chat_calls([request])
+    >>> body = {"model": "m", "choices": [{"message": {"content": "Earl Grey."}, "finish_reason": "stop"}]}
+    >>> call.read(body, False, 0.2).answer
+    'Earl Grey.'
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_assets.engine.calls import Call
+from llm_assets.engine.rows import AnswerRow
+
+#: ``translate(record, response_body) -> record``: a translator's hook on each row.
+Translate = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to send, and where its answer goes."""
+
+    partition_key: str | None
+    row: int
+    prompt: str
+    messages: tuple[Mapping[str, Any], ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        where = f"partition {self.partition_key!r} " if self.partition_key is not None else ""
+        return f"{where}row {self.row} (prompt {self.prompt[:60]!r})"
+
+    def answered(self, body: Mapping[str, Any], cached: bool, latency: float) -> AnswerRow:
+        """The row of a successful response (a body without choices is malformed: retried)."""
+        choice = body["choices"][0]
+        usage = body.get("usage") or {}
+        return AnswerRow(
+            partition_key=self.partition_key,
+            row=self.row,
+            prompt=self.prompt,
+            answer=choice["message"].get("content") or "",
+            model=body.get("model"),
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            latency_s=latency,
+            cached=cached,
+        )
+
+    def failed(self, message: str) -> AnswerRow:
+        return AnswerRow(partition_key=self.partition_key, row=self.row, prompt=self.prompt, error=message)
+
+
+def chat_calls(requests: Sequence[ChatRequest], translate: Translate | None = None) -> list[Call[AnswerRow]]:
+    """One engine call per request; ``translate`` may rewrite or extend each row."""
+
+    def finish(row: AnswerRow, body: Mapping[str, Any]) -> AnswerRow:
+        return AnswerRow.from_record(translate(row.to_record(), body)) if translate else row
+
+    def call(request: ChatRequest) -> Call[AnswerRow]:
+        return Call(
+            request.partition_key,
+            "/chat/completions",
+            {"messages": list(request.messages), **request.params},
+            request.describe(),
+            lambda body, cached, latency: finish(request.answered(body, cached, latency), body),
+            failed=lambda message: finish(request.failed(message), {}),
+        )
+
+    return [call(request) for request in requests]

@@ -1,0 +1,109 @@
+"""Reading a response body as the SDK consumes it: decompressed, JSON or server-sent events.
+
+:class:`BodyReader` is fed the raw bytes of one response (gzip or deflate encoded, as
+OpenAI sends them, or plain) and remembers the last ``model`` and ``usage`` it saw. For
+a stream these come from its events (Chat Completions put ``usage`` in the last chunk,
+the Responses API inside ``response.completed``); for JSON, from the body, which it also
+returns whole so it can be cached.
+
+Example:
+    >>> import gzip
+    >>> reader = BodyReader(content_encoding="gzip", content_type="application/json")
+    >>> reader.feed(gzip.compress(b'{"model": "m", "usage": {"total_tokens": 5}}'))
+    >>> reader.finish().usage
+    {'total_tokens': 5}
+"""
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+#: Content encodings the reader decodes; requests offer only these to the server.
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+@dataclass(frozen=True)
+class BodySummary:
+    """What a finished body said: the served model, its usage (``None`` when the server
+    sent none), and the JSON body itself when it was one complete JSON object."""
+
+    model: str | None
+    usage: dict[str, Any] | None
+    json_body: bytes | None = None
+    readable: bool = True  # False: not JSON at all (malformed or cut off)
+
+
+class _Inflater:
+    """gzip, or deflate as HTTP specifies it (zlib-wrapped) with a fallback to the raw
+    deflate some servers send, like httpx's own decoder."""
+
+    def __init__(self, encoding: str) -> None:
+        self._gzip = encoding in ("gzip", "x-gzip")
+        self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 16 if self._gzip else zlib.MAX_WBITS)
+        self._first = True
+
+    def decompress(self, chunk: bytes) -> bytes:
+        if self._first and not self._gzip:
+            self._first = False
+            try:
+                return self._decoder.decompress(chunk)
+            except zlib.error:
+                self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._first = False
+        return self._decoder.decompress(chunk)
+
+
+class BodyReader:
+    """Incremental reader of one response body (see the module docstring)."""
+
+    def __init__(self, content_encoding: str = "", content_type: str = "") -> None:
+        encoding = content_encoding.strip().lower()
+        self._inflater = _Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+        self._is_sse = "text/event-stream" in content_type
+        self._buffer = b""
+        self._model: str | None = None
+        self._usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._inflater is not None:
+            chunk = self._inflater.decompress(chunk)
+        self._buffer += chunk
+        if self._is_sse:
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                self._event_line(line)
+
+    def finish(self) -> BodySummary:
+        """The summary of everything fed so far."""
+        if self._is_sse:
+            self._event_line(self._buffer)
+            return BodySummary(self._model, self._usage)
+        try:
+            body = json.loads(self._buffer)
+        except ValueError:
+            return BodySummary(None, None, readable=False)
+        if not isinstance(body, dict):
+            return BodySummary(None, None, readable=False)
+        self._observe(body)
+        return BodySummary(self._model, self._usage, self._buffer)
+
+    def _event_line(self, line: bytes) -> None:
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            return
+        payload = line[5:].strip()
+        if not payload or payload == b"[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(event, dict):
+            self._observe(event["response"] if isinstance(event.get("response"), dict) else event)
+
+    def _observe(self, body: dict[str, Any]) -> None:
+        if body.get("model"):
+            self._model = body["model"]
+        if isinstance(body.get("usage"), dict):
+            self._usage = body["usage"]

@@ -1,0 +1,38 @@
+"""Connection pools shared by the clients of a session, and the httpx the SDK speaks.
+
+Example:
+    >>> pool = sync_pool()
+    >>> pool.close()
+"""
+
+import functools
+from typing import Any
+
+from llm_assets import _compat
+
+try:  # openai >= 3 speaks httpx2; older releases speak httpx.
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - exercised only with older openai releases
+    import httpx  # type: ignore[no-redef]
+
+__all__ = ["async_pool", "httpx", "sync_pool"]
+
+POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+
+
+@functools.cache
+def _ssl_context() -> Any:
+    """One TLS context per process: building one reads the CA bundle (~50 ms)."""
+    return httpx.create_ssl_context()
+
+
+def sync_pool() -> httpx.BaseTransport:
+    return httpx.HTTPTransport(limits=POOL_LIMITS, verify=_ssl_context())
+
+
+def async_pool() -> httpx.AsyncBaseTransport:
+    """aiohttp's pool where installed (about 2× less CPU per request than httpx's, which
+    matters at hundreds of requests per second), else httpx's own. Open it on the event
+    loop that will use it."""
+    transport = _compat.aiohttp_transport(limits=POOL_LIMITS, verify=_ssl_context())
+    return transport or httpx.AsyncHTTPTransport(limits=POOL_LIMITS, verify=_ssl_context())

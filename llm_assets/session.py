@@ -1,0 +1,188 @@
+"""``RunSession``: the state one resource initialisation shares among its clients.
+
+:class:`~llm_assets.OpenAIResource` is configuration; when Dagster sets it up for
+execution it creates one session, which owns everything with a lifetime: the connection
+pool, the request cache, the governor (allow-list and budgets), the rate limits and the
+usage ledger. Every client the resource hands out, and the engine behind the factories,
+work through it.
+
+Scope: Dagster calls ``setup_for_execution`` once per *process that runs steps*: once
+for a whole run on the in-process executor (``materialize(...)``), once per step on the
+multiprocess executor (the default of ``dagster dev`` and ``dagster asset materialize``).
+So "per run" budgets and rate limits are per step there; the ledger and the governor
+are the seams where shared, cross-process state plugs in.
+
+Example:
+    >>> from llm_assets import OpenAIResource
+    >>> session = RunSession(OpenAIResource(base_url="http://127.0.0.1:9/v1"), storage_dir=None)
+    >>> session.cache is None, session.limits.active
+    (True, False)
+    >>> session.close()
+"""
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+import openai
+
+from llm_assets.accounting.governance import Governor
+from llm_assets.accounting.ledger import LedgerKey, UsageLedger
+from llm_assets.accounting.limits import RateLimits
+from llm_assets.accounting.prices import ModelPrice, price_table
+from llm_assets.accounting.usage import Usage
+from llm_assets.cache import CacheKeys, CacheMode, RequestCache
+from llm_assets.errors import LLMAssetsError
+from llm_assets.http.pools import async_pool, httpx, sync_pool
+from llm_assets.http.transport import AsyncMeteredTransport, MeteredTransport
+
+if TYPE_CHECKING:
+    from llm_assets.resource import OpenAIResource
+
+#: Where the SDK sends requests when no base URL is configured.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """A response body from the request cache, and its decoded JSON."""
+
+    body: bytes
+    payload: dict[str, Any]
+
+
+class RunSession:
+    """Per-resource-initialisation state (see the module docstring).
+
+    Args:
+        resource: the configuration.
+        storage_dir: the Dagster instance's storage directory; the request cache defaults
+            to ``<storage_dir>/llm_assets/request_cache``.
+    """
+
+    def __init__(self, resource: "OpenAIResource", storage_dir: str | None) -> None:
+        self.client_kwargs = resource.client_kwargs()  # fails here, before any asset runs, on bad config
+        self.max_concurrency = resource.max_concurrency
+        self.max_retries = resource.max_retries
+        self.redact_text = resource.redact_text
+        self.prices: dict[str, ModelPrice] = price_table(resource.prices)
+        self.governor = Governor(
+            resource.allowed_models, resource.max_tokens_per_run, resource.max_cost_usd_per_run, self.prices
+        )
+        self.limits = RateLimits(resource.requests_per_minute, resource.tokens_per_minute)
+        self.ledger = UsageLedger()
+        self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL)
+        root = resource.cache_dir or (storage_dir and os.path.join(storage_dir, "llm_assets", "request_cache"))
+        self.cache = RequestCache(root) if resource.cache and root else None
+        self._pool: httpx.BaseTransport | None = None
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def sync_pool(self) -> httpx.BaseTransport:
+        """The connection pool every sync client of this session shares."""
+        if self._pool is None:
+            self._pool = sync_pool()
+        return self._pool
+
+    def client(self, usage: Usage | None, cache: CacheMode = CacheMode.OFF) -> openai.OpenAI:
+        """A light ``openai.OpenAI`` over the shared pool, billing ``usage``."""
+        transport = MeteredTransport(self, usage, self.cache_mode(cache))
+        return openai.OpenAI(**self.client_kwargs, http_client=openai.DefaultHttpxClient(transport=transport))
+
+    @asynccontextmanager
+    async def async_client(
+        self, usage: Usage | None, cache: CacheMode = CacheMode.OFF
+    ) -> AsyncIterator[openai.AsyncOpenAI]:
+        """An ``openai.AsyncOpenAI`` with its own pool on the running event loop, billing
+        ``usage`` (``None``: each request's :func:`~llm_assets.http.attribution.billed_to`)."""
+        transport = AsyncMeteredTransport(self, async_pool(), usage, self.cache_mode(cache))
+        client = openai.AsyncOpenAI(
+            **self.client_kwargs, http_client=openai.DefaultAsyncHttpxClient(transport=transport)
+        )
+        try:
+            yield client
+        finally:
+            await client.close()
+            await transport.aclose()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    # -- the request cache ------------------------------------------------------------------
+
+    def cache_mode(self, requested: CacheMode | bool) -> CacheMode:
+        """``requested`` (``True`` means USE), or OFF when this session has no cache."""
+        if requested is True:
+            requested = CacheMode.USE
+        return CacheMode.OFF if requested is False or self.cache is None else requested
+
+    def cached(self, keys: Sequence[str | None], usages: Sequence[Usage]) -> list[CachedAnswer | None]:
+        """The cached answers of ``keys`` (``None``: a miss), each counted as a cache hit
+        on its usage. An entry that is not a JSON object is a miss."""
+        if self.cache is None:
+            return [None] * len(keys)
+        answers: list[CachedAnswer | None] = []
+        for body, usage in zip(self.cache.get_many(list(keys)), usages, strict=True):
+            try:
+                payload = json.loads(body) if body is not None else None
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                answers.append(None)
+                continue
+            usage.add_cache_hit(payload.get("model"))
+            answers.append(CachedAnswer(body, payload))
+        return answers
+
+    def store(self, key: str, body: bytes) -> None:
+        if self.cache is not None:
+            self.cache.put(key, body)
+
+    # -- usage ------------------------------------------------------------------------------
+
+    @staticmethod
+    def ledger_key(context: AnyContext, asset_key: dg.AssetKey | None, partition_key: str | None) -> LedgerKey | None:
+        """Whose spending a client's usage is: an asset (and partition) of this step attempt,
+        or ``None`` outside an asset."""
+        if not isinstance(context, dg.AssetExecutionContext):
+            return None
+        if asset_key is None:
+            if len(context.assets_def.keys) > 1:
+                raise LLMAssetsError(
+                    "asset_key is required in a multi_asset: use "
+                    "openai.get_client_for_asset(context, asset_key) to say which asset the usage is for."
+                )
+            asset_key = context.asset_key
+        step = str(context.op_execution_context.op_handle)
+        return LedgerKey(context.run.run_id, step, context.retry_number, tuple(asset_key.path), partition_key)
+
+    def report(self, context: AnyContext, key: LedgerKey | None, usage: Usage) -> None:
+        """Add ``usage`` to the ledger and emit the key's running total as asset metadata."""
+        if key is None or not isinstance(context, dg.AssetExecutionContext):
+            if usage.calls:
+                context.log.info(f"OpenAI usage (not attributed to an asset): {usage.to_metadata()}")
+            return
+        total = self.ledger.add(key, usage)
+        context.add_asset_metadata(
+            total.to_metadata(self.prices), asset_key=dg.AssetKey(list(key.asset)), partition_key=key.partition_key
+        )
+
+    @contextmanager
+    def metered(
+        self, context: AnyContext, asset_key: dg.AssetKey | None = None, partition_key: str | None = None
+    ) -> Iterator[Usage]:
+        """A fresh usage counter for one block of work, reported when the block ends."""
+        key = self.ledger_key(context, asset_key, partition_key)
+        usage = Usage()
+        try:
+            yield usage
+        finally:
+            self.report(context, key, usage)

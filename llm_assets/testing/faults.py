@@ -1,0 +1,69 @@
+"""Fault injection for :class:`~llm_assets.testing.ScriptedOpenAIServer`: a ``fault`` hook
+that fails a seeded, random share of requests the way real servers and networks do."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+FAULTS = ("429", "500", "503", "slow", "drop", "malformed")
+
+
+class FaultInjector:
+    """A ``fault`` hook for :class:`ScriptedOpenAIServer`: each request fails, with a
+    fault drawn from ``kinds``, with probability ``rate`` (seeded, so runs repeat).
+
+    Faults: ``429`` (with ``Retry-After``), ``500``, ``503``, ``slow`` (no answer before
+    ``slow_seconds``, then the connection closes), ``drop`` (connection closed without an
+    answer) and ``malformed`` (HTTP 200 with a body that is not JSON). None is billed.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        kinds: tuple[str, ...] = FAULTS,
+        seed: int = 0,
+        slow_seconds: float = 1.0,
+        retry_after: str = "1",
+    ) -> None:
+
+        self.rate, self.kinds, self.slow_seconds, self.retry_after = rate, kinds, slow_seconds, retry_after
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.injected: Counter = Counter()
+
+    def __call__(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> bool:
+        with self._lock:
+            if self._random.random() >= self.rate:
+                return False
+            kind = self._random.choice(self.kinds)
+            self.injected[kind] += 1
+        if kind in ("429", "500", "503"):
+            payload = json.dumps({"error": {"message": f"injected {kind}", "type": "server_error"}}).encode()
+            handler.send_response(int(kind))
+            if kind == "429":
+                handler.send_header("retry-after", self.retry_after)
+            handler.send_header("content-type", "application/json")
+            handler.send_header("content-length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        elif kind == "malformed":
+            payload = b'{"choices": [{"message": '
+            handler.send_response(200)
+            handler.send_header("content-type", "application/json")
+            handler.send_header("content-length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        else:
+            if kind == "slow":
+                time.sleep(self.slow_seconds)
+            handler.close_connection = True
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(2)
+        return True

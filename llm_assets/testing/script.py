@@ -1,0 +1,77 @@
+"""The script the server follows: its tokenizer, answers, vectors and usage shapes.
+
+Everything here is a pure function of the request, so a test can compute what the
+server will say (and bill) without asking it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+
+def count_tokens(text: str) -> int:
+    """The scripted tokenizer: one token per whitespace-separated word."""
+    return len(text.split())
+
+
+def text_of(content: Any) -> str:
+    """The text of a message ``content``: a string, or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def scripted_answer(prompt: str, max_tokens: int | None) -> str:
+    """The answer the server gives to ``prompt``: deterministic, at most ``max_tokens`` words."""
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+    words = f"Answer {digest}: {prompt}".split()
+    return " ".join(words[: max_tokens or 64])
+
+
+def scripted_vector(text: str, dimensions: int) -> np.ndarray:
+    """The unit embedding the server gives to ``text``."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def structured(response_format: Any, text: str) -> str:
+    """A JSON answer filling every string property when a JSON schema is requested."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return text
+    schema = response_format.get("json_schema", {}).get("schema", {})
+    return json.dumps({name: text for name in schema.get("properties", {})})
+
+
+def usage_payload(
+    prompt_tokens: int, completion_tokens: int | None, *, details: bool = False, responses_api: bool = False
+) -> dict[str, Any]:
+    """The ``usage`` object of a reply, in the Chat Completions or the Responses API shape.
+
+    ``details`` adds cached (half the prompt) and reasoning (a third of the completion) tokens.
+    """
+    total = prompt_tokens + (completion_tokens or 0)
+    if responses_api:
+        usage: dict[str, Any] = {
+            "input_tokens": prompt_tokens,
+            "output_tokens": completion_tokens,
+            "total_tokens": total,
+        }
+        if details:
+            usage["input_tokens_details"] = {"cached_tokens": prompt_tokens // 2}
+            usage["output_tokens_details"] = {"reasoning_tokens": (completion_tokens or 0) // 3}
+        return usage
+    usage = {"prompt_tokens": prompt_tokens, "total_tokens": total}
+    if completion_tokens is not None:
+        usage["completion_tokens"] = completion_tokens
+    if details:
+        usage["prompt_tokens_details"] = {"cached_tokens": prompt_tokens // 2}
+        if completion_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": completion_tokens // 3}
+    return usage

@@ -1,0 +1,282 @@
+"""The loopback HTTP server: lifecycle, settings, stats, and a thin request handler.
+
+What each endpoint answers lives in :mod:`llm_assets.testing.endpoints`; how replies are
+compressed and framed in :mod:`llm_assets.testing.encoding`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from llm_assets.accounting.usage import Usage
+from llm_assets.testing import encoding, endpoints
+from llm_assets.testing.script import usage_payload
+
+POLL_INTERVAL = 0.05  # seconds serve_forever waits between shutdown checks, so stop() is quick
+
+
+@dataclass
+class ServerStats:
+    """What the server saw: requests by path, usage it reported, concurrency peaks."""
+
+    usage: Usage = field(default_factory=Usage)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    billed: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    paths: Counter = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ScriptedOpenAIServer:
+    """OpenAI-compatible HTTP server with scripted answers and exact usage totals.
+
+    Args:
+        served_models: maps a requested model to the model name the server returns
+            (e.g. a dated snapshot); unmapped names are echoed.
+        usage_null: answer with ``"usage": null`` like many local servers do.
+        report_details: include cached and reasoning token details in usage.
+        latency: seconds each request waits before answering, or ``latency(body)``.
+        embedding_dimensions: vector size when the request gives no ``dimensions``.
+        fault: optional hook ``fault(handler, body) -> bool``; returning True means it
+            already answered (used for fault injection).
+        compression: ``"gzip"``, ``"deflate"`` (zlib-wrapped, as HTTP specifies),
+            ``"deflate-raw"`` (a bare deflate stream, sent as ``content-encoding: deflate``)
+            or None. When set and the request's ``Accept-Encoding`` allows it, JSON replies
+            and event streams (flushed per event) are compressed, like OpenAI's own.
+
+    Each setting is an attribute of the same name that a test may change while the server
+    runs; :meth:`reset` puts them all back to the values given here.
+    """
+
+    def __init__(
+        self,
+        *,
+        served_models: dict[str, str] | None = None,
+        usage_null: bool = False,
+        report_details: bool = False,
+        latency: float | Callable[[dict[str, Any]], float] = 0.0,
+        embedding_dimensions: int = 16,
+        fault: Callable[[BaseHTTPRequestHandler, dict[str, Any]], bool] | None = None,
+        compression: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.served_models = served_models or {}
+        self.usage_null = usage_null
+        self.report_details = report_details
+        self.latency = latency
+        self.embedding_dimensions = embedding_dimensions
+        self.fault = fault
+        self.compression = compression
+        self._defaults = self._settings()
+        self.stats = ServerStats()
+        self._httpd = _Server((host, port), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def compression(self) -> str | None:
+        return self._compression
+
+    @compression.setter
+    def compression(self, value: str | None) -> None:
+        self._compression = encoding.check(value)
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "served_models": dict(self.served_models),
+            "usage_null": self.usage_null,
+            "report_details": self.report_details,
+            "latency": self.latency,
+            "embedding_dimensions": self.embedding_dimensions,
+            "fault": self.fault,
+            "compression": self.compression,
+        }
+
+    def reset(self) -> None:
+        """Fresh stats and the constructor's settings: ``served_models`` (a copy),
+        ``usage_null``, ``report_details``, ``latency``, ``embedding_dimensions``, ``fault``
+        and ``compression``. The socket (host and port) stays, so ``base_url`` is unchanged."""
+        self.stats = ServerStats()
+        for name, value in self._defaults.items():
+            setattr(self, name, dict(value) if name == "served_models" else value)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def usage(self) -> Usage:
+        return self.stats.usage
+
+    def start(self) -> ScriptedOpenAIServer:
+        kwargs = {"poll_interval": POLL_INTERVAL}
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs=kwargs, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:  # shutdown() would wait forever for a loop never started
+            self._httpd.shutdown()
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int | None, responses_api: bool = False):
+        if self.usage_null:
+            return None
+        return usage_payload(prompt_tokens, completion_tokens, details=self.report_details, responses_api=responses_api)
+
+    def _bill(self, model: str, usage: dict[str, Any] | None, body: dict[str, Any]) -> None:
+        self.stats.usage.add_response(model, usage)
+        with self.stats.lock:
+            self.stats.billed.append((model, usage, body))
+
+    def usage_where(self, predicate: Callable[[dict[str, Any]], bool]) -> Usage:
+        """Usage the server reported for the requests whose JSON body matches ``predicate``."""
+        usage = Usage()
+        for model, reported, body in list(self.stats.billed):
+            if predicate(body):
+                usage.add_response(model, reported)
+        return usage
+
+    def chat(self, body: dict[str, Any]) -> tuple[str, list[str], dict[str, Any] | None, list[str]]:
+        """Returns (served model, answers per choice, usage, finish reasons)."""
+        return endpoints.chat_answers(self, body)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # many concurrent clients connect at once
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], scripted: ScriptedOpenAIServer
+    ) -> None:
+        self.scripted = scripted
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads the body, records stats, applies latency and the fault hook, routes, writes."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs (~40 ms)
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._reply(endpoints.route_get(self.server.scripted, self.path))
+
+    def do_POST(self) -> None:
+        scripted = self.server.scripted
+        length = int(self.headers.get("content-length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            self._json(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+            return
+        stats = scripted.stats
+        self._arrive(stats, body)
+        try:
+            delay = scripted.latency(body) if callable(scripted.latency) else scripted.latency
+            if delay:
+                time.sleep(delay)
+            if scripted.fault is not None and scripted.fault(self, body):
+                return
+            self._reply(endpoints.route_post(scripted, self.path, body))
+        finally:
+            with stats.lock:
+                stats.in_flight -= 1
+
+    def _arrive(self, stats: ServerStats, body: Any) -> None:
+        with stats.lock:
+            stats.requests.append({"path": self.path, "body": body})
+            stats.arrivals.append(time.monotonic())
+            stats.paths[self.path] += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+
+    # -- wire -----------------------------------------------------------------------------
+
+    def _reply(self, reply: endpoints.Reply) -> None:
+        if reply.events is not None:
+            self._sse(reply.events, reply.event_names)
+        else:
+            self._json(reply.status, reply.payload)
+
+    def _compression(self) -> str | None:
+        """The server's compression if this request accepts it, else None."""
+        compression = self.server.scripted.compression
+        return compression if encoding.accepts(self.headers.get("accept-encoding"), compression) else None
+
+    def _json(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        compression = self._compression()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        if compression:
+            data = encoding.compress(compression, data)
+            self.send_header("content-encoding", encoding.content_encoding(compression))
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _sse(self, payloads: list[str], events: list[str] | None = None) -> None:
+        compression = self._compression()
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        if compression:
+            self.send_header("content-encoding", encoding.content_encoding(compression))
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for piece in encoding.event_stream(payloads, events, compression):
+            self.wfile.write(piece)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m llm_assets.testing --port 0 --latency 0.05``: serve until interrupted;
+    prints the base URL on the first line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llm_assets.testing", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--dimensions", type=int, default=16, help="embedding size")
+    parser.add_argument(
+        "--compression", choices=encoding.COMPRESSIONS, default=None, help="content-encoding of replies"
+    )
+    args = parser.parse_args(argv)
+    server = ScriptedOpenAIServer(
+        port=args.port, latency=args.latency, embedding_dimensions=args.dimensions, compression=args.compression
+    )
+    # an explicit handler: a parent may have left SIGTERM ignored, and that is inherited
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    print(server.base_url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server._httpd.serve_forever(poll_interval=POLL_INTERVAL)
+
+
+if __name__ == "__main__":
+    main()

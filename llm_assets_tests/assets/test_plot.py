@@ -1,0 +1,79 @@
+"""build_pca_plot_asset (and the three factories together): a PNG of every materialized
+partition, and clear errors for what cannot be projected."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from llm_assets import build_llm_pipeline_assets, build_pca_plot_asset
+from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
+from llm_assets.assets.frames import embeddings_frame
+from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
+
+CAPTAINS = ["Kirk", "Jean-Luc Picard", "Benjamin Lafayette Sisko"]
+captains = dg.StaticPartitionsDefinition(CAPTAINS)
+
+
+def test_pipeline_single_run_backfill_then_plot(server, materialize, tmp_path):
+    pipeline = build_llm_pipeline_assets(
+        key_prefix="crew",
+        partitions_def=captains,
+        prompt="Captain {partition_key}: {question}",
+        question="Why?",
+        group_name="crew",
+    )
+    assets = list(pipeline)
+    answers = materialize(assets, selection=[pipeline.answers.key], partitions=CAPTAINS)
+    assert server.stats.paths["/v1/chat/completions"] == 3
+    assert len(answers.get_asset_materialization_events()) == 3  # one run, one event per partition
+    embeddings = materialize(assets, selection=[pipeline.embeddings.key], partitions=CAPTAINS)
+    for event in embeddings.get_asset_materialization_events():
+        expected = server.usage_where(lambda b, p=event.partition: "input" in b and p in b["input"][0])
+        assert usage_metadata(event) == expected.to_metadata(PRICES)
+    plot = materialize(assets, selection=[pipeline.plot.key])
+    frame = plot.output_for_node("crew__answer_map")
+    assert sorted(frame["label"]) == sorted(CAPTAINS)
+    (event,) = plot.get_asset_materialization_events()
+    meta = metadata_values(event)
+    assert meta["plot"].startswith("![crew/answer_map](data:image/png;base64,")
+    with open(meta["plot_path"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert 0 < meta["explained_variance_pc1"] <= 1 and meta["explained_variance_pc1"] >= meta["explained_variance_pc2"]
+    assert len(meta["coordinates"].records) == 3
+
+
+def test_plot_skips_missing_partitions_with_a_log_line(server, materialize, instance):
+    pipeline = build_llm_pipeline_assets(partitions_def=captains, prompt="Captain {partition_key}")
+    assets = list(pipeline)
+    materialize(assets, selection=[pipeline.answers.key, pipeline.embeddings.key], partitions=CAPTAINS[:2])
+    result = materialize(assets, selection=[pipeline.plot.key])
+    assert len(result.output_for_node("answer_map")) == 2
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.user_message]
+    assert any("Skipping 1 partition(s)" in m and CAPTAINS[2] in m for m in logs)
+
+
+def test_plot_with_fewer_than_two_points_is_a_clear_error(server, materialize):
+    pipeline = build_llm_pipeline_assets(partitions_def=captains, prompt="Captain {partition_key}")
+    assets = list(pipeline)
+    materialize(assets, selection=[pipeline.answers.key, pipeline.embeddings.key], partition_key=CAPTAINS[0])
+    result = materialize(assets, selection=[pipeline.plot.key], raise_on_error=False)
+    assert not result.success
+    assert "PCA needs at least 2 embeddings, got 1" in failure_message(result)
+
+
+def test_embeddings_of_differing_dimension_in_one_pca(server, materialize):
+    parts = dg.StaticPartitionsDefinition(["small", "large"])
+
+    @dg.asset(partitions_def=parts)
+    def vectors(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        dims = 8 if context.partition_key == "small" else 16
+        return embeddings_frame(
+            [{"partition_key": context.partition_key, "row": i, "text": "t", "model": "m"} for i in range(3)],
+            np.ones((3, dims)),
+        )
+
+    plot = build_pca_plot_asset(key="map", upstream=vectors)
+    for key in ("small", "large"):
+        assert materialize([vectors], raise_on_error=False, partition_key=key).success
+    result = materialize([vectors, plot], raise_on_error=False, selection=[plot.key])
+    assert "differ in dimension across partitions ({'small': 8, 'large': 16})" in failure_message(result)
