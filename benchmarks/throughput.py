@@ -9,7 +9,6 @@ Run: ``.venv/bin/python benchmarks/throughput.py`` (about 4 minutes on 2 cores);
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import resource
@@ -19,61 +18,16 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 
 import dagster as dg
 import openai
 import pandas as pd
+from common import IO, ROWS, Server, range_tags, report, timed_materialize
+from pca_plot import plot_benchmark
 
-from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
+from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets import build_embeddings_asset as embeddings_factory
-from llm_assets.engine.core import ChatRequest, Engine
-
-ROWS: list[tuple[str, str, str]] = []
-IO = {"io_manager": PartitionedFilesystemIOManager()}
-
-
-def report(name: str, value: str, target: str = "") -> None:
-    ROWS.append((name, value, target))
-    print(f"{name}\n    {value}  {target}", flush=True)
-
-
-class Server:
-    """``python -m llm_assets.testing`` in its own process (so it doesn't share our GIL)."""
-
-    def __init__(self, latency: float, dimensions: int = 16) -> None:
-        command = [sys.executable, "-m", "llm_assets.testing", "--latency", str(latency)]
-        self.process = subprocess.Popen([*command, "--dimensions", str(dimensions)], stdout=subprocess.PIPE, text=True)
-        self.base_url = self.process.stdout.readline().strip()
-
-    def requests(self) -> int:
-        with urllib.request.urlopen(f"{self.base_url}/_stats") as response:
-            return json.load(response)["requests"]
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def range_tags(keys: list[str]) -> dict[str, str]:
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-
-
-def timed_materialize(assets, selection, resources, instance, tags, run_config=None) -> tuple[float, dict]:
-    """Wall seconds of one run, and the metadata of its first `answers` materialization."""
-    started = time.perf_counter()
-    result = dg.materialize(
-        assets, selection=selection, resources=resources, instance=instance, tags=tags, run_config=run_config
-    )
-    wall = time.perf_counter() - started
-    assert result.success
-    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
-    return wall, {k: v.value for k, v in event.materialization.metadata.items()}
-
+from llm_assets.engine import ChatRequest, Engine
 
 # -- chat ----------------------------------------------------------------------------------
 
@@ -244,62 +198,6 @@ def embedding_benchmarks(n: int, latency: float, concurrency: int) -> None:
         server.close()
 
 
-# -- PCA plot -------------------------------------------------------------------------------
-
-PLOT_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, time
-    import dagster as dg, numpy as np, pandas as pd
-    from llm_assets import PartitionedFilesystemIOManager, build_pca_plot_asset
-    from llm_assets.assets.frames import embeddings_frame
-
-    home, phase = sys.argv[1], sys.argv[5]
-    rows, dims, parts = (int(a) for a in sys.argv[2:5])
-    keys = [f"part{i}" for i in range(parts)]
-
-    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(keys))
-    def vectors(context):
-        matrix = np.random.default_rng(keys.index(context.partition_key)).standard_normal(
-            (rows // parts, dims), dtype=np.float32)
-        records = [{"partition_key": context.partition_key, "row": i, "text": "t", "model": "m"}
-                   for i in range(len(matrix))]
-        return embeddings_frame(records, matrix)
-
-    plot = build_pca_plot_asset(key="vector_map", upstream=vectors)
-    io = {"io_manager": PartitionedFilesystemIOManager(base_dir=home)}
-    with dg.instance_for_test() as instance:
-        if phase == "write":
-            for key in keys:
-                assert dg.materialize([vectors], resources=io, instance=instance, partition_key=key).success
-        else:
-            baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            started = time.perf_counter()
-            result = dg.materialize([vectors, plot], selection=[plot.key], resources=io, instance=instance)
-            wall = time.perf_counter() - started
-            assert result.success
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            print(json.dumps({"wall": wall, "extra_mb": (peak - baseline) / 1024}))
-""")
-
-
-def plot_benchmark(rows: int, dims: int, parts: int) -> None:
-    with tempfile.TemporaryDirectory() as home:
-        args = [sys.executable, "-c", PLOT_SCRIPT, home, str(rows), str(dims), str(parts)]
-        subprocess.run([*args, "write"], check=True, capture_output=True)
-        done = subprocess.run([*args, "plot"], check=True, capture_output=True, text=True)
-        measured = json.loads(done.stdout.strip().splitlines()[-1])
-    matrix_mb = rows * dims * 4 / 2**20
-    report(
-        f"PCA plot: {rows:,} × {dims:,} float32 vectors in {parts} partitions, whole materialization",
-        f"{measured['wall']:.1f} s",
-        "target ≤ 10 s",
-    )
-    report(
-        "PCA plot: peak memory the run adds (loading, PCA, plot)",
-        f"{measured['extra_mb']:.0f} MB = {measured['extra_mb'] / matrix_mb:.2f}× the {matrix_mb:.0f} MB matrix",
-        "target ≤ 2×",
-    )
-
-
 # -- overhead ---------------------------------------------------------------------------------
 
 
@@ -321,7 +219,7 @@ def overhead_benchmark(n: int) -> None:
 
         @dg.asset
         def probe(context: dg.AssetExecutionContext, openai: OpenAIResource) -> float:
-            engine = Engine(openai, context, max_concurrency=1)
+            engine = Engine(openai.session, context, max_concurrency=1)
             engine.chat(requests[:1])  # connect
             engine.chat(requests)
             return engine.seconds / n

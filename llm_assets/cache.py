@@ -103,7 +103,3 @@ class RequestCache:
             os.replace(temporary.path, path.path)
         else:
             path.write_bytes(body)  # one PUT: object stores never show a partial object
-
-    def count(self) -> int:
-        """Number of stored entries."""
-        return sum(1 for _ in self.root.glob("*/*.json")) if self.root.exists() else 0

@@ -10,6 +10,9 @@ import pytest
 from llm_assets import OpenAIResource, PartitionedFilesystemIOManager
 from llm_assets.testing import ScriptedOpenAIServer
 
+#: Partitions whose names differ in length, so their prompts (and usage) differ too.
+CAPTAINS = ["Kirk", "Jean-Luc Picard", "Benjamin Lafayette Sisko"]
+captains = dg.StaticPartitionsDefinition(CAPTAINS)
 SERVED = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "text-embedding-3-small": "text-embedding-3-small"}
 
 

@@ -1,10 +1,8 @@
 """The YAML component builds the same pipeline and materializes it."""
 
-import dagster as dg
 import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
-from llm_assets import PartitionedFilesystemIOManager
 from llm_assets.components import LLMPipelineComponent
 
 DEFS_YAML = {
@@ -20,7 +18,7 @@ DEFS_YAML = {
 }
 
 
-def test_yaml_component_loads_and_materializes(server, openai_resource, instance):
+def test_yaml_component_loads_and_materializes(server, materialize):
     with create_defs_folder_sandbox() as sandbox:
         folder = sandbox.defs_folder_path / "crew"
         folder.mkdir(parents=True)
@@ -30,13 +28,7 @@ def test_yaml_component_loads_and_materializes(server, openai_resource, instance
             keys = {a.key.to_user_string() for a in defs.assets}
             assert keys == {"crew/answers", "crew/embeddings", "crew/answer_map"}
             assets = list(defs.assets)
-    tags = {"dagster/asset_partition_range_start": "Kirk", "dagster/asset_partition_range_end": "Janeway"}
-    resources = {"openai": openai_resource, "io_manager": PartitionedFilesystemIOManager()}
-    for selection, run_tags in (
-        ([dg.AssetKey(["crew", "answers"]), dg.AssetKey(["crew", "embeddings"])], tags),
-        ([dg.AssetKey(["crew", "answer_map"])], {}),
-    ):
-        result = dg.materialize(assets, selection=selection, resources=resources, instance=instance, tags=run_tags)
-        assert result.success
+    materialize(assets, selection=["crew/answers", "crew/embeddings"], partitions=["Kirk", "Janeway"])
+    assert materialize(assets, selection=["crew/answer_map"]).success
     assert {r["body"]["max_tokens"] for r in server.stats.requests if "messages" in r["body"]} == {9}
     assert server.stats.paths["/v1/embeddings"] == 3

@@ -19,7 +19,7 @@ def test_is_a_drop_in_superset_of_dagster_openai():
         assert field.description, f"field {name} has no description"
 
 
-def test_dagster_openai_style_code_only_changes_its_import(server, instance):
+def test_dagster_openai_style_code_only_changes_its_import(server, materialize):
     @dg.asset(compute_kind="OpenAI")
     def openai_asset(context: dg.AssetExecutionContext, openai: OpenAIResource):
         with openai.get_client(context) as client:
@@ -28,18 +28,16 @@ def test_dagster_openai_style_code_only_changes_its_import(server, instance):
             )
 
     resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
-    assert dg.materialize([openai_asset], resources={"openai": resource}, instance=instance).success
+    assert materialize([openai_asset], resource).success
 
 
-def test_missing_api_key_names_openai_api_key(instance):
+def test_missing_api_key_names_openai_api_key(materialize, instance):
     @dg.asset
     def needs_key(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
         with openai.get_client(context):
             pass
 
-    result = dg.materialize(
-        [needs_key], resources={"openai": OpenAIResource()}, instance=instance, raise_on_error=False
-    )
+    result = materialize([needs_key], OpenAIResource(), raise_on_error=False)
     assert not result.success
     message = "\n".join(str(entry.dagster_event) for entry in instance.all_logs(result.run_id))
     assert "OPENAI_API_KEY" in message
@@ -95,7 +93,7 @@ def test_timeout_retries_and_headers_reach_the_client(server):
         assert client.default_headers["X-Team"] == "data"
 
 
-def test_api_key_never_appears_in_repr_metadata_or_logs(server, instance, capsys):
+def test_api_key_never_appears_in_repr_metadata_or_logs(server, materialize, instance, capsys):
     resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
     assert KEY not in repr(resource) and KEY not in str(resource)
 
@@ -108,18 +106,18 @@ def test_api_key_never_appears_in_repr_metadata_or_logs(server, instance, capsys
                 .message.content
             )
 
-    result = dg.materialize([talk], resources={"openai": resource}, instance=instance)
+    result = materialize([talk], resource)
     assert result.success
     seen = [str(e) for e in instance.all_logs(result.run_id)]
     captured = capsys.readouterr()
     assert not any(KEY in s for s in [*seen, captured.out, captured.err])
 
 
-def test_step_failure_message_helper_is_used_for_user_errors(server, instance):
+def test_step_failure_message_helper_is_used_for_user_errors(server, materialize):
     @dg.asset
     def fails(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
         raise LLMAssetsError("clear message")
 
     resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
-    result = dg.materialize([fails], resources={"openai": resource}, instance=instance, raise_on_error=False)
+    result = materialize([fails], resource, raise_on_error=False)
     assert "clear message" in failure_message(result)

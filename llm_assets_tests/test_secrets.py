@@ -3,9 +3,9 @@
 import dagster as dg
 import pandas as pd
 
-from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
+from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.redaction import mask_secrets, redact
-from llm_assets_tests.conftest import failure_message, metadata_values
+from llm_assets_tests.conftest import event_of, failure_message, metadata_values
 
 KEY = "sk-proj-SECRETvalue0123456789abcdefABCDEF"
 
@@ -27,11 +27,10 @@ def everything_recorded(instance, run_id, capfd) -> str:
     return "\n".join([*parts, captured.out, captured.err])
 
 
-def test_the_key_appears_nowhere_after_success_or_failure(server, instance, monkeypatch, capfd):
+def test_the_key_appears_nowhere_after_success_or_failure(server, materialize, instance, monkeypatch, capfd):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     resource = OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"), base_url=server.base_url)
-    resources = {"openai": resource, "io_manager": PartitionedFilesystemIOManager()}
-    ok = dg.materialize([prompts, answers], resources=resources, instance=instance)
+    ok = materialize([prompts, answers], resource)
     assert ok.success
     assert all(r["body"] for r in server.stats.requests)  # the key was really sent
     assert KEY not in everything_recorded(instance, ok.run_id, capfd)
@@ -45,24 +44,16 @@ def test_the_key_appears_nowhere_after_success_or_failure(server, instance, monk
 
     server.fault = echo_the_key
     config = {"ops": {"answers": {"config": {"cache": "OFF"}}}}
-    failed = dg.materialize(
-        [prompts, answers], resources=resources, instance=instance, run_config=config, raise_on_error=False
-    )
+    failed = materialize([prompts, answers], resource, run_config=config, raise_on_error=False)
     assert not failed.success
     assert "HTTP 401: Error code: 401 - Invalid key: Bearer [secret]" in failure_message(failed)
     assert KEY not in everything_recorded(instance, failed.run_id, capfd)
 
 
-def test_redact_text_masks_personal_data_in_previews(server, instance):
+def test_redact_text_masks_personal_data_in_previews(server, materialize):
     resource = OpenAIResource(base_url=server.base_url, redact_text=True)
-    result = dg.materialize(
-        [prompts, answers],
-        instance=instance,
-        resources={"openai": resource, "io_manager": PartitionedFilesystemIOManager()},
-    )
-    preview = metadata_values(
-        next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
-    )["preview"]
+    result = materialize([prompts, answers], resource)
+    preview = metadata_values(event_of(result, "answers"))["preview"]
     assert "ana@example.org" not in preview and "555 0100" not in preview
     assert "[email]" in preview and "[phone]" in preview
     # the data itself is not altered: only what the library logs

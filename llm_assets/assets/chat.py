@@ -157,10 +157,7 @@ def build_chat_answers_asset(
     partitions_def = partitions_def or upstream_partitions(upstream)
     system = PromptTemplate(system_prompt) if system_prompt else None
     prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator())
-    available = {"question", *(variables or {})}
-    if upstream is not None:
-        available |= {"text", "row"} if one_request_per_row else {"text"}
-    prompts.check(available)
+    prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
     defaults = {"question": question, "max_tokens": max_tokens, "temperature": temperature, "chat_model": chat_model}
     config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
     source = None
@@ -177,6 +174,12 @@ def build_chat_answers_asset(
         description="Chat answers: one row per request, with model, finish reason, tokens and latency.",
         kinds={"openai"},
     )
+
+
+def _row_placeholders(upstream: UpstreamAsset | None, one_request_per_row: bool) -> set[str]:
+    if upstream is None:
+        return set()
+    return {"text", "row"} if one_request_per_row else {"text"}
 
 
 @dataclass(frozen=True)

@@ -47,14 +47,15 @@ DEFAULTS: AssetOptions = {"resource_key": "openai", "io_manager_key": "io_manage
 
 
 def resolved(options: AssetOptions) -> AssetOptions:
-    """``options`` over the defaults; an unknown name is an error naming the valid ones."""
+    """``options`` over the defaults (``None`` keeps a default); an unknown name is an
+    error naming the valid ones."""
     unknown = sorted(set(options) - set(AssetOptions.__annotations__))
     if unknown:
         raise LLMAssetsError(
             f"Unknown asset option(s) {', '.join(unknown)}: the factories take "
             f"{', '.join(sorted(AssetOptions.__annotations__))} (Dagster's own names)."
         )
-    return {**DEFAULTS, **options}  # type: ignore[typeddict-item]
+    return {**DEFAULTS, **{name: value for name, value in options.items() if value is not None}}  # type: ignore[typeddict-item]
 
 
 def asset_key(key: AssetKeyLike | None, key_prefix: Sequence[str] | str | None, default: str) -> dg.AssetKey:

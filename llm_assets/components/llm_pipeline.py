@@ -27,15 +27,19 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     partitions: list[str] = pydantic.Field(description="Static partition keys, e.g. one per persona.")
     prompt: str = pydantic.Field(description="User prompt template: {partition_key}, {question}, …")
     system_prompt: str | None = pydantic.Field(default=None, description="System prompt template.")
-    question: str = pydantic.Field(default="", description="Default of the run config `question`.")
+    question: str | None = pydantic.Field(default=None, description="Default of the run config `question`.")
     key_prefix: str | None = pydantic.Field(default=None, description="Prefix of the three asset keys.")
     group_name: str | None = pydantic.Field(default=None, description="Asset group of the three assets.")
     chat_model: str | None = pydantic.Field(default=None, description="Chat model (else the resource's).")
     embedding_model: str | None = pydantic.Field(default=None, description="Embedding model (else the resource's).")
-    max_tokens: int = pydantic.Field(default=256, ge=1, description="Most tokens per answer.")
-    temperature: float = pydantic.Field(default=0.7, ge=0, le=2, description="Sampling temperature.")
-    resource_key: str = pydantic.Field(default="openai", description="Key of the OpenAIResource.")
-    io_manager_key: str = pydantic.Field(default="io_manager", description="Key of the I/O manager.")
+    max_tokens: int | None = pydantic.Field(
+        default=None, ge=1, description="Most tokens per answer (default: the run config's, 256)."
+    )
+    temperature: float | None = pydantic.Field(
+        default=None, ge=0, le=2, description="Sampling temperature (default: the run config's, 0.7)."
+    )
+    resource_key: str | None = pydantic.Field(default=None, description="Key of the OpenAIResource (openai).")
+    io_manager_key: str | None = pydantic.Field(default=None, description="Key of the I/O manager (io_manager).")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         pipeline = build_llm_pipeline_assets(

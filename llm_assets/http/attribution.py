@@ -10,10 +10,11 @@ instead of billing a neighbour.
 Example:
     >>> usage = Usage()
     >>> with billed_to(usage):
-    ...     current_scope().usage is usage
+    ...     resolve_scope(client_usage=None).usage is usage
     True
-    >>> current_scope() is None
-    True
+    >>> resolve_scope(client_usage=None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    llm_assets.http.attribution.UnattributedRequestError: A metered request was sent through a shared client...
 """
 
 from collections.abc import Iterator
@@ -48,10 +49,6 @@ def billed_to(usage: Usage, looked_up: bool = False) -> Iterator[None]:
         yield
     finally:
         _scope.reset(token)
-
-
-def current_scope() -> BillingScope | None:
-    return _scope.get()
 
 
 def resolve_scope(client_usage: Usage | None) -> BillingScope:

@@ -13,11 +13,14 @@ one :class:`_Exchange`:
 4. paced by the rate limits, sent, and its body read as it streams to the SDK: usage
    counted once, the governor's reservation settled, a complete JSON body stored.
 
-Example:
+Example (what ``RunSession.client`` does):
     >>> import openai
-    >>> session = RunSession.for_tests()  # doctest: +SKIP
-    >>> client = openai.OpenAI(api_key="sk-test", http_client=openai.DefaultHttpxClient(
-    ...     transport=MeteredTransport(session, usage=Usage())))  # doctest: +SKIP
+    >>> from llm_assets import OpenAIResource
+    >>> session = OpenAIResource(base_url="http://127.0.0.1:9/v1").session
+    >>> usage = Usage()
+    >>> transport = MeteredTransport(session, usage, CacheMode.OFF)
+    >>> client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="unused",
+    ...                        http_client=openai.DefaultHttpxClient(transport=transport))
 """
 
 import asyncio
@@ -49,10 +52,9 @@ class _Exchange:
         scope = resolve_scope(usage)
         self.session, self.usage = session, scope.usage
         request.headers["accept-encoding"] = ACCEPT_ENCODING
-        governor, limits = session.governor, session.limits
-        self.governed = governor.active
-        self.paced = limits.active
-        self.model, self.estimate, self.key, self._reserved = None, 0, None, False
+        self.governed, self.paced = session.governor.active, session.limits.active
+        self.model: str | None = None
+        self.estimate, self.key, self.reads, self._reserved = 0, None, False, False
         if mode is CacheMode.OFF and not self.governed and not self.paced:
             return  # nothing reads the body: don't parse it
         try:
@@ -63,10 +65,9 @@ class _Exchange:
             self.model = payload.get("model")
             limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 0
             self.estimate = estimate_tokens(request.content) + (limit if isinstance(limit, int) else 0)
-        self.key = session.cache_keys.key_of(request, payload) if session.cache and mode.writes else None
+        if mode.writes:  # OFF when the session has no cache (see RunSession.cache_mode)
+            self.key = session.cache_keys.key_of(request, payload)
         self.reads = self.key is not None and mode.reads and not scope.looked_up
-
-    reads = False
 
     def refusal(self, request: httpx.Request) -> httpx.Response | None:
         """The 403 answer if the governor refuses this request (else its estimate is reserved)."""

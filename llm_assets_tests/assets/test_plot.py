@@ -8,10 +8,7 @@ import pandas as pd
 from llm_assets import build_llm_pipeline_assets, build_pca_plot_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.assets.frames import embeddings_frame
-from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
-
-CAPTAINS = ["Kirk", "Jean-Luc Picard", "Benjamin Lafayette Sisko"]
-captains = dg.StaticPartitionsDefinition(CAPTAINS)
+from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
 
 
 def test_pipeline_single_run_backfill_then_plot(server, materialize, tmp_path):

@@ -219,11 +219,9 @@ def test_server_that_never_becomes_ready_is_stopped(monkeypatch):
         LocalBackend, "_command", lambda self, fd: [sys.executable, "-c", "import time; time.sleep(60)"]
     )
     backend = LocalBackend(ready_timeout=1)
-    started = time.monotonic()
     with pytest.raises(LLMAssetsError, match="did not answer within 1 s"):
         backend.start()
-    assert time.monotonic() - started < 10
-    assert not backend.is_running()
+    assert not backend.is_running()  # stopped, not left behind
 
 
 def test_llm_assets_serve_cli():

@@ -1,0 +1,56 @@
+"""Helpers of the benchmarks: the scripted server in its own process, and the results table."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import dagster as dg
+
+from llm_assets import PartitionedFilesystemIOManager
+
+ROWS: list[tuple[str, str, str]] = []  # (benchmark, measured, target), printed as a table
+IO = {"io_manager": PartitionedFilesystemIOManager()}
+
+
+def report(name: str, value: str, target: str = "") -> None:
+    ROWS.append((name, value, target))
+    print(f"{name}\n    {value}  {target}", flush=True)
+
+
+class Server:
+    """``python -m llm_assets.testing`` in its own process (so it doesn't share our GIL)."""
+
+    def __init__(self, latency: float, dimensions: int = 16) -> None:
+        command = [sys.executable, "-m", "llm_assets.testing", "--latency", str(latency)]
+        self.process = subprocess.Popen([*command, "--dimensions", str(dimensions)], stdout=subprocess.PIPE, text=True)
+        self.base_url = self.process.stdout.readline().strip()
+
+    def requests(self) -> int:
+        with urllib.request.urlopen(f"{self.base_url}/_stats") as response:
+            return json.load(response)["requests"]
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def range_tags(keys: list[str]) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
+def timed_materialize(assets, selection, resources, instance, tags, run_config=None) -> tuple[float, dict]:
+    """Wall seconds of one run, and the metadata of its first `answers` materialization."""
+    started = time.perf_counter()
+    result = dg.materialize(
+        assets, selection=selection, resources=resources, instance=instance, tags=tags, run_config=run_config
+    )
+    wall = time.perf_counter() - started
+    assert result.success
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
+    return wall, {k: v.value for k, v in event.materialization.metadata.items()}
