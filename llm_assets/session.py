@@ -108,8 +108,7 @@ class RunSession:
         try:
             yield client
         finally:
-            await client.close()
-            await transport.aclose()
+            await client.close()  # closes the transport, and so its pool
 
     def close(self) -> None:
         if self._pool is not None:

@@ -23,7 +23,8 @@ REFUSAL_CODE = "llm_assets_refused"
 
 
 class Governor:
-    """Allow-list and per-run token / cost budgets, shared by all clients of a run."""
+    """Allow-list and token / cost budgets, shared by all clients of a session (see
+    :mod:`llm_assets.session` for its scope: the run, or one step)."""
 
     def __init__(
         self,

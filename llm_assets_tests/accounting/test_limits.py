@@ -1,5 +1,7 @@
 """Rate limits: pacing proven on a fake clock by counting grants, never by timing."""
 
+import asyncio
+
 import dagster as dg
 import pandas as pd
 import pytest
@@ -70,3 +72,23 @@ def test_every_request_sent_reserves_once_and_cache_hits_never(server, materiali
     assert first.output_for_node("grants") == len(server.stats.requests) == 30
     second = materialize([questions, answers, grants], resource)  # answered from the cache
     assert second.output_for_node("grants") == 0 and len(server.stats.requests) == 30
+
+
+def test_sync_and_async_clients_of_a_step_share_one_budget(server, materialize):
+    @dg.asset
+    def both(context: dg.AssetExecutionContext, openai: OpenAIResource) -> int:
+        messages = [{"role": "user", "content": "shared budget"}]
+        with openai.get_client(context) as client:
+            for _ in range(3):
+                client.chat.completions.create(model="m", messages=messages)
+
+        async def twice() -> None:
+            async with openai.get_async_client(context) as client:
+                for _ in range(2):
+                    await client.chat.completions.create(model="m", messages=messages)
+
+        asyncio.run(twice())
+        return openai.session.limits.granted
+
+    resource = OpenAIResource(base_url=server.base_url, requests_per_minute=600_000)
+    assert materialize([both], resource).output_for_node("both") == 5 == len(server.stats.requests)
