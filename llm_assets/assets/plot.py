@@ -42,10 +42,12 @@ _COORDINATES = dg.TableSchema(
 
 def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMapping[Any, pd.DataFrame]:
     """The non-empty embeddings frames to project, by partition, checked to share one
-    dimension and to have ``label_column``."""
-    parts = (
-        {pk: frame for pk, frame in upstream.items() if len(frame)} if isinstance(upstream, dict) else {None: upstream}
-    )
+    dimension and to have ``label_column``. A dict of partitions is trimmed in place: no
+    second reference to its frames, so :func:`stack_vectors` can free each as it copies it
+    and memory stays near one copy of the vectors."""
+    parts = upstream if isinstance(upstream, dict) else {None: upstream}
+    for pk in [pk for pk, frame in parts.items() if not len(frame)]:
+        del parts[pk]
     widths = {pk: len(vector_columns(frame)) for pk, frame in parts.items()}
     if len(set(widths.values())) > 1:
         raise LLMAssetsError(

@@ -8,6 +8,7 @@ import pandas as pd
 from llm_assets import build_llm_pipeline_assets, build_pca_plot_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.assets.frames import embeddings_frame
+from llm_assets.assets.plot import embedding_parts
 from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
 
 
@@ -74,3 +75,10 @@ def test_embeddings_of_differing_dimension_in_one_pca(server, materialize):
         assert materialize([vectors], raise_on_error=False, partition_key=key).success
     result = materialize([vectors, plot], raise_on_error=False, selection=[plot.key])
     assert "differ in dimension across partitions ({'small': 8, 'large': 16})" in failure_message(result)
+
+
+def test_partitions_are_trimmed_in_place_so_each_frame_can_be_freed():
+    """The plot holds one copy of the vectors: no second dict may keep the loaded frames alive."""
+    frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], np.ones((1, 4)))
+    loaded = {"a": frame, "empty": frame.iloc[:0]}
+    assert embedding_parts(loaded, "text", "embeddings") is loaded and list(loaded) == ["a"]
