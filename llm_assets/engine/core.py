@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
 import openai
@@ -42,6 +42,9 @@ from llm_assets.http.attribution import billed_to
 from llm_assets.http.pools import httpx
 from llm_assets.redaction import mask_secrets, redact
 from llm_assets.session import RunSession
+
+if TYPE_CHECKING:
+    from llm_assets.resource import OpenAIResource
 
 T = TypeVar("T")
 
@@ -75,7 +78,8 @@ class Engine:
     """Runs chat and embedding requests for one asset of one step.
 
     Args:
-        session: the resource's session (clients, cache, limits, ledger).
+        session: the resource's session (clients, cache, limits, ledger), or the
+            :class:`~llm_assets.OpenAIResource` itself.
         context: the asset's execution context; usage lands on its asset, per partition.
         max_concurrency: requests in flight at once (defaults to the resource's).
         cache: how to use the request cache (default: answer from it, store new answers).
@@ -84,17 +88,17 @@ class Engine:
 
     def __init__(
         self,
-        session: RunSession,
+        session: "RunSession | OpenAIResource",
         context: dg.AssetExecutionContext,
         *,
         max_concurrency: int | None = None,
         cache: CacheMode = CacheMode.USE,
         on_error: ErrorPolicy = ErrorPolicy.FAIL,
     ) -> None:
-        self.session = session
+        self.session = session if isinstance(session, RunSession) else session.session
         self.context = context
-        self.max_concurrency = max_concurrency or session.max_concurrency
-        self.cache = session.cache_mode(cache)
+        self.max_concurrency = max_concurrency or self.session.max_concurrency
+        self.cache = self.session.cache_mode(cache)
         self.on_error = on_error
         self.seconds = 0.0  # wall time of the last batch of requests
 

@@ -8,7 +8,7 @@ import openai
 import pandas as pd
 import pytest
 
-from llm_assets import OpenAIResource, build_chat_answers_asset, build_embeddings_asset
+from llm_assets import ChatRequest, Engine, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.engine import pack_batches
 from llm_assets.http.attribution import UnattributedRequestError
 from llm_assets_tests.conftest import event_of, usage_metadata
@@ -110,3 +110,19 @@ def test_embedding_batches_respect_input_and_token_limits(server, materialize):
     assert sorted(sizes) == [2, 2, 2, 2, 4]  # two long texts per 1,200 tokens; 4 inputs at most
     assert result.output_for_node("vectors")["text"].tolist() == texts
     assert pack_batches(["a"] * 5000, 5000, 10**9)[0][1] == ["a"] * 2048  # API's input cap
+
+
+def test_the_engine_in_your_own_asset(server, materialize):
+    """``Engine`` takes the resource (or its session) and bills the asset it runs in."""
+
+    @dg.asset
+    def own(context: dg.AssetExecutionContext, openai: OpenAIResource) -> list[str]:
+        messages = ({"role": "user", "content": "engine question"},)
+        requests = [
+            ChatRequest(None, i, "engine question", messages, {"model": "gpt-4o-mini", "seed": i}) for i in range(3)
+        ]
+        return [row.answer for row in Engine(openai, context).chat(requests)]
+
+    result = materialize([own])
+    assert len(result.output_for_node("own")) == 3
+    assert usage_metadata(event_of(result, "own"))["openai.calls"] == 3 == server.usage.calls
