@@ -21,19 +21,10 @@ import pandas as pd
 
 from llm_assets.assets.config import ChatConfig, config_class
 from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
-from llm_assets.assets.options import (
-    AssetKeyLike,
-    AssetOptions,
-    UpstreamAsset,
-    asset_key,
-    define_asset,
-    resolved,
-    upstream_key,
-    upstream_partitions,
-)
+from llm_assets.assets.options import AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.assets.translator import ChatTranslator
-from llm_assets.assets.upstream import load_texts, run_partitions
+from llm_assets.assets.upstream import UpstreamAsset, load_texts, run_partitions, upstream_key, upstream_partitions
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.errors import LLMAssetsError
 

@@ -16,17 +16,8 @@ import pandas as pd
 
 from llm_assets.assets.config import EmbeddingConfig, config_class
 from llm_assets.assets.frames import EMBEDDING_COLUMNS, embeddings_frame
-from llm_assets.assets.options import (
-    AssetKeyLike,
-    AssetOptions,
-    UpstreamAsset,
-    asset_key,
-    define_asset,
-    resolved,
-    upstream_key,
-    upstream_partitions,
-)
-from llm_assets.assets.upstream import load_texts, run_partitions
+from llm_assets.assets.options import AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
+from llm_assets.assets.upstream import UpstreamAsset, load_texts, run_partitions, upstream_key, upstream_partitions
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
 

@@ -23,7 +23,6 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 PARTITION_COLUMN = "partition_key"
 
 AssetKeyLike = dg.AssetKey | str | Sequence[str]
-UpstreamAsset = dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
 
 
 class AssetOptions(TypedDict, total=False):
@@ -63,18 +62,6 @@ def asset_key(key: AssetKeyLike | None, key_prefix: Sequence[str] | str | None, 
     if key_prefix:
         result = result.with_prefix([key_prefix] if isinstance(key_prefix, str) else list(key_prefix))
     return result
-
-
-def upstream_key(upstream: UpstreamAsset) -> dg.AssetKey:
-    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
-        return upstream.key
-    return dg.AssetKey.from_coercible(upstream)
-
-
-def upstream_partitions(upstream: UpstreamAsset | None) -> dg.PartitionsDefinition | None:
-    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
-        return upstream.partitions_def
-    return None
 
 
 def column_schema(columns: Mapping[str, ColumnSpec]) -> dg.TableSchema:

@@ -18,19 +18,9 @@ import pandas as pd
 
 from llm_assets.assets.config import PlotConfig, config_class
 from llm_assets.assets.frames import PLOT_COLUMNS, embeddings_frame, typed_columns, vector_columns
-from llm_assets.assets.options import (
-    PARTITION_COLUMN,
-    AssetKeyLike,
-    AssetOptions,
-    UpstreamAsset,
-    asset_key,
-    define_asset,
-    resolved,
-    upstream_key,
-    upstream_partitions,
-)
+from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
 from llm_assets.assets.pca import Projection, markdown_image, project_2d, scatter_png, stack_vectors
-from llm_assets.assets.upstream import log_missing
+from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
 from llm_assets.errors import LLMAssetsError
 
 __all__ = ["build_pca_plot_asset", "embedding_parts", "embeddings_frame", "report_plot"]

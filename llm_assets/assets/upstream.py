@@ -1,4 +1,5 @@
-"""What a factory's asset reads: the partitions of this run, and an upstream asset's texts.
+"""What a factory's asset reads: an upstream asset (its key and partitions), the partitions
+of this run, and the upstream's texts.
 
 Example:
     >>> texts_of(pd.DataFrame({"answer": ["a", "b"]}), "answer", where="Upstream x")
@@ -12,8 +13,23 @@ import dagster as dg
 import pandas as pd
 
 from llm_assets.assets.frames import by_partition
+from llm_assets.assets.options import AssetKeyLike
 from llm_assets.errors import LLMAssetsError
 from llm_assets.io_manager import stores_partition_ranges
+
+UpstreamAsset = dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
+
+
+def upstream_key(upstream: UpstreamAsset) -> dg.AssetKey:
+    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
+        return upstream.key
+    return dg.AssetKey.from_coercible(upstream)
+
+
+def upstream_partitions(upstream: UpstreamAsset | None) -> dg.PartitionsDefinition | None:
+    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
+        return upstream.partitions_def
+    return None
 
 
 def run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> list[str | None]:
