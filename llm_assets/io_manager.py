@@ -18,8 +18,6 @@ import dagster as dg
 
 from llm_assets._compat import PickledObjectFilesystemIOManager
 
-PARTITION_COLUMN = "partition_key"
-
 
 class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
     #: Read by :func:`stores_partition_ranges`.

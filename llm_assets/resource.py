@@ -202,7 +202,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             ...     client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
         """
         with self.session.metered(context, asset_key, partition_key) as usage:
-            client = self.session.client(usage, self.session.cache_mode(cache))
+            client = self.session.client(usage, cache)
             try:
                 yield client
             finally:
@@ -236,5 +236,5 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             ...     await client.chat.completions.create(model="gpt-4o-mini", messages=[...])
         """
         with self.session.metered(context, asset_key, partition_key) as usage:
-            async with self.session.async_client(usage, self.session.cache_mode(cache)) as client:
+            async with self.session.async_client(usage, cache) as client:
                 yield client

@@ -90,14 +90,15 @@ class RunSession:
             self._pool = sync_pool()
         return self._pool
 
-    def client(self, usage: Usage | None, cache: CacheMode = CacheMode.OFF) -> openai.OpenAI:
-        """A light ``openai.OpenAI`` over the shared pool, billing ``usage``."""
+    def client(self, usage: Usage | None, cache: CacheMode | bool = False) -> openai.OpenAI:
+        """A light ``openai.OpenAI`` over the shared pool, billing ``usage``, using the cache
+        per ``cache`` (see :meth:`cache_mode`)."""
         transport = MeteredTransport(self, usage, self.cache_mode(cache))
         return openai.OpenAI(**self.client_kwargs, http_client=openai.DefaultHttpxClient(transport=transport))
 
     @asynccontextmanager
     async def async_client(
-        self, usage: Usage | None, cache: CacheMode = CacheMode.OFF
+        self, usage: Usage | None, cache: CacheMode | bool = False
     ) -> AsyncIterator[openai.AsyncOpenAI]:
         """An ``openai.AsyncOpenAI`` with its own pool on the running event loop, billing
         ``usage`` (``None``: each request's :func:`~llm_assets.http.attribution.billed_to`)."""

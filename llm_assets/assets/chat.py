@@ -90,20 +90,21 @@ def report_answers(
     context: dg.AssetExecutionContext, rows: Sequence[AnswerRow], partition_keys: Sequence[str | None], redacted: bool
 ) -> pd.DataFrame:
     """The answers frame, and each partition's row count, cache hits, failures and preview."""
+    records = [row.to_record() for row in rows]
     by_partition: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in partition_keys}
-    for row in rows:
-        by_partition.setdefault(row.partition_key, []).append(row.to_record())
-    for pk, records in by_partition.items():
+    for record in records:
+        by_partition.setdefault(record["partition_key"], []).append(record)
+    for pk, part in by_partition.items():
         context.add_asset_metadata(
             {
-                "dagster/row_count": len(records),
-                "answers_from_cache": sum(1 for r in records if r["cached"]),
-                "failed_requests": sum(1 for r in records if r["error"]),
-                "preview": dg.MetadataValue.md(preview(records, ["prompt", "answer"], redacted)),
+                "dagster/row_count": len(part),
+                "answers_from_cache": sum(1 for r in part if r["cached"]),
+                "failed_requests": sum(1 for r in part if r["error"]),
+                "preview": dg.MetadataValue.md(preview(part, ["prompt", "answer"], redacted)),
             },
             partition_key=pk,
         )
-    return answers_frame(rows)
+    return answers_frame(records)
 
 
 def build_chat_answers_asset(

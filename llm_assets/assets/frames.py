@@ -72,8 +72,9 @@ def typed_columns(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec]) -> pd.
     return frame.astype({name: dtype for name, (_, dtype, _) in columns.items() if dtype != "object"})
 
 
-def answers_frame(rows: Sequence[AnswerRow]) -> pd.DataFrame:
-    return typed_frame([row.to_record() for row in rows], ANSWER_COLUMNS)
+def answers_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The answers frame of :meth:`AnswerRow.to_record` records."""
+    return typed_frame(records, ANSWER_COLUMNS)
 
 
 def embeddings_frame(records: Sequence[Mapping[str, Any]], matrix: np.ndarray) -> pd.DataFrame:

@@ -4,6 +4,7 @@ to 2-D with PCA and drawn as a labelled scatter PNG, as gather (:func:`embedding
 
 Example:
     >>> import numpy as np
+    >>> from llm_assets.assets.frames import embeddings_frame
     >>> frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], np.ones((1, 4)))
     >>> list(embedding_parts({"a": frame, "b": frame.iloc[:0]}, "text", "embeddings"))
     ['a']
@@ -17,13 +18,11 @@ import dagster as dg
 import pandas as pd
 
 from llm_assets.assets.config import PlotConfig, config_class
-from llm_assets.assets.frames import PLOT_COLUMNS, embeddings_frame, typed_columns, vector_columns
+from llm_assets.assets.frames import PLOT_COLUMNS, typed_columns, vector_columns
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
 from llm_assets.assets.pca import Projection, markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
 from llm_assets.errors import LLMAssetsError
-
-__all__ = ["build_pca_plot_asset", "embedding_parts", "embeddings_frame", "report_plot"]
 
 _COORDINATES = dg.TableSchema(
     columns=[dg.TableColumn("label", "string"), dg.TableColumn("x", "float"), dg.TableColumn("y", "float")]

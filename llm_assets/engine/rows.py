@@ -10,6 +10,7 @@ Example:
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,10 @@ def column(kind: str, description: str, dtype: str = "object", **field_options: 
     return dataclasses.field(metadata={"column": (kind, dtype, description)}, **field_options)
 
 
+@functools.cache
 def column_specs(row_class: type) -> dict[str, ColumnSpec]:
-    """The columns of a row dataclass, in field order."""
+    """The columns of a row dataclass, in field order (computed once per class: rows call
+    it for every record). Do not mutate the result."""
     return {f.name: f.metadata["column"] for f in dataclasses.fields(row_class) if "column" in f.metadata}
 
 

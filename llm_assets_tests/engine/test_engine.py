@@ -1,6 +1,7 @@
 """The engine: order kept, concurrency bounded, Retry-After honoured, embeddings batched,
 every request billed to its own partition."""
 
+import asyncio
 import random
 
 import dagster as dg
@@ -85,8 +86,6 @@ def test_each_partition_is_billed_its_own_requests(server, materialize):
 
 
 def test_a_shared_client_refuses_a_request_nobody_is_billed_for(openai_resource, server):
-    import asyncio
-
     async def send() -> None:
         async with openai_resource.session.async_client(None) as client:  # shared: no usage of its own
             await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "whose?"}])
