@@ -1,16 +1,17 @@
 """The request cache: identical requests are answered without calling the API.
 
 :class:`CacheKeys` is the one key function: a request's key is the SHA-256 of the backend
-it goes to (the client's base URL), its endpoint and its canonical JSON body (model,
-messages and every parameter that changes the output). Headers, and so the API key, are
-not part of it and are never stored. The engine keys the calls it is about to make and
-the HTTP transport keys the requests that reach it with the same function, so the two
-always agree.
+it goes to (a stable identity, see :func:`backend_identity`), its endpoint and its
+canonical JSON body (model, messages and every parameter that changes the output).
+Headers, and so the API key, are not part of it and are never stored. The engine keys the
+calls it is about to make and the HTTP transport keys the requests that reach it with the
+same function, so the two always agree.
 
 :class:`RequestCache` stores the response bodies as the server sent them, one file each,
 under any fsspec / UPath location (local disk, ``s3://…``, ``memory://…``). Writes are
-atomic (temp file + rename on local disks, one PUT on object stores), so concurrent
-writers never corrupt an entry.
+atomic and durable (temp file, ``fsync``, rename on local disks; one PUT on object
+stores), so neither concurrent writers nor a power loss leave a partial entry; an entry
+damaged some other way fails :func:`entry_problem` and is treated as a miss.
 
 Example:
     >>> keys = CacheKeys("http://127.0.0.1:8000/v1")
@@ -21,6 +22,7 @@ Example:
     [b'{"ok": true}', None]
 """
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -31,7 +33,10 @@ from typing import Any
 from upath import UPath
 
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES
+from llm_assets.errors import LLMAssetsError
 from llm_assets.http.pools import httpx
+
+_LOOPBACK_NAMES = {"localhost": "127.0.0.1", "::1": "127.0.0.1"}
 
 
 class CacheMode(enum.Enum):
@@ -50,11 +55,30 @@ class CacheMode(enum.Enum):
         return self is not CacheMode.OFF
 
 
-class CacheKeys:
-    """Cache keys of the requests a client sends to ``base_url``."""
+def backend_identity(base_url: str) -> str:
+    """What the cache keys a remote backend by: its base URL without the parts that change
+    while the backend stays the same (credentials, case, default port, ``localhost`` vs
+    ``127.0.0.1``, trailing slash, fragment).
 
-    def __init__(self, base_url: str) -> None:
+    Example:
+        >>> backend_identity("HTTPS://user:secret@API.example.com:443/v1/")
+        'https://api.example.com/v1'
+    """
+    url = httpx.URL(base_url)
+    host = _LOOPBACK_NAMES.get(url.host, url.host)
+    port = None if (url.scheme, url.port) in (("http", 80), ("https", 443)) else url.port
+    url = url.copy_with(username=None, password=None, host=host, port=port, fragment=None)
+    return str(url).rstrip("/")
+
+
+class CacheKeys:
+    """Cache keys of the requests a client sends to ``base_url``, keyed by ``identity``
+    (default: :func:`backend_identity` of ``base_url``; the embedded local model passes the
+    model files it serves, since its port changes every run)."""
+
+    def __init__(self, base_url: str, identity: str | None = None) -> None:
         self.base_url = str(httpx.URL(base_url)).rstrip("/")
+        self.identity = identity or backend_identity(base_url)
 
     def key(self, endpoint: str, payload: Any) -> str | None:
         """The key of a POST of JSON ``payload`` to ``endpoint`` (e.g. ``/chat/completions``),
@@ -64,7 +88,7 @@ class CacheKeys:
         if not endpoint.endswith(BILLED_PATH_SUFFIXES) or not isinstance(payload, dict) or payload.get("stream"):
             return None
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(f"POST {self.base_url}{endpoint}\n{canonical}".encode()).hexdigest()
+        return hashlib.sha256(f"POST {self.identity}{endpoint}\n{canonical}".encode()).hexdigest()
 
     def key_of(self, request: httpx.Request, payload: Any) -> str | None:
         """The key of an HTTP request whose decoded JSON body is ``payload``."""
@@ -74,6 +98,35 @@ class CacheKeys:
         return self.key(url[len(self.base_url) :], payload)
 
 
+def entry_problem(endpoint: str, payload: Any) -> str | None:
+    """Why a cached body can't be the answer of a POST to ``endpoint`` (``None``: it can).
+
+    Checks the shape the SDK and the engine read: a JSON object, with a non-empty
+    ``choices`` list of objects (completions), ``data`` list of objects (embeddings) or
+    ``output`` list (Responses API).
+
+    Example:
+        >>> entry_problem("/chat/completions", {"choices": []})
+        "'choices' is not a non-empty list of objects"
+    """
+    if not isinstance(payload, dict):
+        return f"not a JSON object but {type(payload).__name__}"
+    endpoint = endpoint.rstrip("/")
+    field = next((f for suffix, f in _ANSWER_FIELDS if endpoint.endswith(suffix)), None)
+    if field is None:
+        return None
+    items = payload.get(field)
+    if field == "output":
+        return None if isinstance(items, list) else "'output' is not a list"
+    if not isinstance(items, list) or not items or not all(isinstance(item, dict) for item in items):
+        return f"{field!r} is not a non-empty list of objects"
+    return None
+
+
+_ANSWER_FIELDS = (("/chat/completions", "choices"), ("/completions", "choices"), ("/embeddings", "data"))
+_ANSWER_FIELDS += (("/responses", "output"),)
+
+
 class RequestCache:
     """Response bodies by key under ``root`` (any fsspec / UPath location)."""
 
@@ -81,25 +134,68 @@ class RequestCache:
         self.root = UPath(root)
         self._local = self.root.protocol in ("", "file", "local")
 
-    def _path(self, key: str) -> UPath:
+    def path(self, key: str) -> UPath:
+        """Where the entry of ``key`` lives."""
         return self.root / key[:2] / f"{key}.json"
+
+    def check_writable(self, field: str = "cache_dir") -> None:
+        """Fail with one clear error, naming ``field``, if entries can't be stored under the
+        root (on local disks: create it and write a probe file; on object stores: the root
+        must not be a file)."""
+        try:
+            if self._local:
+                os.makedirs(self.root.path, exist_ok=True)
+                probe = os.path.join(self.root.path, f".probe.{uuid.uuid4().hex}")
+                with open(probe, "wb"):
+                    pass
+                os.remove(probe)
+            elif self.root.is_file():
+                raise NotADirectoryError(f"{self.root} is a file")
+        except OSError as error:
+            raise LLMAssetsError(
+                f"The request cache can't be written at {self.root} ({error.strerror or error}): set "
+                f"OpenAIResource({field}=...) to a writable directory or fsspec URL, or cache=False."
+            ) from None
 
     def get_many(self, keys: list[str | None]) -> list[bytes | None]:
         """The entries of ``keys`` (``None`` where absent), read with one fsspec ``cat``
-        (concurrently on object stores)."""
-        paths = {key: self._path(key).path for key in keys if key}
-        try:
-            found = self.root.fs.cat(list(paths.values()), on_error="omit") if paths else {}
-        except OSError:
-            found = {}
+        (concurrently on object stores). A location that can't be read raises ``OSError``."""
+        paths = {key: self.path(key).path for key in keys if key}
+        found = self.root.fs.cat(list(paths.values()), on_error="omit") if paths else {}
         return [found.get(paths[key]) if key else None for key in keys]
 
     def put(self, key: str, body: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if self._local:
-            temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            temporary.write_bytes(body)
-            os.replace(temporary.path, path.path)
-        else:
+        """Store ``body`` under ``key``: durable and atomic (see the module docstring)."""
+        path = self.path(key)
+        if not self._local:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(body)  # one PUT: object stores never show a partial object
+            return
+        directory = os.path.dirname(path.path)
+        os.makedirs(directory, exist_ok=True)
+        temporary = os.path.join(directory, f".{key}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                file.write(body)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            raise
+        _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (where the OS allows opening directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -32,6 +32,7 @@ from pydantic import Field, PrivateAttr
 
 from llm_assets.cache import CacheMode
 from llm_assets.errors import LLMAssetsError
+from llm_assets.http.checks import check_base_url, check_header_name, check_header_value, is_openai
 from llm_assets.session import AnyContext, RunSession
 
 #: Placeholder key sent to OpenAI-compatible servers that need none.
@@ -153,27 +154,40 @@ class OpenAIResource(dagster_openai.OpenAIResource):
 
     def resolved_base_url(self) -> str | None:
         """The base URL requests go to (``None`` means OpenAI's)."""
-        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
+
+    def cache_identity(self) -> str | None:
+        """What the request cache keys this backend by (``None``: its base URL, see
+        :func:`~llm_assets.cache.backend_identity`); a backend whose URL changes every run
+        returns something stable instead."""
+        return None
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of the ``openai`` clients; raises on bad configuration."""
+        """Keyword arguments of the ``openai`` clients, after checking every field they
+        come from: bad configuration fails here, at set-up, before any request."""
         base_url = self.resolved_base_url()
-        if base_url is not None and not base_url.startswith(("http://", "https://")):
-            raise LLMAssetsError(
-                f"base_url {base_url!r} is not an http(s) URL: set OpenAIResource(base_url=...) or "
-                "OPENAI_BASE_URL to e.g. http://127.0.0.1:8000/v1, or unset it to use OpenAI."
-            )
-        api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
-        if not api_key or not api_key.strip():
-            if base_url is None:
+        if base_url is not None:
+            check_base_url(base_url, "base_url" if self.base_url else "OPENAI_BASE_URL")
+        api_key = (self.api_key or os.environ.get("OPENAI_API_KEY") or "").strip()
+        if not api_key:
+            if base_url is None or is_openai(base_url):
                 raise LLMAssetsError(
-                    "No OpenAI API key: set the OPENAI_API_KEY environment variable (the resource "
-                    "reads it with dg.EnvVar('OPENAI_API_KEY')), or set base_url / OPENAI_BASE_URL "
-                    "to an OpenAI-compatible server."
+                    "No OpenAI API key: set the OPENAI_API_KEY environment variable (the resource reads it "
+                    "with dg.EnvVar('OPENAI_API_KEY')). Only a base_url / OPENAI_BASE_URL that is not "
+                    "OpenAI's (an OpenAI-compatible server that needs no key) may go without one."
                 )
             api_key = NO_KEY
+        headers = {"api_key": api_key, "organization": self.organization, "project": self.project}
+        headers.update({f"default_headers[{name!r}]": value for name, value in (self.default_headers or {}).items()})
+        for field, value in headers.items():
+            check_header_value(field, value)
+        for name in self.default_headers or {}:
+            check_header_name(name)
+        for field in ("chat_model", "embedding_model"):
+            if not getattr(self, field).strip():
+                raise LLMAssetsError(f"OpenAIResource({field}=...) is empty: name a model, e.g. gpt-4o-mini.")
         return {
-            "api_key": api_key.strip(),
+            "api_key": api_key,
             "organization": self.organization,
             "project": self.project,
             "base_url": base_url,

@@ -35,7 +35,7 @@ from llm_assets.accounting.ledger import LedgerKey, UsageLedger
 from llm_assets.accounting.limits import RateLimits
 from llm_assets.accounting.prices import ModelPrice, price_table
 from llm_assets.accounting.usage import Usage
-from llm_assets.cache import CacheKeys, CacheMode, RequestCache
+from llm_assets.cache import CacheKeys, CacheMode, RequestCache, entry_problem
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.pools import async_pool, httpx, sync_pool
 from llm_assets.http.transport import AsyncMeteredTransport, MeteredTransport
@@ -55,6 +55,11 @@ class CachedAnswer:
 
     body: bytes
     payload: dict[str, Any]
+
+    @property
+    def model(self) -> str | None:
+        model = self.payload.get("model")
+        return model if isinstance(model, str) else None
 
 
 class RunSession:
@@ -77,9 +82,12 @@ class RunSession:
         )
         self.limits = RateLimits(resource.requests_per_minute, resource.tokens_per_minute)
         self.ledger = UsageLedger()
-        self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL)
+        self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL, resource.cache_identity())
         root = resource.cache_dir or (storage_dir and os.path.join(storage_dir, "llm_assets", "request_cache"))
         self.cache = RequestCache(root) if resource.cache and root else None
+        if self.cache is not None:
+            self.cache.check_writable()  # one clear error now, not a lost answer later
+        self._warned: set[str] = set()  # cache problems already logged (each once)
         self._pool: httpx.BaseTransport | None = None
 
     # -- clients ----------------------------------------------------------------------------
@@ -124,27 +132,59 @@ class RunSession:
             requested = CacheMode.USE
         return CacheMode.OFF if requested is False or self.cache is None else requested
 
-    def cached(self, keys: Sequence[str | None], usages: Sequence[Usage]) -> list[CachedAnswer | None]:
-        """The cached answers of ``keys`` (``None``: a miss), each counted as a cache hit
-        on its usage. An entry that is not a JSON object is a miss."""
+    def cached(self, keys: Sequence[str | None], endpoints: Sequence[str]) -> list[CachedAnswer | None]:
+        """The cached answers of ``keys`` (``None``: a miss) for POSTs to ``endpoints``. A
+        damaged entry (see :func:`~llm_assets.cache.entry_problem`) is a miss, logged once;
+        the fresh answer then overwrites it. An unreadable cache location is all misses."""
         if self.cache is None:
             return [None] * len(keys)
+        try:
+            bodies = self.cache.get_many(list(keys))
+        except Exception as error:  # any fsspec backend's error: answer live instead
+            self._warn("read", f"The request cache at {self.cache.root} can't be read ({error}): sending instead.")
+            return [None] * len(keys)
         answers: list[CachedAnswer | None] = []
-        for body, usage in zip(self.cache.get_many(list(keys)), usages, strict=True):
-            try:
-                payload = json.loads(body) if body is not None else None
-            except ValueError:
-                payload = None
-            if not isinstance(payload, dict):
-                answers.append(None)
-                continue
-            usage.add_cache_hit(payload.get("model"))
-            answers.append(CachedAnswer(body, payload))
+        for key, body, endpoint in zip(keys, bodies, endpoints, strict=True):
+            answer = None
+            if body is not None:
+                try:
+                    payload = json.loads(body)
+                except ValueError as error:  # UnicodeDecodeError included
+                    payload, problem = None, f"not JSON ({error})"
+                else:
+                    problem = entry_problem(endpoint, payload)
+                if problem is None:
+                    answer = CachedAnswer(body, payload)
+                else:
+                    self.discard(key, problem)
+            answers.append(answer)
         return answers
 
-    def store(self, key: str, body: bytes) -> None:
-        if self.cache is not None:
+    def discard(self, key: str, problem: str) -> None:
+        """Log (once) that the entry of ``key`` is damaged; it is a miss, and the fresh
+        answer will overwrite it."""
+        path = self.cache.path(key) if self.cache is not None else key
+        self._warn(key, f"Ignoring the damaged request cache entry {path} ({problem}): it will be asked again.")
+
+    def store(self, key: str, body: bytes, usage: Usage) -> None:
+        """Store an answer; a failure never loses it (it is already on its way to the
+        caller): it is counted on ``usage`` and logged once per session."""
+        if self.cache is None:
+            return
+        try:
             self.cache.put(key, body)
+        except Exception as error:  # OSError, or any fsspec backend's error
+            usage.add_cache_store_failure()
+            self._warn(
+                "store",
+                f"Could not store an answer in the request cache at {self.cache.path(key)} ({error}); the answer "
+                "is kept in the output, but a re-run will ask again. Fix cache_dir, or set cache=False.",
+            )
+
+    def _warn(self, topic: str, message: str) -> None:
+        if topic not in self._warned:
+            self._warned.add(topic)
+            dg.get_dagster_logger("llm_assets").warning(message)
 
     # -- usage ------------------------------------------------------------------------------
 

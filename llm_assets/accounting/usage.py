@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,20 +85,33 @@ def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
 @dataclass
 class Usage:
     """Usage summed over calls, per model, plus cache hits (answered without a call, so
-    zero tokens) and failed attempts (error responses and connection failures, which the
-    SDK may retry). Thread-safe; merge-able."""
+    zero tokens), failed attempts by kind (see :meth:`add_failed_attempt`; the SDK or the
+    engine may retry them) and answers the request cache failed to store.
+    Thread-safe; merge-able."""
 
     models: dict[str, ModelUsage] = field(default_factory=lambda: defaultdict(ModelUsage))
-    failed_attempts: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    cache_store_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_cache_hit(self, model: str | None) -> None:
         with self._lock:
             self.models[model or "unknown"].cache_hits += 1
 
-    def add_failed_attempt(self) -> None:
+    def add_failed_attempt(self, kind: str) -> None:
+        """Count one attempt that failed: ``kind`` is the HTTP status (``"429"``),
+        ``"connection"`` (refused, dropped), ``"timeout"`` or ``"malformed"`` (a 2xx whose
+        body is not the endpoint's JSON)."""
         with self._lock:
-            self.failed_attempts += 1
+            self.failures[kind] += 1
+
+    def add_cache_store_failure(self) -> None:
+        with self._lock:
+            self.cache_store_failures += 1
+
+    @property
+    def failed_attempts(self) -> int:
+        return sum(self.failures.values())
 
     def add_response(self, model: str | None, usage: Mapping[str, Any] | None) -> None:
         """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent none)."""
@@ -123,7 +136,8 @@ class Usage:
 
     def merge(self, other: Usage) -> None:
         with self._lock:
-            self.failed_attempts += other.failed_attempts
+            self.failures.update(other.failures)
+            self.cache_store_failures += other.cache_store_failures
             for model, counters in other.models.items():
                 self.models[model].merge(counters)
 
@@ -184,6 +198,10 @@ class Usage:
             metadata["openai.calls_without_usage"] = self.total("calls_without_usage")
         metadata["openai.cache_hits"] = self.total("cache_hits")
         metadata["openai.failed_attempts"] = self.failed_attempts
+        for kind, count in sorted(self.failures.items()):
+            metadata[f"openai.failed_attempts.{kind}"] = count
+        if self.cache_store_failures:
+            metadata["openai.cache_store_failures"] = self.cache_store_failures
         if prices is not None:
             costs, unknown = self.cost_usd(prices)
             for model, cost in costs.items():

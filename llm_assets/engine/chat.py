@@ -36,12 +36,15 @@ class ChatRequest:
     def answered(self, body: Mapping[str, Any], cached: bool, latency: float) -> AnswerRow:
         """The row of a successful response (a body without choices is malformed: retried)."""
         choice = body["choices"][0]
+        content = choice["message"].get("content")
+        if content is not None and not isinstance(content, str):
+            raise TypeError(f"message.content is a {type(content).__name__}, not text")
         usage = body.get("usage") or {}
         return AnswerRow(
             partition_key=self.partition_key,
             row=self.row,
             prompt=self.prompt,
-            answer=choice["message"].get("content") or "",
+            answer=content or "",
             model=body.get("model"),
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens"),

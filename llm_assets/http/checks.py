@@ -1,0 +1,73 @@
+"""What HTTP can carry, checked before anything is sent: base URLs, header names and
+values, and text for a JSON body. Each check raises one :class:`~llm_assets.LLMAssetsError`
+naming the field and the fix, instead of a dependency's exception at first use.
+
+Example:
+    >>> check_base_url("http://127.0.0.1:8O80/v1", "base_url")
+    Traceback (most recent call last):
+    llm_assets.errors.LLMAssetsError: base_url 'http://127.0.0.1:8O80/v1' is not a valid URL (Invalid port: '8O80'): ...
+"""
+
+import re
+
+from llm_assets.errors import LLMAssetsError
+from llm_assets.http.pools import httpx
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 header field name
+_HINT = "set OpenAIResource(base_url=...) or OPENAI_BASE_URL to e.g. http://127.0.0.1:8000/v1, or unset it for OpenAI"
+
+
+def _shown(url: str) -> str:
+    """``url`` as it may appear in an error: credentials masked."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def check_base_url(url: str, field: str) -> httpx.URL:
+    """The parsed ``url``; raises unless it is an absolute http(s) URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as error:
+        raise LLMAssetsError(f"{field} {_shown(url)!r} is not a valid URL ({error}): {_HINT}.") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise LLMAssetsError(f"{field} {_shown(url)!r} is not an http(s) URL with a host: {_HINT}.")
+    return parsed
+
+
+def is_openai(url: str) -> bool:
+    """Whether ``url`` is OpenAI's own API (where a key is always needed)."""
+    host = httpx.URL(url).host
+    return host == "openai.com" or host.endswith(".openai.com")
+
+
+def check_header_name(name: str) -> None:
+    if not isinstance(name, str) or not _TOKEN.match(name):
+        raise LLMAssetsError(
+            f"default_headers has the name {name!r}, which is not a valid HTTP header name: use letters, "
+            "digits and -, without spaces or ':'."
+        )
+
+
+def check_header_value(field: str, value: str | None) -> None:
+    """Header values must be printable ASCII (the value itself is never shown: it may be a key)."""
+    if value is None:
+        return
+    if not value.isascii() or not value.isprintable():
+        raise LLMAssetsError(
+            f"{field} holds a character that HTTP headers can't carry (non-ASCII, a line break or another "
+            "control character, often from copy-paste): set it again, typed or copied as plain text."
+        )
+
+
+def check_text(text: str, where: str) -> None:
+    """Text for a JSON request body must be encodable as UTF-8 (no lone surrogates, e.g.
+    from bytes decoded with ``errors='surrogateescape'``)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise LLMAssetsError(
+            f"{where} holds {text[error.start : error.end]!r} at character {error.start}, which can't be "
+            "sent (not valid Unicode text): clean it upstream, e.g. with "
+            "text.encode('utf-8', 'replace').decode('utf-8'). Nothing was sent."
+        ) from None
