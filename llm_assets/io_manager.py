@@ -4,7 +4,8 @@ Same files, paths and pickle format as ``dg.FilesystemIOManager`` (so assets on 
 default I/O manager read what it wrote, and vice versa), with one addition: an output
 that covers several partitions, as one run of a ``BackfillPolicy.single_run()`` asset
 produces, is split on its ``partition_key`` column (or ``{partition_key: value}`` dict)
-into one file per partition.
+into one file per partition; a partition with no rows in a DataFrame output is stored as
+an empty frame with the same columns.
 
 Example:
     >>> resources = {"io_manager": PartitionedFilesystemIOManager()}
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 
 from llm_assets._compat import PickledObjectFilesystemIOManager
 
@@ -29,12 +31,14 @@ class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
         from llm_assets.assets.frames import by_partition
 
         paths = self._get_paths_for_partitions(context)
-        parts = by_partition(obj, list(paths))
+        parts = by_partition(obj, list(paths), f"Output of {context.asset_key.to_user_string()}")
         missing = sorted(set(paths) - set(parts))
-        if missing:
+        if missing and isinstance(obj, pd.DataFrame):
+            parts.update({pk: obj.iloc[:0] for pk in missing})  # no rows: an empty frame, same columns
+        elif missing:
             raise dg.DagsterInvariantViolationError(
-                f"Output of {context.asset_key.to_user_string()} has no rows for partitions {missing}; "
-                "each partition of a single-run backfill needs a value."
+                f"Output of {context.asset_key.to_user_string()} has no value for partitions {missing}; "
+                "each partition of a single-run backfill needs one (a DataFrame may have no rows for some)."
             )
         for partition_key, path in paths.items():
             self._handle_transition_to_partitioned_asset(context, path.parent)

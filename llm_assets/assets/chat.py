@@ -21,12 +21,27 @@ import pandas as pd
 
 from llm_assets.assets.config import ChatConfig, config_class
 from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
-from llm_assets.assets.options import AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
+from llm_assets.assets.options import (
+    AssetKeyLike,
+    AssetOptions,
+    asset_key,
+    check_partitions,
+    define_asset,
+    resolved,
+)
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.assets.translator import ChatTranslator
-from llm_assets.assets.upstream import UpstreamAsset, load_texts, run_partitions, upstream_key, upstream_partitions
+from llm_assets.assets.upstream import (
+    UpstreamAsset,
+    empty_metadata,
+    load_texts,
+    run_partitions,
+    upstream_key,
+    upstream_partitions,
+)
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.errors import LLMAssetsError
+from llm_assets.http.checks import check_text
 
 Rows = Mapping[str | None, Sequence[Mapping[str, Any]]]  # per partition: each request's row values
 
@@ -68,11 +83,14 @@ def plan_chat_requests(
         for row, extra in enumerate(partition_rows):
             filled = {**base, **extra}
             rendered = {w: t.render(filled, where=f"{w} of {name}") for w, t in prompts.templates.items()}
+            where = f"partition {pk!r}, row {row}" if pk is not None else f"row {row}"
             if not rendered["prompt"].strip():
                 raise LLMAssetsError(
-                    f"The prompt of {name} is empty once filled (partition {pk!r}, row {row}): give the "
+                    f"The prompt of {name} is empty once filled ({where}): give the "
                     "placeholders non-empty values in run config or the factory."
                 )
+            for part, text in rendered.items():
+                check_text(text, f"The {part} of {name} ({where})")
             hook = prompts.translator
             messages = hook.get_messages(rendered["prompt"], rendered.get("system_prompt"), filled)
             requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), hook.get_params(params, filled)))
@@ -83,7 +101,7 @@ def upstream_rows(texts: Mapping[str | None, list[str]], one_request_per_row: bo
     """Each partition's rows: one per text (``{text}``, ``{row}``), or one of all texts joined."""
     if one_request_per_row:
         return {pk: [{"text": t, "row": i} for i, t in enumerate(items)] for pk, items in texts.items()}
-    return {pk: [{"text": "\n\n".join(items)}] for pk, items in texts.items()}
+    return {pk: [{"text": "\n\n".join(items)}] if items else [] for pk, items in texts.items()}
 
 
 def report_answers(
@@ -101,6 +119,7 @@ def report_answers(
                 "answers_from_cache": sum(1 for r in part if r["cached"]),
                 "failed_requests": sum(1 for r in part if r["error"]),
                 "preview": dg.MetadataValue.md(preview(part, ["prompt", "answer"], redacted)),
+                **empty_metadata(len(part)),
             },
             partition_key=pk,
         )
@@ -147,6 +166,7 @@ def build_chat_answers_asset(
     options = resolved(options)
     name = asset_key(key, options.get("key_prefix"), "answers")
     partitions_def = partitions_def or upstream_partitions(upstream)
+    check_partitions(partitions_def, name)
     system = PromptTemplate(system_prompt) if system_prompt else None
     prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator())
     prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})

@@ -12,12 +12,27 @@ from collections.abc import Callable, Mapping
 from typing import Any, Unpack
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from llm_assets.assets.config import EmbeddingConfig, config_class
 from llm_assets.assets.frames import EMBEDDING_COLUMNS, embeddings_frame
-from llm_assets.assets.options import AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
-from llm_assets.assets.upstream import UpstreamAsset, load_texts, run_partitions, upstream_key, upstream_partitions
+from llm_assets.assets.options import (
+    AssetKeyLike,
+    AssetOptions,
+    asset_key,
+    check_partitions,
+    define_asset,
+    resolved,
+)
+from llm_assets.assets.upstream import (
+    UpstreamAsset,
+    empty_metadata,
+    load_texts,
+    run_partitions,
+    upstream_key,
+    upstream_partitions,
+)
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
 
@@ -32,18 +47,20 @@ def report_embeddings(
     results: Mapping[str | None, EmbeddingResult],
     requested_model: str,
 ) -> pd.DataFrame:
-    """The embeddings frame, and each partition's row count, dimensions and model."""
+    """The embeddings frame, and each partition's row count, dimensions and model (an empty
+    partition has no rows, and the run's vector columns)."""
+    dimensions = next((r.vectors.shape[1] for r in results.values()), 0)
     frames = []
     for pk, items in texts.items():
         result = results.get(pk)
         model = result.model if result is not None else requested_model
-        frame = embeddings_frame(embedding_rows(pk, items, model), result.vectors if result is not None else [])
+        matrix = result.vectors if result is not None else np.empty((0, dimensions), np.float32)
+        frame = embeddings_frame(embedding_rows(pk, items, model), matrix)
         frames.append(frame)
-        dimensions = result.vectors.shape[1] if result is not None else 0
-        context.add_asset_metadata(
-            {"dagster/row_count": len(frame), "dimensions": dimensions, "model": model}, partition_key=pk
-        )
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        metadata = {"dagster/row_count": len(frame), "dimensions": matrix.shape[1], "model": model}
+        context.add_asset_metadata({**metadata, **empty_metadata(len(frame))}, partition_key=pk)
+    kept = [frame for frame in frames if len(frame)] or frames[:1]  # an empty one would upcast the vectors
+    return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
 
 def build_embeddings_asset(
@@ -71,13 +88,15 @@ def build_embeddings_asset(
     name = asset_key(key, options.get("key_prefix"), "embeddings")
     source = dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping)
     defaults = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size}
+    partitions_def = partitions_def or upstream_partitions(upstream)
+    check_partitions(partitions_def, name)
     return define_asset(
         _embeddings(source.key, text_column, max_concurrency, options),
         key=name,
         config_class=config_class(EmbeddingConfig, name.to_python_identifier(), defaults),
         columns=EMBEDDING_COLUMNS,
         ins={"upstream": source},
-        partitions_def=partitions_def or upstream_partitions(upstream),
+        partitions_def=partitions_def,
         options=options,
         description=f"Embeddings of {source.key.to_user_string()}.{text_column}, one float32 column per dimension.",
         kinds={"openai"},

@@ -24,6 +24,7 @@ import pandas as pd
 
 from llm_assets.assets.options import PARTITION_COLUMN
 from llm_assets.engine.rows import AnswerRow, ColumnSpec, column, column_specs
+from llm_assets.errors import LLMAssetsError
 from llm_assets.redaction import redact
 
 
@@ -78,8 +79,12 @@ def answers_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def embeddings_frame(records: Sequence[Mapping[str, Any]], matrix: np.ndarray) -> pd.DataFrame:
+    """The embeddings frame of ``records`` and their vectors (no records: no rows, and as
+    many vector columns as ``matrix`` has, possibly none)."""
     meta = typed_frame(records, column_specs(EmbeddingRow))
-    matrix = np.asarray(matrix, dtype=np.float32).reshape(len(meta), -1)
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2:
+        matrix = matrix.reshape(len(meta), -1) if len(meta) else np.empty((0, 0), np.float32)
     values = pd.DataFrame(matrix, columns=[f"e{i}" for i in range(matrix.shape[1])], index=meta.index)
     return pd.concat([meta, values], axis=1)
 
@@ -93,23 +98,37 @@ def vectors(frame: pd.DataFrame) -> np.ndarray:
     return frame[vector_columns(frame)].to_numpy(dtype=np.float32)
 
 
-def by_partition(value: Any, partition_keys: Sequence[str | None]) -> dict[str | None, Any]:
-    """Split an upstream value into one value per partition key.
+def by_partition(value: Any, partition_keys: Sequence[str | None], where: str = "The value") -> dict[str | None, Any]:
+    """Split a value into one value per partition key it has (absent keys are left out).
 
     Accepts what I/O managers hand over: ``{partition_key: value}`` from a multi-partition
-    load, a DataFrame with a ``partition_key`` column, or a single value for one partition.
+    load, a DataFrame (or columnar dict) with a ``partition_key`` column, or a single value
+    for one partition. Unpartitioned (``[None]``), the value is taken whole.
     """
+    if len(partition_keys) == 1 and partition_keys[0] is None:
+        return {None: value}
     if isinstance(value, Mapping):
-        return {k: value[k] for k in partition_keys if k in value}
+        present = {k: value[k] for k in partition_keys if k in value}
+        if present:
+            return present
+        if PARTITION_COLUMN in value and len(partition_keys) > 1:
+            value = _columnar_frame(value, where)
     if len(partition_keys) == 1:
         return {partition_keys[0]: value}
     if isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns:
         groups = {k: part.reset_index(drop=True) for k, part in value.groupby(PARTITION_COLUMN, sort=False)}
         return {k: groups[k] for k in partition_keys if k in groups}
-    raise TypeError(
-        f"Cannot split a {type(value).__name__} across partitions {list(partition_keys)}: "
-        f"give it a '{PARTITION_COLUMN}' column."
+    raise LLMAssetsError(
+        f"{where} is a {type(value).__name__} that can't be split across partitions {list(partition_keys)[:10]}: "
+        f"give it a '{PARTITION_COLUMN}' column, or make it a {{partition_key: value}} dict."
     )
+
+
+def _columnar_frame(value: Mapping[str, Any], where: str) -> pd.DataFrame:
+    try:
+        return pd.DataFrame(dict(value))
+    except (ValueError, TypeError) as error:
+        raise LLMAssetsError(f"{where} is a dict that is not a table of columns ({error}).") from None
 
 
 def preview(

@@ -64,6 +64,22 @@ def asset_key(key: AssetKeyLike | None, key_prefix: Sequence[str] | str | None, 
     return result
 
 
+def check_partitions(partitions_def: dg.PartitionsDefinition | None, name: dg.AssetKey) -> None:
+    """Refuse a static partitions definition (or a dimension of a multi-partition one) with
+    no partitions: the asset could never be materialized per partition."""
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        dimensions = {d.name: d.partitions_def for d in partitions_def.partitions_defs}
+    else:
+        dimensions = {"": partitions_def}
+    for dimension, definition in dimensions.items():
+        if isinstance(definition, dg.StaticPartitionsDefinition) and not definition.get_partition_keys():
+            where = f"dimension {dimension!r} of " if dimension else ""
+            raise LLMAssetsError(
+                f"The {where}partitions_def of {name.to_user_string()} has no partitions: list at least one "
+                "partition key in dg.StaticPartitionsDefinition([...]), or pass partitions_def=None."
+            )
+
+
 def column_schema(columns: Mapping[str, ColumnSpec]) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[dg.TableColumn(name, kind, description) for name, (kind, _, description) in columns.items()]

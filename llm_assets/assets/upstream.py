@@ -10,11 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from llm_assets.assets.frames import by_partition
-from llm_assets.assets.options import AssetKeyLike
+from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike
 from llm_assets.errors import LLMAssetsError
+from llm_assets.http.checks import check_text
 from llm_assets.io_manager import stores_partition_ranges
 
 UpstreamAsset = dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
@@ -49,29 +51,55 @@ def run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> li
 
 
 def texts_of(value: Any, column: str, where: str) -> list[str]:
-    """The text column of an upstream value, checked to hold non-empty strings."""
-    if isinstance(value, pd.Series):
-        values = value.tolist()
-    elif isinstance(value, pd.DataFrame):
+    """The text column of an upstream value (a DataFrame, a Series, a ``{column: [...]}``
+    dict, a list of strings or one string), checked to hold non-empty, sendable strings."""
+    if isinstance(value, Mapping) and not isinstance(value, pd.DataFrame):
+        if column not in value:
+            raise LLMAssetsError(
+                f"{where} is a dict with keys {_listed(value)}, none of them {column!r}: return a DataFrame "
+                f"with a {column!r} column (or a {{{column!r}: [...]}} dict), or pass text_column= naming the key."
+            )
+        value = value[column]
+        value = [value] if isinstance(value, str) else value
+    if isinstance(value, pd.DataFrame):
         if column not in value.columns:
             raise LLMAssetsError(
-                f"{where} has no column {column!r} (columns: {list(value.columns)}): "
+                f"{where} has no column {column!r} (columns: {_listed(value.columns)}): "
                 "pass text_column= naming the column that holds the text."
             )
-        values = value[column].tolist()
-    elif isinstance(value, (list, tuple)):
-        values = list(value)
-    elif isinstance(value, str):
+        if (value.columns == column).sum() > 1:
+            raise LLMAssetsError(
+                f"{where} has {(value.columns == column).sum()} columns named {column!r}: rename or drop the "
+                "duplicates upstream so that one column holds the text."
+            )
+        value = value[column]
+    if isinstance(value, str):
         values = [value]
+    elif isinstance(value, (pd.Series, pd.Index, np.ndarray, list, tuple)) and np.ndim(value) == 1:
+        values = list(value)
     else:
-        raise LLMAssetsError(f"{where} is a {type(value).__name__}; expected a DataFrame with a {column!r} column.")
+        raise LLMAssetsError(
+            f"{where} is a {type(value).__name__}; expected a DataFrame with a {column!r} column, "
+            "a list of strings, or {partition_key: value}."
+        )
     for row, text in enumerate(values):
         if not isinstance(text, str) or not text.strip():
             raise LLMAssetsError(
-                f"{where} row {row} column {column!r} holds {text!r}, not text: "
+                f"{where} row {row} column {column!r} holds {_excerpt(text)}, not text: "
                 "fill or drop that row upstream (only non-empty strings can be sent)."
             )
+        check_text(text, f"{where} row {row} column {column!r}")
     return values
+
+
+def _listed(names: Any, count: int = 10) -> str:
+    names = [str(n) for n in names]
+    return repr(names[:count])[:-1] + (", …]" if len(names) > count else "]")
+
+
+def _excerpt(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "…"
 
 
 def log_missing(
@@ -92,9 +120,35 @@ def load_texts(
     column: str,
     key: dg.AssetKey,
 ) -> dict[str | None, list[str]]:
-    """The texts of each of this run's partitions of the upstream asset ``key`` (partitions
-    not materialized upstream are skipped, with a warning)."""
-    loaded = by_partition(value, partition_keys)
-    log_missing(context, loaded, [k for k in partition_keys if k is not None], key)
+    """The texts of each of this run's partitions of the upstream asset ``key``, every
+    partition present: one with no upstream value or no rows is empty (logged). An
+    upstream that has values but none for this run's partitions is an error."""
     where = f"Upstream {key.to_user_string()}"
-    return {pk: texts_of(part, column, f"{where} partition {pk!r}") for pk, part in loaded.items()}
+    loaded = by_partition(value, partition_keys, where)
+    if not loaded and _has_rows(value):
+        raise LLMAssetsError(
+            f"{where} has values, but none for this run's partitions {_listed(partition_keys)}: its "
+            f"{PARTITION_COLUMN!r} column or dict keys must be partition keys of this asset."
+        )
+    texts = {pk: texts_of(loaded[pk], column, _where(where, pk)) if pk in loaded else [] for pk in partition_keys}
+    empty = [str(pk) for pk, items in texts.items() if not items]
+    if empty:
+        what = f"partition(s) {_listed(empty)} have" if partition_keys != [None] else "it has"
+        context.log.info(f"{where}: {what} no rows, so nothing is sent for them and they are stored empty.")
+    return texts
+
+
+def _where(where: str, partition_key: str | None) -> str:
+    return where if partition_key is None else f"{where} partition {partition_key!r}"
+
+
+def _has_rows(value: Any) -> bool:
+    try:
+        return len(value) > 0
+    except TypeError:
+        return value is not None
+
+
+def empty_metadata(rows: int) -> dict[str, Any]:
+    """The metadata saying a partition is empty on purpose (nothing to send)."""
+    return {"empty": "No upstream rows: nothing was sent; stored as an empty frame."} if not rows else {}

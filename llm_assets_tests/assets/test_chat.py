@@ -205,7 +205,7 @@ def test_empty_prompt_after_filling(server, materialize):
         raise_on_error=False,
         run_config={"ops": {"answers": {"config": {"variables": {"topic": "  "}}}}},
     )
-    assert "The prompt of answers is empty once filled (partition None, row 0)" in failure_message(result)
+    assert "The prompt of answers is empty once filled (row 0)" in failure_message(result)
     assert server.stats.requests == []
 
 
