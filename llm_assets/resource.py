@@ -185,7 +185,9 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             check_header_name(name)
         for field in ("chat_model", "embedding_model"):
             if not getattr(self, field).strip():
-                raise LLMAssetsError(f"OpenAIResource({field}=...) is empty: name a model, e.g. gpt-4o-mini.")
+                raise LLMAssetsError(
+                    f"{field} is empty: set OpenAIResource({field}=...) to a model name, e.g. gpt-4o-mini."
+                )
         return {
             "api_key": api_key,
             "organization": self.organization,

@@ -75,10 +75,70 @@ def test_base_url_without_key_needs_no_key(server):
     assert server.usage.calls == 1
 
 
-@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.org", "127.0.0.1"])
+def set_up(resource: OpenAIResource) -> None:
+    resource.setup_for_execution(dg.build_init_resource_context())
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.org", "127.0.0.1", "http:///v1"])
 def test_malformed_base_url_is_a_clear_error(url):
     with pytest.raises(LLMAssetsError, match=r"base_url .* is not an http\(s\) URL"):
-        OpenAIResource(api_key=KEY, base_url=url).setup_for_execution(dg.build_init_resource_context())
+        set_up(OpenAIResource(api_key=KEY, base_url=url))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8O80/v1",
+        "http://127.0.0.1:99999/v1",
+        "http://127.0.0.1:0/v1",
+        "http://exa mple.org/v1",
+        "http://[::1/v1",
+    ],
+)
+def test_the_whole_base_url_is_validated_at_set_up(url, monkeypatch):
+    with pytest.raises(LLMAssetsError, match=r"^base_url .* is not a valid URL \(.+\): set OpenAIResource\(base_url"):
+        set_up(OpenAIResource(api_key=KEY, base_url=url))
+    monkeypatch.setenv("OPENAI_BASE_URL", url)  # the same check, naming where the URL came from
+    with pytest.raises(LLMAssetsError, match=r"^OPENAI_BASE_URL .* is not a valid URL"):
+        set_up(OpenAIResource(api_key=KEY))
+
+
+def test_credentials_in_a_bad_url_are_not_shown():
+    with pytest.raises(LLMAssetsError) as raised:
+        set_up(OpenAIResource(api_key=KEY, base_url="http://user:hunter2@127.0.0.1:8O80/v1"))
+    assert "hunter2" not in str(raised.value) and "//***@" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://api.openai.com/v1", "https://API.OpenAI.com/v1/", "https://eu.api.openai.com/v1"]
+)
+def test_openai_itself_never_goes_without_a_key(url):
+    with pytest.raises(LLMAssetsError, match="No OpenAI API key"):
+        set_up(OpenAIResource(base_url=url))
+    with pytest.raises(LLMAssetsError, match="No OpenAI API key"):
+        set_up(OpenAIResource(api_key="", base_url=url))
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"api_key": "sk-abc\ndef"}, "api_key"),
+        ({"api_key": "sk-abc\u200bdef"}, "api_key"),  # a zero-width space pasted with the key
+        ({"organization": "org-é"}, "organization"),
+        ({"project": "proj\r\nX-Evil: 1"}, "project"),
+        ({"default_headers": {"X-Team": "données"}}, "default_headers['X-Team']"),
+        ({"default_headers": {"X Team": "data"}}, "default_headers has the name 'X Team'"),
+        ({"chat_model": " "}, "chat_model"),
+        ({"embedding_model": ""}, "embedding_model"),
+    ],
+)
+def test_fields_http_cannot_carry_fail_at_set_up_naming_the_field(server, fields, named):
+    resource = OpenAIResource(**{"api_key": KEY, "base_url": server.base_url, **fields})
+    with pytest.raises(LLMAssetsError) as raised:
+        set_up(resource)
+    assert str(raised.value).startswith(named)
+    assert "sk-abc" not in str(raised.value)  # a key is never shown, even a broken one
+    assert server.stats.requests == []
 
 
 def test_timeout_retries_and_headers_reach_the_client(server):

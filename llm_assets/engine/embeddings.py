@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from llm_assets.accounting.limits import estimate_tokens
-from llm_assets.engine.calls import Call
+from llm_assets.engine.calls import Call, LLMRequestError
 
 #: The embeddings endpoint takes at most this many inputs per request…
 MAX_EMBEDDING_INPUTS = 2048
@@ -72,7 +72,10 @@ def _read(body: dict[str, Any], cached: bool, latency: float, expected: int) -> 
     ordered = sorted(body["data"], key=lambda d: d["index"])
     if [d["index"] for d in ordered] != list(range(expected)):
         raise ValueError(f"{len(ordered)} embeddings for {expected} inputs")
-    return EmbeddingResult(body.get("model"), np.stack([vector(d["embedding"]) for d in ordered]), int(cached))
+    matrix = np.stack([vector(d["embedding"]) for d in ordered])
+    if not matrix.shape[1]:
+        raise ValueError("empty embedding vectors")
+    return EmbeddingResult(body.get("model"), matrix, int(cached))
 
 
 class EmbeddingPlan:
@@ -107,6 +110,12 @@ class EmbeddingPlan:
         parts: dict[str | None, list[EmbeddingResult]] = {}
         for batch, result in zip(self.batches, results, strict=True):
             parts.setdefault(batch.partition_key, []).append(result)
+        widths = {r.vectors.shape[1] for rs in parts.values() for r in rs}
+        if len(widths) > 1:
+            raise LLMRequestError(
+                f"The server answered embeddings of different dimensions {sorted(widths)} within one run: "
+                "pin the embedding model (and dimensions) so every request gets the same."
+            )
         return {
             pk: EmbeddingResult(rs[-1].model, np.vstack([r.vectors for r in rs]), sum(r.cache_hits for r in rs))
             for pk, rs in parts.items()

@@ -13,6 +13,7 @@ import re
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.pools import httpx
 
+_HOST = re.compile(r"^[A-Za-z0-9._:-]+$")  # a name, IPv4 or IPv6 address (IDNs arrive punycoded)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 header field name
 _HINT = "set OpenAIResource(base_url=...) or OPENAI_BASE_URL to e.g. http://127.0.0.1:8000/v1, or unset it for OpenAI"
 
@@ -30,6 +31,12 @@ def check_base_url(url: str, field: str) -> httpx.URL:
         raise LLMAssetsError(f"{field} {_shown(url)!r} is not a valid URL ({error}): {_HINT}.") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise LLMAssetsError(f"{field} {_shown(url)!r} is not an http(s) URL with a host: {_HINT}.")
+    if not _HOST.match(parsed.raw_host.decode("ascii")):
+        raise LLMAssetsError(f"{field} {_shown(url)!r} is not a valid URL (invalid host {parsed.host!r}): {_HINT}.")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise LLMAssetsError(
+            f"{field} {_shown(url)!r} is not a valid URL (port {parsed.port} is not in 1-65535): {_HINT}."
+        )
     return parsed
 
 

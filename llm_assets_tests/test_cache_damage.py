@@ -1,0 +1,146 @@
+"""Damaged cache state heals by itself: damaged entries are misses (logged once, then
+overwritten), writes are durable, a bad location fails at set-up, a failing store loses
+nothing."""
+
+import json
+import os
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from llm_assets import LLMAssetsError, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
+from llm_assets.cache import CacheKeys, RequestCache
+from llm_assets_tests.conftest import event_of, metadata_values, usage_metadata
+
+QUESTIONS = [f"question {i} about damage" for i in range(12)]
+
+
+@dg.asset
+def questions() -> pd.DataFrame:
+    return pd.DataFrame({"question": QUESTIONS})
+
+
+answers = build_chat_answers_asset(key="answers", upstream=questions, text_column="question", prompt="{text}")
+embeddings = build_embeddings_asset(key="embeddings", upstream=questions, text_column="question", batch_size=2)
+
+
+def damage_chat(body: bytes) -> list[bytes]:
+    """Every way a chat entry was seen to break a re-run, and a few more."""
+    payload = json.loads(body)
+    no_message = {**payload, "choices": [{"finish_reason": "stop", "message": None}]}
+    return [
+        body[: len(body) // 2],  # truncated
+        b"",  # empty
+        b"\0" * len(body),  # zero-filled (power loss)
+        os.urandom(64),  # random bytes
+        b'{"choices": []}',
+        b"null",
+        b"[]",
+        json.dumps(no_message).encode(),
+        json.dumps({**payload, "choices": [{"message": {"content": ["not", "text"]}}]}).encode(),
+    ]
+
+
+def damage_embeddings(body: bytes) -> list[bytes]:
+    payload = json.loads(body)
+    return [
+        b"",
+        b'{"data": []}',
+        json.dumps({**payload, "data": payload["data"][:1]}).encode(),  # one vector for two texts
+        json.dumps({**payload, "data": [{**d, "embedding": "%%%"} for d in payload["data"]]}).encode(),
+        json.dumps({**payload, "data": [{**d, "embedding": []} for d in payload["data"]]}).encode(),
+    ]
+
+
+def entries(root) -> list:
+    return sorted(RequestCache(root).root.glob("*/*.json"), key=str)
+
+
+def warnings_about(instance, run_id, text: str) -> list[str]:
+    return [e.user_message for e in instance.all_logs(run_id) if text in e.user_message]
+
+
+@pytest.mark.parametrize(("asset", "damage"), [(answers, damage_chat), (embeddings, damage_embeddings)])
+def test_damaged_entries_are_misses_logged_once_then_overwritten(
+    server, materialize, instance, tmp_path, asset, damage
+):
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path / "cache"))
+    first = materialize([questions, asset], resource).output_for_node(asset.key.path[-1])
+    sent = len(server.stats.requests)
+    files = entries(tmp_path / "cache")
+    forms = damage(files[0].read_bytes())
+    assert len(files) >= len(forms)
+    for path, broken in zip(files, forms, strict=False):
+        path.write_bytes(broken)
+
+    second = materialize([questions, asset], resource)
+    assert len(server.stats.requests) == sent + len(forms)  # exactly the damaged ones asked again
+    pd.testing.assert_frame_equal(
+        first.drop(columns=["latency_s", "cached"], errors="ignore"),
+        second.output_for_node(asset.key.path[-1]).drop(columns=["latency_s", "cached"], errors="ignore"),
+    )
+    for path in files[: len(forms)]:
+        assert warnings_about(instance, second.run_id, str(path)) != []  # logged, with its path…
+        json.loads(path.read_bytes())  # …and healed by the fresh answer
+    assert len(warnings_about(instance, second.run_id, "Ignoring the damaged request cache entry")) == len(forms)
+
+    third = materialize([questions, asset], resource)
+    assert len(server.stats.requests) == sent + len(forms)  # all answered from the cache again
+    assert warnings_about(instance, third.run_id, "Ignoring the damaged") == []
+
+
+def test_a_damaged_entry_read_by_a_client_is_a_miss_too(server, materialize, tmp_path):
+    @dg.asset
+    def ask(context: dg.AssetExecutionContext, openai: OpenAIResource) -> str:
+        with openai.get_client(context, cache=True) as client:
+            reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        return reply.choices[0].message.content
+
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path))
+    materialize([ask], resource)
+    (entry,) = entries(tmp_path)
+    entry.write_bytes(b'{"choices": []}')
+    result = materialize([ask], resource)
+    assert result.output_for_node("ask") and len(server.stats.requests) == 2
+    assert json.loads(entry.read_bytes())["choices"]  # overwritten
+
+
+def test_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
+    key = CacheKeys("http://x/v1").key("/embeddings", {"input": "a"})
+    RequestCache(tmp_path).put(key, b"{}")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]  # file, rename, directory
+    assert events[0][1] == events[1][1] and events[0][1].endswith(".tmp")
+    assert events[2][1] == str(tmp_path / key[:2])
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_a_cache_location_that_cannot_hold_entries_fails_at_set_up(server, materialize, tmp_path, where):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file")
+    cache_dir = blocker if where == "file" else blocker / "cache"
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(cache_dir))
+    with pytest.raises(LLMAssetsError, match=r"request cache can't be written at .*: set OpenAIResource\(cache_dir="):
+        resource.setup_for_execution(dg.build_init_resource_context())
+    result = materialize([questions, answers], resource, raise_on_error=False)
+    assert not result.success and server.stats.requests == []  # nothing sent, nothing billed
+
+
+def test_a_store_that_fails_mid_run_loses_no_billed_answer(server, materialize, instance, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    for shard in range(256):  # every entry's directory is taken by a file: each store fails
+        (cache_dir / f"{shard:02x}").write_text("in the way")
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(cache_dir))
+    result = materialize([questions, answers], resource)
+    frame = result.output_for_node("answers")
+    assert frame["answer"].notna().all() and len(frame) == len(QUESTIONS) == server.usage.calls
+    event = event_of(result, "answers")
+    assert usage_metadata(event)["openai.cache_store_failures"] == len(QUESTIONS)
+    assert usage_metadata(event)["openai.calls"] == len(QUESTIONS)
+    assert len(warnings_about(instance, result.run_id, "Could not store an answer in the request cache")) == 1
+    assert metadata_values(event)["answers_from_cache"] == 0
