@@ -118,7 +118,12 @@ class _Exchange:
 
 
 def failure_kind(error: httpx.TransportError) -> str:
-    """``"timeout"`` or ``"connection"``: how a request failed without a response."""
+    """``"timeout"`` or ``"connection"``: how a request failed without a response. The
+    SDK's aiohttp transport raises ``ConnectTimeout`` for every connection error (a server
+    that hung up too), so its cause decides there."""
+    cause = error.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        return "timeout" if isinstance(cause, TimeoutError) else "connection"
     return "timeout" if isinstance(error, httpx.TimeoutException) else "connection"
 
 

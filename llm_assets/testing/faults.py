@@ -4,7 +4,6 @@ that fails a seeded, random share of requests the way real servers and networks 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import threading
 import time
@@ -12,17 +11,41 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-FAULTS = ("429", "500", "503", "slow", "drop", "malformed")
+FAULTS = ("429", "500", "503", "slow", "drop", "cut", "malformed")
+
+
+def inject_fault(handler: BaseHTTPRequestHandler, kind: str, slow_seconds: float = 1.0, retry_after: str = "1") -> None:
+    """Answer the request ``handler`` serves with the fault ``kind`` (one of :data:`FAULTS`):
+    ``429`` (with ``Retry-After``), ``500``, ``503``, ``slow`` (no answer before
+    ``slow_seconds``, then the connection closes), ``drop`` (closed without an answer),
+    ``cut`` (HTTP 200 whose body stops halfway, then the connection closes) and
+    ``malformed`` (HTTP 200 with a complete body that is not JSON). None is billed."""
+    if kind in ("429", "500", "503"):
+        handler._json(
+            int(kind),
+            {"error": {"message": f"injected {kind}", "type": "server_error"}},
+            headers={"retry-after": retry_after} if kind == "429" else None,
+        )
+    elif kind in ("malformed", "cut"):
+        payload = b'{"choices": [{"message": '
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(payload) * (2 if kind == "cut" else 1)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+        handler.close_connection = kind == "cut"
+    else:
+        if kind == "slow":
+            time.sleep(slow_seconds)
+        handler.close_connection = True
+        with contextlib.suppress(OSError):
+            handler.connection.shutdown(2)
 
 
 class FaultInjector:
     """A ``fault`` hook for :class:`ScriptedOpenAIServer`: each request fails, with a
-    fault drawn from ``kinds``, with probability ``rate`` (seeded, so runs repeat).
-
-    Faults: ``429`` (with ``Retry-After``), ``500``, ``503``, ``slow`` (no answer before
-    ``slow_seconds``, then the connection closes), ``drop`` (connection closed without an
-    answer) and ``malformed`` (HTTP 200 with a body that is not JSON). None is billed.
-    """
+    fault drawn from ``kinds`` (see :func:`inject_fault`), with probability ``rate``
+    (seeded, so runs repeat)."""
 
     def __init__(
         self,
@@ -32,7 +55,6 @@ class FaultInjector:
         slow_seconds: float = 1.0,
         retry_after: str = "1",
     ) -> None:
-
         self.rate, self.kinds, self.slow_seconds, self.retry_after = rate, kinds, slow_seconds, retry_after
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -44,26 +66,5 @@ class FaultInjector:
                 return False
             kind = self._random.choice(self.kinds)
             self.injected[kind] += 1
-        if kind in ("429", "500", "503"):
-            payload = json.dumps({"error": {"message": f"injected {kind}", "type": "server_error"}}).encode()
-            handler.send_response(int(kind))
-            if kind == "429":
-                handler.send_header("retry-after", self.retry_after)
-            handler.send_header("content-type", "application/json")
-            handler.send_header("content-length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
-        elif kind == "malformed":
-            payload = b'{"choices": [{"message": '
-            handler.send_response(200)
-            handler.send_header("content-type", "application/json")
-            handler.send_header("content-length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
-        else:
-            if kind == "slow":
-                time.sleep(self.slow_seconds)
-            handler.close_connection = True
-            with contextlib.suppress(OSError):
-                handler.connection.shutdown(2)
+        inject_fault(handler, kind, self.slow_seconds, self.retry_after)
         return True

@@ -231,10 +231,12 @@ class _Handler(BaseHTTPRequestHandler):
         compression = self.server.scripted.compression
         return compression if encoding.accepts(self.headers.get("accept-encoding"), compression) else None
 
-    def _json(self, status: int, payload: Any) -> None:
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         compression = self._compression()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("content-type", "application/json")
         if compression:
             data = encoding.compress(compression, data)

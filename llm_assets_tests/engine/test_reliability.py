@@ -1,11 +1,12 @@
 """Faults, crashes and per-item failures lose nothing and bill nothing twice."""
 
 import dagster as dg
+import openai
 import pandas as pd
 import pytest
 
 from llm_assets import OpenAIResource, build_chat_answers_asset
-from llm_assets.testing import FAULTS, FaultInjector
+from llm_assets.testing import FAULTS, FaultInjector, inject_fault
 from llm_assets_tests.conftest import event_of, failure_message, metadata_values, usage_metadata
 
 N = 1000
@@ -34,7 +35,44 @@ def test_thousand_requests_with_ten_percent_faults_complete_exactly_once(server,
     recorded = usage_metadata(event_of(result, "answers"))
     assert recorded["openai.calls"] == N == server.usage.calls  # each success counted once
     assert recorded["openai.total_tokens"] == server.usage.total_tokens
-    assert recorded["openai.failed_attempts"] >= sum(injector.injected.values()) - injector.injected["slow"]
+    assert recorded["openai.failed_attempts"] == sum(injector.injected.values())  # every kind counted
+    for kind, counted in COUNTED_AS.items():
+        assert recorded.get(f"openai.failed_attempts.{counted}", 0) >= injector.injected[kind]
+
+
+#: The metadata kind (``openai.failed_attempts.<kind>``) each injected fault counts as.
+COUNTED_AS = {"429": "429", "500": "500", "503": "503", "drop": "connection", "cut": "connection"}
+COUNTED_AS |= {"slow": "timeout", "malformed": "malformed"}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_every_failed_attempt_is_counted_by_its_kind(server, materialize, monkeypatch, fault):
+    @dg.asset
+    def four() -> pd.DataFrame:
+        return pd.DataFrame({"text": PROMPTS[:4]})
+
+    few = build_chat_answers_asset(key="few", upstream=four, text_column="text", prompt="{text}")
+    failed_once: set[str] = set()
+
+    def first_attempt_fails(handler, body):
+        prompt = body["messages"][0]["content"]
+        if prompt in failed_once:
+            return False
+        failed_once.add(prompt)
+        inject_fault(handler, fault, slow_seconds=1.0, retry_after="0")
+        return True
+
+    async def no_wait(seconds: float) -> None:  # the SDK's retry backoff, skipped
+        return None
+
+    monkeypatch.setattr(openai._base_client.anyio, "sleep", no_wait)
+    server.fault = first_attempt_fails
+    resource = OpenAIResource(base_url=server.base_url, timeout=0.5, max_retries=2)
+    result = materialize([four, few], resource)
+    assert result.output_for_node("few")["error"].isna().all()
+    recorded = usage_metadata(event_of(result, "few"))
+    assert recorded[f"openai.failed_attempts.{COUNTED_AS[fault]}"] == 4 == recorded["openai.failed_attempts"]
+    assert recorded["openai.calls"] == 4 == server.usage.calls
 
 
 def test_non_retryable_error_fails_fast_with_the_servers_message_and_the_item(server, materialize):
