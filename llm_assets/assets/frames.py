@@ -109,10 +109,14 @@ def by_partition(value: Any, partition_keys: Sequence[str | None], where: str = 
         return {None: value}
     if isinstance(value, Mapping):
         present = {k: value[k] for k in partition_keys if k in value}
-        if present:
-            return present
-        if PARTITION_COLUMN in value and len(partition_keys) > 1:
-            value = _columnar_frame(value, where)
+        if present or len(partition_keys) == 1:
+            return present or {partition_keys[0]: value}
+        if PARTITION_COLUMN not in value:
+            raise LLMAssetsError(
+                f"{where} is a dict with keys {[str(k) for k in value][:10]}, none of them a partition of this "
+                f"run {list(partition_keys)[:10]}: key it by partition, or give it a '{PARTITION_COLUMN}' column."
+            )
+        value = _columnar_frame(value, where)
     if len(partition_keys) == 1:
         return {partition_keys[0]: value}
     if isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns:

@@ -1,0 +1,157 @@
+"""What the factories read: empty partitions materialize as empty, and every bad upstream
+or run config fails with one error naming the field, before any request is sent."""
+
+import re
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from llm_assets import LLMAssetsError, build_chat_answers_asset, build_embeddings_asset
+from llm_assets.assets.frames import ANSWER_COLUMNS, EMBEDDING_COLUMNS
+from llm_assets.assets.upstream import load_texts
+from llm_assets_tests.conftest import CAPTAINS, captains, event_of, failure_message, metadata_values
+
+
+def upstream_of(value) -> dg.AssetsDefinition:
+    @dg.asset(key="texts")
+    def texts() -> object:
+        return value
+
+    return texts
+
+
+def answers_of(upstream, **kwargs) -> dg.AssetsDefinition:
+    return build_chat_answers_asset(key="answers", upstream=upstream, text_column="text", prompt="{text}", **kwargs)
+
+
+def embeddings_of(upstream) -> dg.AssetsDefinition:
+    return build_embeddings_asset(key="embeddings", upstream=upstream, text_column="text")
+
+
+@dg.asset(partitions_def=captains, backfill_policy=dg.BackfillPolicy.single_run())
+def notes(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    """Two notes per captain, none for Kirk."""
+    rows = [(pk, f"{pk} note {i}") for pk in context.partition_keys if pk != "Kirk" for i in range(2)]
+    return pd.DataFrame(rows, columns=["partition_key", "text"])
+
+
+# -- empty partitions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [answers_of, embeddings_of])
+def test_an_empty_upstream_materializes_as_an_empty_frame(server, materialize, factory):
+    upstream = upstream_of(pd.DataFrame({"text": pd.Series([], dtype=object)}))
+    asset = factory(upstream)
+    result = materialize([upstream, asset])
+    frame = result.output_for_node(asset.key.path[-1])
+    assert len(frame) == 0 and server.stats.requests == []
+    documented = (
+        ANSWER_COLUMNS if factory is answers_of else {c: s for c, s in EMBEDDING_COLUMNS.items() if "…" not in c}
+    )
+    assert list(documented) == list(frame.columns)[: len(documented)]
+    meta = metadata_values(event_of(result, asset.key.to_user_string()))
+    assert meta["dagster/row_count"] == 0 and "nothing was sent" in meta["empty"]
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_a_single_run_backfill_with_an_empty_partition_stores_it_empty(server, materialize, instance, per_row):
+    answers = answers_of(notes, one_request_per_row=per_row)
+    embeddings = build_embeddings_asset(key="embeddings", upstream=answers)
+    for _ in range(2):  # and again: nothing is refused, the re-run comes from the cache
+        result = materialize([notes, answers, embeddings], partitions=CAPTAINS)
+    assert len(server.stats.requests) == (4 if per_row else 2) + 2  # answers, then one embedding batch each
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path != ["notes"]]
+    assert sorted(e.partition for e in events) == sorted(CAPTAINS * 2)  # every partition materialized
+    for event in events:
+        meta = metadata_values(event)
+        assert (meta["dagster/row_count"] == 0) == (event.partition == "Kirk") == ("empty" in meta)
+    stored = instance.storage_directory()
+    kirk_answers = pd.read_pickle(f"{stored}/answers/Kirk")
+    kirk_vectors = pd.read_pickle(f"{stored}/embeddings/Kirk")
+    assert len(kirk_answers) == 0 and list(kirk_answers.columns)[: len(ANSWER_COLUMNS)] == list(ANSWER_COLUMNS)
+    assert len(kirk_vectors) == 0 and "e0" in kirk_vectors.columns  # the run's vector columns, no rows
+    assert kirk_vectors["e0"].dtype == np.float32
+    picard = pd.read_pickle(f"{stored}/embeddings/Jean-Luc Picard")
+    assert picard["e0"].dtype == np.float32 and len(picard) == (2 if per_row else 1)
+
+
+# -- bad upstream values ----------------------------------------------------------------------
+
+
+def test_a_dict_of_columns_is_read_as_a_table(server, materialize):
+    result = materialize([upstream_of({"text": ["a", "b", "c"]}), answers_of("texts")])
+    assert result.output_for_node("answers")["prompt"].tolist() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"body": ["a", "b"]}, r"is a dict with keys \['body'\], none of them 'text'"),
+        (pd.DataFrame([["a", "b"]], columns=["text", "text"]), r"has 2 columns named 'text': rename or drop"),
+        (pd.DataFrame({"text": ["fine", 7]}), r"row 1 column 'text' holds 7, not text"),
+        (pd.DataFrame({"text": ["fine", None]}), r"row 1 column 'text' holds (None|nan), not text"),
+        (pd.DataFrame({"words": ["a"]}), r"has no column 'text' \(columns: \['words'\]\)"),
+        (42, r"is a int; expected a DataFrame with a 'text' column"),
+        (pd.DataFrame({"text": ["ok", "bad \ud800 text"]}), r"row 1 column 'text' holds '\\ud800' at character 4"),
+    ],
+)
+@pytest.mark.parametrize("factory", [answers_of, embeddings_of])
+def test_bad_upstream_values_fail_before_any_request(server, materialize, factory, value, message):
+    result = materialize([upstream_of(value), factory("texts")], raise_on_error=False)
+    assert not result.success and server.stats.requests == []
+    error = failure_message(result)
+    assert "LLMAssetsError" in error and "Upstream texts" in error
+    assert re.search(message, error), error
+
+
+def test_rows_for_partitions_outside_the_run_are_refused_not_dropped(server, materialize):
+    @dg.asset(key="texts", partitions_def=captains, backfill_policy=dg.BackfillPolicy.single_run())
+    def texts(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        return pd.DataFrame({"partition_key": ["Kirk", "Uhura"], "text": ["x", "y"]})
+
+    chat = build_chat_answers_asset(key="answers", upstream=texts, text_column="text", prompt="{text}")
+    result = materialize([texts, chat], partitions=CAPTAINS, raise_on_error=False)
+    assert not result.success and server.stats.requests == []
+    assert "Output of texts has rows whose 'partition_key' is not a partition of this run (['Uhura'])" in (
+        failure_message(result)
+    )
+
+
+def test_an_upstream_with_none_of_the_runs_partitions_is_an_error():
+    context = dg.build_asset_context()
+    value = pd.DataFrame({"partition_key": ["Uhura"], "text": ["x"]})
+    with pytest.raises(LLMAssetsError, match=r"Upstream texts has values, but none for this run's partitions"):
+        load_texts(context, value, ["Kirk", "Picard"], "text", dg.AssetKey("texts"))
+    with pytest.raises(LLMAssetsError, match=r"Upstream texts is a dict with keys \['Uhura'\], none of them a partit"):
+        load_texts(context, {"Uhura": value}, ["Kirk", "Picard"], "text", dg.AssetKey("texts"))
+
+
+# -- bad run config and definitions -----------------------------------------------------------
+
+
+def test_unsendable_text_in_run_config_names_the_prompt_and_row(server, materialize):
+    answers = build_chat_answers_asset(key="answers", prompt="{question}", question="fine")
+    config = {"ops": {"answers": {"config": {"question": "why \udcff?"}}}}
+    result = materialize([answers], run_config=config, raise_on_error=False)
+    assert "The prompt of answers (row 0) holds '\\udcff' at character 4" in failure_message(result)
+    assert server.stats.requests == []
+
+
+@pytest.mark.parametrize(
+    "partitions_def",
+    [
+        dg.StaticPartitionsDefinition([]),
+        dg.MultiPartitionsDefinition(
+            {"captain": dg.StaticPartitionsDefinition(["Kirk"]), "topic": dg.StaticPartitionsDefinition([])}
+        ),
+    ],
+)
+def test_an_empty_partitions_definition_is_refused_when_the_factory_is_called(partitions_def):
+    with pytest.raises(LLMAssetsError, match=r"partitions_def of answers has no partitions: list at least one"):
+        build_chat_answers_asset(key="answers", partitions_def=partitions_def, prompt="Hi {partition_key}")
+    with pytest.raises(LLMAssetsError, match=r"partitions_def of answers has no partitions"):
+        build_chat_answers_asset(key="answers", partitions_def=partitions_def, prompt="Hi")
+    with pytest.raises(LLMAssetsError, match=r"partitions_def of embeddings has no partitions"):
+        build_embeddings_asset(key="embeddings", upstream="texts", partitions_def=partitions_def)
