@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import openai
+import pandas as pd
 import pytest
 
 from llm_assets import LLMAssetsError, OpenAIResource, vectors
@@ -69,7 +70,7 @@ def test_selection_follows_the_environment(monkeypatch):
     assert type(openai_resource_from_env(chat_model="gpt-4.1")) is OpenAIResource
 
 
-def test_captains_offline_end_to_end(instance):
+def test_captains_offline_end_to_end_then_again_from_the_cache(instance):
     example = importlib.reload(importlib.import_module("llm_assets.examples.captains"))
     assert isinstance(example.defs.resources["openai"], LocalOpenAIResource)
     before = server_pids()
@@ -116,6 +117,20 @@ def test_captains_offline_end_to_end(instance):
     assert len(urls) == 2
     assert not any(listening(int(u.split(":")[2].split("/")[0])) for u in urls)
     assert wait_gone(server_pids() - before) == set()
+
+    # Again, on new local servers (new ports): everything comes from the request cache.
+    again = {}
+    for asset, tags in ((pipeline.answers, everyone), (pipeline.embeddings, everyone), (pipeline.plot, {})):
+        again[asset.key] = dg.materialize(
+            assets, selection=[asset.key], resources=resources, instance=instance, tags=tags
+        )
+    for key in (pipeline.answers.key, pipeline.embeddings.key):
+        for event in again[key].get_asset_materialization_events():
+            recorded = usage_metadata(event)
+            assert recorded["openai.calls"] == 0 and recorded["openai.cache_hits"] == 1, recorded
+    pd.testing.assert_frame_equal(
+        again[pipeline.plot.key].output_for_node("captains__answer_map"), plot.output_for_node("captains__answer_map")
+    )  # the same map
 
 
 def test_backend_is_stopped_after_a_failing_asset(instance):
