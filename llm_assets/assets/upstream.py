@@ -67,12 +67,12 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
                 f"{where} has no column {column!r} (columns: {_listed(value.columns)}): "
                 "pass text_column= naming the column that holds the text."
             )
-        if (value.columns == column).sum() > 1:
+        value = value[column]
+        if isinstance(value, pd.DataFrame):  # duplicate names, or a level of MultiIndex columns
             raise LLMAssetsError(
-                f"{where} has {(value.columns == column).sum()} columns named {column!r}: rename or drop the "
+                f"{where} has {value.shape[1]} columns named {column!r}: rename or drop the "
                 "duplicates upstream so that one column holds the text."
             )
-        value = value[column]
     if isinstance(value, str):
         values = [value]
     elif isinstance(value, (pd.Series, pd.Index, np.ndarray, list, tuple)) and np.ndim(value) == 1:

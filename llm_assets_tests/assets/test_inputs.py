@@ -90,6 +90,7 @@ def test_a_dict_of_columns_is_read_as_a_table(server, materialize):
     [
         ({"body": ["a", "b"]}, r"is a dict with keys \['body'\], none of them 'text'"),
         (pd.DataFrame([["a", "b"]], columns=["text", "text"]), r"has 2 columns named 'text': rename or drop"),
+        (pd.DataFrame([["a", "b"]], columns=pd.MultiIndex.from_tuples([("text", "x"), ("text", "y")])), "2 columns"),
         (pd.DataFrame({"text": ["fine", 7]}), r"row 1 column 'text' holds 7, not text"),
         (pd.DataFrame({"text": ["fine", None]}), r"row 1 column 'text' holds (None|nan), not text"),
         (pd.DataFrame({"words": ["a"]}), r"has no column 'text' \(columns: \['words'\]\)"),

@@ -70,18 +70,26 @@ def test_selection_follows_the_environment(monkeypatch):
     assert type(openai_resource_from_env(chat_model="gpt-4.1")) is OpenAIResource
 
 
-def test_captains_offline_end_to_end_then_again_from_the_cache(instance):
-    example = importlib.reload(importlib.import_module("llm_assets.examples.captains"))
-    assert isinstance(example.defs.resources["openai"], LocalOpenAIResource)
-    before = server_pids()
-    assets, resources, pipeline = list(example.pipeline), example.defs.resources, example.pipeline
+def materialize_captains(example, instance) -> list[dg.ExecuteInProcessResult]:
+    """Answers (all captains in one run), then embeddings, then the map, as from the UI."""
+    pipeline = example.pipeline
     everyone = {
         "dagster/asset_partition_range_start": example.CAPTAINS[0],
         "dagster/asset_partition_range_end": example.CAPTAINS[-1],
     }
-    answers = dg.materialize(
-        assets, selection=[pipeline.answers.key], resources=resources, instance=instance, tags=everyone
-    )
+    return [
+        dg.materialize(
+            list(pipeline), selection=[asset.key], resources=example.defs.resources, instance=instance, tags=tags
+        )
+        for asset, tags in ((pipeline.answers, everyone), (pipeline.embeddings, everyone), (pipeline.plot, {}))
+    ]
+
+
+def test_captains_offline_end_to_end_then_again_from_the_cache(instance):
+    example = importlib.reload(importlib.import_module("llm_assets.examples.captains"))
+    assert isinstance(example.defs.resources["openai"], LocalOpenAIResource)
+    before = server_pids()
+    answers, embeddings, plot = materialize_captains(example, instance)
     frame = answers.output_for_node("captains__answers")
     assert sorted(frame["partition_key"]) == sorted(example.CAPTAINS)
     assert all(len(a.split()) >= 3 for a in frame["answer"])  # real model text
@@ -94,9 +102,6 @@ def test_captains_offline_end_to_end_then_again_from_the_cache(instance):
         assert recorded[f"openai.{CHAT_MODEL}.completion_tokens"] == row["completion_tokens"] > 0
         assert recorded["openai.total_tokens"] == row["total_tokens"]
 
-    embeddings = dg.materialize(
-        assets, selection=[pipeline.embeddings.key], resources=resources, instance=instance, tags=everyone
-    )
     embedded = embeddings.output_for_node("captains__embeddings")
     matrix = vectors(embedded)
     assert matrix.shape == (len(example.CAPTAINS), EMBEDDING_DIMENSIONS)
@@ -109,7 +114,6 @@ def test_captains_offline_end_to_end_then_again_from_the_cache(instance):
         recorded = usage_metadata(event)
         assert recorded[f"openai.{EMBEDDING_MODEL}.prompt_tokens"] == counter.token_count(text, False)
 
-    plot = dg.materialize(assets, selection=[pipeline.plot.key], resources=resources, instance=instance)
     png = plot.get_asset_materialization_events()[0].materialization.metadata["plot_path"].value
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
 
@@ -119,18 +123,13 @@ def test_captains_offline_end_to_end_then_again_from_the_cache(instance):
     assert wait_gone(server_pids() - before) == set()
 
     # Again, on new local servers (new ports): everything comes from the request cache.
-    again = {}
-    for asset, tags in ((pipeline.answers, everyone), (pipeline.embeddings, everyone), (pipeline.plot, {})):
-        again[asset.key] = dg.materialize(
-            assets, selection=[asset.key], resources=resources, instance=instance, tags=tags
-        )
-    for key in (pipeline.answers.key, pipeline.embeddings.key):
-        for event in again[key].get_asset_materialization_events():
+    answers, embeddings, again = materialize_captains(example, instance)
+    for result in (answers, embeddings):
+        for event in result.get_asset_materialization_events():
             recorded = usage_metadata(event)
             assert recorded["openai.calls"] == 0 and recorded["openai.cache_hits"] == 1, recorded
-    pd.testing.assert_frame_equal(
-        again[pipeline.plot.key].output_for_node("captains__answer_map"), plot.output_for_node("captains__answer_map")
-    )  # the same map
+    the_map = "captains__answer_map"
+    pd.testing.assert_frame_equal(again.output_for_node(the_map), plot.output_for_node(the_map))  # the same map
 
 
 def test_backend_is_stopped_after_a_failing_asset(instance):
