@@ -10,8 +10,8 @@ same function, so the two always agree.
 :class:`RequestCache` stores the response bodies as the server sent them, one file each,
 under any fsspec / UPath location (local disk, ``s3://…``, ``memory://…``). Writes are
 atomic and durable (temp file, ``fsync``, rename on local disks; one PUT on object
-stores), so neither concurrent writers nor a power loss leave a partial entry; an entry
-damaged some other way fails :func:`entry_problem` and is treated as a miss.
+stores), so neither concurrent writers nor a power loss leave a partial entry. Entries
+are validated when read (:mod:`llm_assets.http.answers`): a damaged one is a miss.
 
 Example:
     >>> keys = CacheKeys("http://127.0.0.1:8000/v1")
@@ -27,6 +27,7 @@ import enum
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from typing import Any
 
@@ -98,64 +99,35 @@ class CacheKeys:
         return self.key(url[len(self.base_url) :], payload)
 
 
-def entry_problem(endpoint: str, payload: Any) -> str | None:
-    """Why a cached body can't be the answer of a POST to ``endpoint`` (``None``: it can).
-
-    Checks the shape the SDK and the engine read: a JSON object, with a non-empty
-    ``choices`` list of objects (completions), ``data`` list of objects (embeddings) or
-    ``output`` list (Responses API).
-
-    Example:
-        >>> entry_problem("/chat/completions", {"choices": []})
-        "'choices' is not a non-empty list of objects"
-    """
-    if not isinstance(payload, dict):
-        return f"not a JSON object but {type(payload).__name__}"
-    endpoint = endpoint.rstrip("/")
-    field = next((f for suffix, f in _ANSWER_FIELDS if endpoint.endswith(suffix)), None)
-    if field is None:
-        return None
-    items = payload.get(field)
-    if field == "output":
-        return None if isinstance(items, list) else "'output' is not a list"
-    if not isinstance(items, list) or not items or not all(isinstance(item, dict) for item in items):
-        return f"{field!r} is not a non-empty list of objects"
-    return None
-
-
-_ANSWER_FIELDS = (("/chat/completions", "choices"), ("/completions", "choices"), ("/embeddings", "data"))
-_ANSWER_FIELDS += (("/responses", "output"),)
-
-
 class RequestCache:
-    """Response bodies by key under ``root`` (any fsspec / UPath location)."""
+    """Response bodies by key under ``root`` (any fsspec / UPath location; ``~`` expands)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = UPath(root)
+        self.root = UPath(os.path.expanduser(root) if isinstance(root, str) else root)
         self._local = self.root.protocol in ("", "file", "local")
+
+    @classmethod
+    def checked(cls, root: str, field: str = "cache_dir") -> "RequestCache":
+        """The cache at ``root``, after proving entries can be stored there (a probe written
+        and removed); anything else is one error naming ``field``."""
+        try:
+            if not str(root).strip():
+                raise ValueError("it is blank")
+            cache = cls(root)
+            probe = cache.root / f".probe.{uuid.uuid4().hex}"
+            cache._write(probe, b"")
+            probe.unlink()
+        except Exception as error:  # OSError, or an fsspec backend's own (unknown protocol, missing package…)
+            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            raise LLMAssetsError(
+                f"The request cache can't be written at {str(root)!r} ({reason}): set "
+                f"OpenAIResource({field}=...) to a writable directory or fsspec URL, or cache=False."
+            ) from None
+        return cache
 
     def path(self, key: str) -> UPath:
         """Where the entry of ``key`` lives."""
         return self.root / key[:2] / f"{key}.json"
-
-    def check_writable(self, field: str = "cache_dir") -> None:
-        """Fail with one clear error, naming ``field``, if entries can't be stored under the
-        root (on local disks: create it and write a probe file; on object stores: the root
-        must not be a file)."""
-        try:
-            if self._local:
-                os.makedirs(self.root.path, exist_ok=True)
-                probe = os.path.join(self.root.path, f".probe.{uuid.uuid4().hex}")
-                with open(probe, "wb"):
-                    pass
-                os.remove(probe)
-            elif self.root.is_file():
-                raise NotADirectoryError(f"{self.root} is a file")
-        except OSError as error:
-            raise LLMAssetsError(
-                f"The request cache can't be written at {self.root} ({error.strerror or error}): set "
-                f"OpenAIResource({field}=...) to a writable directory or fsspec URL, or cache=False."
-            ) from None
 
     def get_many(self, keys: list[str | None]) -> list[bytes | None]:
         """The entries of ``keys`` (``None`` where absent), read with one fsspec ``cat``
@@ -166,19 +138,23 @@ class RequestCache:
 
     def put(self, key: str, body: bytes) -> None:
         """Store ``body`` under ``key``: durable and atomic (see the module docstring)."""
-        path = self.path(key)
+        self._write(self.path(key), body)
+
+    def _write(self, path: UPath, body: bytes) -> None:
         if not self._local:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(body)  # one PUT: object stores never show a partial object
             return
         directory = os.path.dirname(path.path)
         os.makedirs(directory, exist_ok=True)
-        temporary = os.path.join(directory, f".{key}.{uuid.uuid4().hex}.tmp")
+        temporary = os.path.join(directory, f".{os.path.basename(path.path)}.{uuid.uuid4().hex}.tmp")
         try:
             with open(temporary, "wb") as file:
                 file.write(body)
                 file.flush()
                 os.fsync(file.fileno())
+            if os.path.isdir(path.path):  # a damaged entry that became a directory: replace it
+                shutil.rmtree(path.path)
             os.replace(temporary, path.path)
         except BaseException:
             with contextlib.suppress(OSError):

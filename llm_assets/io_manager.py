@@ -16,10 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from llm_assets._compat import PickledObjectFilesystemIOManager
-from llm_assets.errors import LLMAssetsError
 
 
 class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
@@ -29,28 +27,10 @@ class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if not context.has_asset_partitions or len(context.asset_partition_keys) <= 1:
             return super().handle_output(context, obj)
-        from llm_assets.assets.frames import by_partition
-        from llm_assets.assets.options import PARTITION_COLUMN
+        from llm_assets.assets.frames import split_output
 
         paths = self._get_paths_for_partitions(context)
-        name = context.asset_key.to_user_string()
-        if isinstance(obj, pd.DataFrame) and PARTITION_COLUMN in obj.columns:
-            strays = sorted(set(obj[PARTITION_COLUMN].dropna().unique()) - set(paths), key=str)
-            if strays or obj[PARTITION_COLUMN].isna().any():
-                raise LLMAssetsError(
-                    f"Output of {name} has rows whose {PARTITION_COLUMN!r} is not a partition of this run "
-                    f"({[*strays[:10], *([None] if obj[PARTITION_COLUMN].isna().any() else [])]}); they would be "
-                    f"lost: set {PARTITION_COLUMN!r} to one of context.partition_keys on every row."
-                )
-        parts = by_partition(obj, list(paths), f"Output of {name}")
-        missing = sorted(set(paths) - set(parts))
-        if missing and isinstance(obj, pd.DataFrame):
-            parts.update({pk: obj.iloc[:0] for pk in missing})  # no rows: an empty frame, same columns
-        elif missing:
-            raise dg.DagsterInvariantViolationError(
-                f"Output of {name} has no value for partitions {missing}; "
-                "each partition of a single-run backfill needs one (a DataFrame may have no rows for some)."
-            )
+        parts = split_output(obj, list(paths), f"Output of {context.asset_key.to_user_string()}")
         for partition_key, path in paths.items():
             self._handle_transition_to_partitioned_asset(context, path.parent)
             self.make_directory(path.parent)

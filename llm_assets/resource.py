@@ -32,7 +32,7 @@ from pydantic import Field, PrivateAttr
 
 from llm_assets.cache import CacheMode
 from llm_assets.errors import LLMAssetsError
-from llm_assets.http.checks import check_base_url, check_header_name, check_header_value, is_openai
+from llm_assets.http.checks import check_base_url, check_header_name, check_header_value, check_model, is_openai
 from llm_assets.session import AnyContext, RunSession
 
 #: Placeholder key sent to OpenAI-compatible servers that need none.
@@ -177,21 +177,25 @@ class OpenAIResource(dagster_openai.OpenAIResource):
                     "OpenAI's (an OpenAI-compatible server that needs no key) may go without one."
                 )
             api_key = NO_KEY
-        headers = {"api_key": api_key, "organization": self.organization, "project": self.project}
+        # the SDK reads these two from the environment when unset: check what it would send
+        organization = self.organization or os.environ.get("OPENAI_ORG_ID") or None
+        project = self.project or os.environ.get("OPENAI_PROJECT_ID") or None
+        headers = {
+            "api_key": api_key,
+            "organization" if self.organization else "organization (OPENAI_ORG_ID)": organization,
+            "project" if self.project else "project (OPENAI_PROJECT_ID)": project,
+        }
         headers.update({f"default_headers[{name!r}]": value for name, value in (self.default_headers or {}).items()})
         for field, value in headers.items():
             check_header_value(field, value)
         for name in self.default_headers or {}:
             check_header_name(name)
         for field in ("chat_model", "embedding_model"):
-            if not getattr(self, field).strip():
-                raise LLMAssetsError(
-                    f"{field} is empty: set OpenAIResource({field}=...) to a model name, e.g. gpt-4o-mini."
-                )
+            check_model(getattr(self, field), field, f"OpenAIResource({field}=...)")
         return {
             "api_key": api_key,
-            "organization": self.organization,
-            "project": self.project,
+            "organization": organization,
+            "project": project,
             "base_url": base_url,
             "timeout": self.timeout,
             "max_retries": self.max_retries,

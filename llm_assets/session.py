@@ -22,6 +22,7 @@ Example:
 
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ from llm_assets.accounting.ledger import LedgerKey, UsageLedger
 from llm_assets.accounting.limits import RateLimits
 from llm_assets.accounting.prices import ModelPrice, price_table
 from llm_assets.accounting.usage import Usage
-from llm_assets.cache import CacheKeys, CacheMode, RequestCache, entry_problem
+from llm_assets.cache import CacheKeys, CacheMode, RequestCache
 from llm_assets.errors import LLMAssetsError
+from llm_assets.http.answers import answer_problem
 from llm_assets.http.pools import async_pool, httpx, sync_pool
 from llm_assets.http.transport import AsyncMeteredTransport, MeteredTransport
 
@@ -83,11 +85,13 @@ class RunSession:
         self.limits = RateLimits(resource.requests_per_minute, resource.tokens_per_minute)
         self.ledger = UsageLedger()
         self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL, resource.cache_identity())
-        root = resource.cache_dir or (storage_dir and os.path.join(storage_dir, "llm_assets", "request_cache"))
-        self.cache = RequestCache(root) if resource.cache and root else None
-        if self.cache is not None:
-            self.cache.check_writable()  # one clear error now, not a lost answer later
+        root = resource.cache_dir
+        if root is None and storage_dir:
+            root = os.path.join(storage_dir, "llm_assets", "request_cache")
+        # checked now: one clear error at set-up, not an answer lost mid-run
+        self.cache = RequestCache.checked(root) if resource.cache and root is not None else None
         self._warned: set[str] = set()  # cache problems already logged (each once)
+        self._warned_lock = threading.Lock()
         self._pool: httpx.BaseTransport | None = None
 
     # -- clients ----------------------------------------------------------------------------
@@ -132,10 +136,10 @@ class RunSession:
             requested = CacheMode.USE
         return CacheMode.OFF if requested is False or self.cache is None else requested
 
-    def cached(self, keys: Sequence[str | None], endpoints: Sequence[str]) -> list[CachedAnswer | None]:
-        """The cached answers of ``keys`` (``None``: a miss) for POSTs to ``endpoints``. A
-        damaged entry (see :func:`~llm_assets.cache.entry_problem`) is a miss, logged once;
-        the fresh answer then overwrites it. An unreadable cache location is all misses."""
+    def cached(self, keys: Sequence[str | None], requests: Sequence[tuple[str, Any]]) -> list[CachedAnswer | None]:
+        """The cached answers of ``keys`` (``None``: a miss) of ``requests`` (endpoint, JSON
+        body). A damaged entry (:func:`~llm_assets.http.answers.answer_problem`) is a miss,
+        logged once; the fresh answer then overwrites it. An unreadable cache is all misses."""
         if self.cache is None:
             return [None] * len(keys)
         try:
@@ -144,7 +148,7 @@ class RunSession:
             self._warn("read", f"The request cache at {self.cache.root} can't be read ({error}): sending instead.")
             return [None] * len(keys)
         answers: list[CachedAnswer | None] = []
-        for key, body, endpoint in zip(keys, bodies, endpoints, strict=True):
+        for key, body, (endpoint, request) in zip(keys, bodies, requests, strict=True):
             answer = None
             if body is not None:
                 try:
@@ -152,7 +156,7 @@ class RunSession:
                 except ValueError as error:  # UnicodeDecodeError included
                     payload, problem = None, f"not JSON ({error})"
                 else:
-                    problem = entry_problem(endpoint, payload)
+                    problem = answer_problem(endpoint, payload, request)
                 if problem is None:
                     answer = CachedAnswer(body, payload)
                 else:
@@ -177,14 +181,17 @@ class RunSession:
             usage.add_cache_store_failure()
             self._warn(
                 "store",
-                f"Could not store an answer in the request cache at {self.cache.path(key)} ({error}); the answer "
+                f"Could not store an answer in the request cache at {self.cache.path(key)} "
+                f"({type(error).__name__}: {error}); the answer "
                 "is kept in the output, but a re-run will ask again. Fix cache_dir, or set cache=False.",
             )
 
     def _warn(self, topic: str, message: str) -> None:
-        if topic not in self._warned:
+        with self._warned_lock:  # cache I/O runs in worker threads
+            if topic in self._warned:
+                return
             self._warned.add(topic)
-            dg.get_dagster_logger("llm_assets").warning(message)
+        dg.get_dagster_logger("llm_assets").warning(message)
 
     # -- usage ------------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ def test_the_engine_and_the_clients_share_one_key_function(server, materialize):
             client.chat.completions.create(**call.body)
         session = openai.session
         key = session.cache_keys.key(call.endpoint, call.body)
-        assert session.cached([key], [call.endpoint])[0] is not None  # …under the engine's key
+        assert session.cached([key], [(call.endpoint, call.body)])[0] is not None  # …under the engine's key
 
     materialize([both])
     assert len(server.stats.requests) == 1

@@ -41,7 +41,7 @@ from llm_assets.assets.upstream import (
 )
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.errors import LLMAssetsError
-from llm_assets.http.checks import check_text
+from llm_assets.http.checks import check_model, check_text
 
 Rows = Mapping[str | None, Sequence[Mapping[str, Any]]]  # per partition: each request's row values
 
@@ -239,6 +239,7 @@ def _chat_params(prompts: ChatPrompts, config: ChatConfig, resource: Any) -> dic
             "question= in build_chat_answers_asset."
         )
     model = config.chat_model or resource.chat_model
+    check_model(model, "chat_model", "run config chat_model, the factory's chat_model or the resource's")
     if (refused := resource.session.governor.model_refusal(model)) is not None:
         raise LLMAssetsError(f"{refused} (set by run config or factory `chat_model`, else the resource's).")
     return {"model": model, "max_tokens": config.max_tokens, "temperature": config.temperature}

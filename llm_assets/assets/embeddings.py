@@ -35,6 +35,7 @@ from llm_assets.assets.upstream import (
 )
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
+from llm_assets.http.checks import check_model
 
 
 def embedding_rows(partition_key: str | None, texts: list[str], model: str | None) -> list[dict[str, Any]]:
@@ -113,6 +114,8 @@ def _embeddings(
         partition_keys = run_partitions(context, options["io_manager_key"])
         texts = load_texts(context, upstream, partition_keys, text_column, source)
         params: dict[str, Any] = {"model": config.embedding_model or resource.embedding_model}
+        where = "run config embedding_model, the factory's embedding_model or the resource's"
+        check_model(params["model"], "embedding_model", where)
         if (refused := resource.session.governor.model_refusal(params["model"])) is not None:
             raise LLMAssetsError(f"{refused} (set by run config or factory `embedding_model`, else the resource's).")
         if config.dimensions:

@@ -98,34 +98,92 @@ def vectors(frame: pd.DataFrame) -> np.ndarray:
     return frame[vector_columns(frame)].to_numpy(dtype=np.float32)
 
 
-def by_partition(value: Any, partition_keys: Sequence[str | None], where: str = "The value") -> dict[str | None, Any]:
+def by_partition(
+    value: Any, partition_keys: Sequence[str | None], where: str = "The value", split_column: bool = True
+) -> dict[str | None, Any]:
     """Split a value into one value per partition key it has (absent keys are left out).
 
     Accepts what I/O managers hand over: ``{partition_key: value}`` from a multi-partition
     load, a DataFrame (or columnar dict) with a ``partition_key`` column, or a single value
-    for one partition. Unpartitioned (``[None]``), the value is taken whole.
+    for one partition. Unpartitioned (``[None]``), the value is taken whole; so is a
+    single partition's value when ``split_column`` is false (Dagster already selected it
+    from a partitioned upstream, whose own keys may differ under a partition mapping).
     """
     if len(partition_keys) == 1 and partition_keys[0] is None:
         return {None: value}
     if isinstance(value, Mapping):
         present = {k: value[k] for k in partition_keys if k in value}
-        if present or len(partition_keys) == 1:
-            return present or {partition_keys[0]: value}
-        if PARTITION_COLUMN not in value:
+        if present:
+            return present
+        if PARTITION_COLUMN in value:
+            value = _columnar_frame(value, where)
+        elif len(partition_keys) == 1:
+            return {partition_keys[0]: value}
+        else:
             raise LLMAssetsError(
                 f"{where} is a dict with keys {[str(k) for k in value][:10]}, none of them a partition of this "
                 f"run {list(partition_keys)[:10]}: key it by partition, or give it a '{PARTITION_COLUMN}' column."
             )
-        value = _columnar_frame(value, where)
+    if (
+        isinstance(value, pd.DataFrame)
+        and PARTITION_COLUMN in value.columns
+        and (split_column or len(partition_keys) > 1)
+    ):
+        keys = partition_column(value, where)
+        groups = {k: part.reset_index(drop=True) for k, part in value.groupby(keys, sort=False)}
+        return {k: groups[k] for k in partition_keys if k in groups}
     if len(partition_keys) == 1:
         return {partition_keys[0]: value}
-    if isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns:
-        groups = {k: part.reset_index(drop=True) for k, part in value.groupby(PARTITION_COLUMN, sort=False)}
-        return {k: groups[k] for k in partition_keys if k in groups}
     raise LLMAssetsError(
         f"{where} is a {type(value).__name__} that can't be split across partitions {list(partition_keys)[:10]}: "
         f"give it a '{PARTITION_COLUMN}' column, or make it a {{partition_key: value}} dict."
     )
+
+
+def partition_column(frame: pd.DataFrame, where: str) -> pd.Series:
+    """The ``partition_key`` column of ``frame``, checked to be one column of hashable keys."""
+    keys = frame[PARTITION_COLUMN]
+    if isinstance(keys, pd.DataFrame):
+        raise LLMAssetsError(f"{where} has {keys.shape[1]} columns named '{PARTITION_COLUMN}': keep one.")
+    try:
+        keys.map(hash)
+    except TypeError as error:
+        raise LLMAssetsError(f"{where} has a '{PARTITION_COLUMN}' that is not a partition key ({error}).") from None
+    return keys
+
+
+def stray_keys(frame: pd.DataFrame, partition_keys: Sequence[str | None], where: str) -> list[Any]:
+    """The values of ``frame``'s ``partition_key`` column that are not ``partition_keys``
+    (an empty key is ``None``), each once."""
+    keys = partition_column(frame, where)
+    strays = set(keys.dropna().unique()) - set(partition_keys)
+    return sorted((str(k) for k in strays), key=str) + ([None] if keys.isna().any() else [])
+
+
+def split_output(value: Any, partition_keys: Sequence[str], where: str) -> dict[str, Any]:
+    """One value per partition of an output covering ``partition_keys`` (see
+    :func:`by_partition`). A partition without rows in a DataFrame gets an empty frame with
+    the same columns; rows or keys for other partitions are refused: they would be lost."""
+    if isinstance(value, Mapping) and PARTITION_COLUMN in value and not any(k in value for k in partition_keys):
+        value = _columnar_frame(value, where)
+    strays: list[Any] = []
+    if isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns:
+        strays = stray_keys(value, partition_keys, where)
+    elif isinstance(value, Mapping):
+        strays = sorted(str(k) for k in value if k not in partition_keys)
+    if strays:
+        raise LLMAssetsError(
+            f"{where} has values for {strays[:10]}, which are not partitions of this run; they would be "
+            f"lost: give every row (or key) one of context.partition_keys as its '{PARTITION_COLUMN}'."
+        )
+    parts = by_partition(value, partition_keys, where)
+    missing = [k for k in partition_keys if k not in parts]
+    if missing and not isinstance(value, pd.DataFrame):
+        raise LLMAssetsError(
+            f"{where} has no value for partitions {missing[:10]}: each partition of a single-run backfill "
+            "needs one (a DataFrame may have no rows for some)."
+        )
+    return {k: parts[k] if k in parts else value.iloc[:0] for k in partition_keys}
 
 
 def _columnar_frame(value: Mapping[str, Any], where: str) -> pd.DataFrame:

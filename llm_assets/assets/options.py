@@ -75,8 +75,8 @@ def check_partitions(partitions_def: dg.PartitionsDefinition | None, name: dg.As
         if isinstance(definition, dg.StaticPartitionsDefinition) and not definition.get_partition_keys():
             where = f"dimension {dimension!r} of " if dimension else ""
             raise LLMAssetsError(
-                f"The {where}partitions_def of {name.to_user_string()} has no partitions: list at least one "
-                "partition key in dg.StaticPartitionsDefinition([...]), or pass partitions_def=None."
+                f"The {where}partitions_def of {name.to_user_string()} (given, or the upstream asset's) has no "
+                "partitions: list at least one key in dg.StaticPartitionsDefinition([...])."
             )
 
 

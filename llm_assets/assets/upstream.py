@@ -13,7 +13,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from llm_assets.assets.frames import by_partition
+from llm_assets.assets.frames import by_partition, stray_keys
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_text
@@ -53,7 +53,8 @@ def run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> li
 def texts_of(value: Any, column: str, where: str) -> list[str]:
     """The text column of an upstream value (a DataFrame, a Series, a ``{column: [...]}``
     dict, a list of strings or one string), checked to hold non-empty, sendable strings."""
-    if isinstance(value, Mapping) and not isinstance(value, pd.DataFrame):
+    errors = None  # an answers frame's error column: why a row has no text
+    if isinstance(value, Mapping):
         if column not in value:
             raise LLMAssetsError(
                 f"{where} is a dict with keys {_listed(value)}, none of them {column!r}: return a DataFrame "
@@ -62,11 +63,14 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
         value = value[column]
         value = [value] if isinstance(value, str) else value
     if isinstance(value, pd.DataFrame):
+        if not len(value):
+            return []  # no rows: an empty partition, whatever its columns
         if column not in value.columns:
             raise LLMAssetsError(
                 f"{where} has no column {column!r} (columns: {_listed(value.columns)}): "
                 "pass text_column= naming the column that holds the text."
             )
+        errors = value["error"] if "error" in value.columns else None
         value = value[column]
         if isinstance(value, pd.DataFrame):  # duplicate names, or a level of MultiIndex columns
             raise LLMAssetsError(
@@ -86,10 +90,22 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
         if not isinstance(text, str) or not text.strip():
             raise LLMAssetsError(
                 f"{where} row {row} column {column!r} holds {_excerpt(text)}, not text: "
-                "fill or drop that row upstream (only non-empty strings can be sent)."
+                f"{_failed_upstream(errors, row) or 'fill or drop that row upstream'} "
+                "(only non-empty strings can be sent)."
             )
         check_text(text, f"{where} row {row} column {column!r}")
     return values
+
+
+def _failed_upstream(errors: Any, row: int) -> str | None:
+    """The hint for an empty text whose upstream request failed (an answers frame's
+    ``error`` column, under on_error=RECORD)."""
+    if not isinstance(errors, pd.Series) or not isinstance(errors.iloc[row], str):
+        return None
+    return (
+        f"its upstream request failed ({_excerpt(errors.iloc[row], 100)}); re-materialize the upstream once the "
+        "cause is fixed, or filter failed rows out in an asset between the two"
+    )
 
 
 def _listed(names: Any, count: int = 10) -> str:
@@ -124,7 +140,13 @@ def load_texts(
     partition present: one with no upstream value or no rows is empty (logged). An
     upstream that has values but none for this run's partitions is an error."""
     where = f"Upstream {key.to_user_string()}"
-    loaded = by_partition(value, partition_keys, where)
+    split_column = not _is_partitioned(context)  # else Dagster already selected this run's values
+    is_table = isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns
+    if split_column and is_table and (strays := stray_keys(value, partition_keys, where)):
+        context.log.warning(
+            f"{where}: skipping its rows whose {PARTITION_COLUMN!r} is not a partition of this run ({_listed(strays)})."
+        )
+    loaded = by_partition(value, partition_keys, where, split_column)
     if not loaded and _has_rows(value):
         raise LLMAssetsError(
             f"{where} has values, but none for this run's partitions {_listed(partition_keys)}: its "
@@ -136,6 +158,14 @@ def load_texts(
         what = f"partition(s) {_listed(empty)} have" if partition_keys != [None] else "it has"
         context.log.info(f"{where}: {what} no rows, so nothing is sent for them and they are stored empty.")
     return texts
+
+
+def _is_partitioned(context: dg.AssetExecutionContext) -> bool:
+    """Whether the factory's ``upstream`` input comes from a partitioned asset."""
+    try:
+        return context.asset_partitions_def_for_input("upstream") is not None
+    except (dg.DagsterError, KeyError):  # unpartitioned, or a context without a job (direct invocation)
+        return False
 
 
 def _where(where: str, partition_key: str | None) -> str:

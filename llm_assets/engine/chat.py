@@ -19,6 +19,14 @@ from llm_assets.engine.rows import AnswerRow
 Translate = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 
+def token_count(value: Any) -> int | None:
+    """A token count as the server reported it, for an ``Int64`` column: ``None`` unless a
+    whole number that fits (a server may send floats, strings or nothing)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if type(value) is int and 0 <= value < 2**63 else None
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One chat completion to send, and where its answer goes."""
@@ -39,7 +47,7 @@ class ChatRequest:
         content = choice["message"].get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError(f"message.content is a {type(content).__name__}, not text")
-        usage = body.get("usage") or {}
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return AnswerRow(
             partition_key=self.partition_key,
             row=self.row,
@@ -47,9 +55,9 @@ class ChatRequest:
             answer=content or "",
             model=body.get("model"),
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            total_tokens=usage.get("total_tokens"),
+            prompt_tokens=token_count(usage.get("prompt_tokens")),
+            completion_tokens=token_count(usage.get("completion_tokens")),
+            total_tokens=token_count(usage.get("total_tokens")),
             latency_s=latency,
             cached=cached,
         )

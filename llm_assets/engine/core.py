@@ -175,7 +175,7 @@ class Engine:
         if not self.cache.reads:
             return list(range(len(calls)))
         keys = [self.session.cache_keys.key(call.endpoint, call.body) for call in calls]
-        answers = await asyncio.to_thread(self.session.cached, keys, [call.endpoint for call in calls])
+        answers = await asyncio.to_thread(self.session.cached, keys, [(call.endpoint, call.body) for call in calls])
         pending = []
         for index, (call, key, answer) in enumerate(zip(calls, keys, answers, strict=True)):
             if answer is not None:
@@ -240,6 +240,11 @@ class Engine:
             raise LLMRequestError(self._failure(call, error, client)) from None
         except (openai.OpenAIError, MalformedResponseError) as error:
             raise LLMRequestError(self._failure(call, error, client)) from None
+        except UnicodeEncodeError as error:  # the factories check their texts; a translator may not
+            raise LLMRequestError(
+                f"Request for {self._text(call.description)} holds text that can't be sent "
+                f"({error.reason} at {error.start}): clean it, e.g. with .encode('utf-8', 'replace').decode()."
+            ) from None
 
     def _failure(self, call: Call[Any], error: BaseException, client: openai.AsyncOpenAI) -> str:
         """The server's own message for an API error, else the error; secrets masked (a

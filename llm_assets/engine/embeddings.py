@@ -60,9 +60,11 @@ def pack_batches(texts: Sequence[str], max_inputs: int, max_tokens: int) -> list
 
 def vector(embedding: str | list[float]) -> np.ndarray:
     """An embedding as float32, from base64 (what OpenAI sends when asked) or a JSON list
-    (servers that ignore ``encoding_format``)."""
+    of numbers (servers that ignore ``encoding_format``); anything else is ``ValueError``."""
     if isinstance(embedding, str):
-        return np.frombuffer(base64.b64decode(embedding), dtype=np.float32)
+        return np.frombuffer(base64.b64decode(embedding, validate=True), dtype=np.float32)
+    if not isinstance(embedding, list) or not all(type(x) in (int, float) for x in embedding):
+        raise ValueError("an embedding is not a list of numbers")
     return np.asarray(embedding, dtype=np.float32)
 
 
@@ -73,8 +75,8 @@ def _read(body: dict[str, Any], cached: bool, latency: float, expected: int) -> 
     if [d["index"] for d in ordered] != list(range(expected)):
         raise ValueError(f"{len(ordered)} embeddings for {expected} inputs")
     matrix = np.stack([vector(d["embedding"]) for d in ordered])
-    if not matrix.shape[1]:
-        raise ValueError("empty embedding vectors")
+    if not matrix.shape[1] or not np.isfinite(matrix).all():
+        raise ValueError("empty, NaN or infinite embedding vectors")
     return EmbeddingResult(body.get("model"), matrix, int(cached))
 
 
@@ -114,7 +116,8 @@ class EmbeddingPlan:
         if len(widths) > 1:
             raise LLMRequestError(
                 f"The server answered embeddings of different dimensions {sorted(widths)} within one run: "
-                "pin the embedding model (and dimensions) so every request gets the same."
+                "pin the embedding model (and dimensions) so every request gets the same, or, if some came "
+                "from an old or damaged request cache entry, re-run with run config cache: REFRESH."
             )
         return {
             pk: EmbeddingResult(rs[-1].model, np.vstack([r.vectors for r in rs]), sum(r.cache_hits for r in rs))

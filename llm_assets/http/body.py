@@ -26,12 +26,14 @@ ACCEPT_ENCODING = "gzip, deflate"
 @dataclass(frozen=True)
 class BodySummary:
     """What a finished body said: the served model, its usage (``None`` when the server
-    sent none), and the JSON body itself when it was one complete JSON object."""
+    sent none), and the JSON body itself (raw and decoded) when it was one complete JSON
+    object."""
 
     model: str | None
     usage: dict[str, Any] | None
     json_body: bytes | None = None
-    readable: bool = True  # False: not JSON at all (malformed or cut off)
+    readable: bool = True  # False: not JSON at all (malformed, cut off, or not decompressible)
+    answer: dict[str, Any] | None = None
 
 
 class _Inflater:
@@ -64,18 +66,32 @@ class BodyReader:
         self._buffer = b""
         self._model: str | None = None
         self._usage: dict[str, Any] | None = None
+        self._damaged = False
 
     def feed(self, chunk: bytes) -> None:
+        if self._damaged:
+            return
         if self._inflater is not None:
-            chunk = self._inflater.decompress(chunk)
+            try:
+                chunk = self._inflater.decompress(chunk)
+            except zlib.error:  # not what its content-encoding says: unreadable (httpx raises for the SDK)
+                self._damaged = True
+                return
         self._buffer += chunk
         if self._is_sse:
             *lines, self._buffer = self._buffer.split(b"\n")
             for line in lines:
                 self._event_line(line)
 
+    @property
+    def damaged(self) -> bool:
+        """Whether the body could not be decompressed."""
+        return self._damaged
+
     def finish(self) -> BodySummary:
         """The summary of everything fed so far."""
+        if self._damaged:
+            return BodySummary(None, None, readable=False)
         if self._is_sse:
             self._event_line(self._buffer)
             return BodySummary(self._model, self._usage)
@@ -86,7 +102,7 @@ class BodyReader:
         if not isinstance(body, dict):
             return BodySummary(None, None, readable=False)
         self._observe(body)
-        return BodySummary(self._model, self._usage, self._buffer)
+        return BodySummary(self._model, self._usage, self._buffer, answer=body)
 
     def _event_line(self, line: bytes) -> None:
         line = line.strip()

@@ -33,6 +33,16 @@ def check_base_url(url: str, field: str) -> httpx.URL:
         raise LLMAssetsError(f"{field} {_shown(url)!r} is not an http(s) URL with a host: {_HINT}.")
     if not _HOST.match(parsed.raw_host.decode("ascii")):
         raise LLMAssetsError(f"{field} {_shown(url)!r} is not a valid URL (invalid host {parsed.host!r}): {_HINT}.")
+    if parsed.userinfo:
+        raise LLMAssetsError(
+            f"{field} {_shown(url)!r} holds credentials: remove them from the URL, and pass the key as "
+            "OpenAIResource(api_key=...) (or another header with default_headers=...)."
+        )
+    if parsed.query or parsed.fragment:
+        raise LLMAssetsError(
+            f"{field} {_shown(url)!r} has a query string or fragment, which the OpenAI client can't append "
+            "paths to: remove it (query parameters such as api-version belong to the server's own client)."
+        )
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise LLMAssetsError(
             f"{field} {_shown(url)!r} is not a valid URL (port {parsed.port} is not in 1-65535): {_HINT}."
@@ -42,7 +52,7 @@ def check_base_url(url: str, field: str) -> httpx.URL:
 
 def is_openai(url: str) -> bool:
     """Whether ``url`` is OpenAI's own API (where a key is always needed)."""
-    host = httpx.URL(url).host
+    host = httpx.URL(url).host.lower().rstrip(".")
     return host == "openai.com" or host.endswith(".openai.com")
 
 
@@ -78,3 +88,10 @@ def check_text(text: str, where: str) -> None:
             "sent (not valid Unicode text): clean it upstream, e.g. with "
             "text.encode('utf-8', 'replace').decode('utf-8'). Nothing was sent."
         ) from None
+
+
+def check_model(model: str, field: str, where: str) -> None:
+    """A model name must be non-empty, sendable text (``where`` says where it is set)."""
+    if not isinstance(model, str) or not model.strip():
+        raise LLMAssetsError(f"{field} is empty: set {where} to a model name, e.g. gpt-4o-mini.")
+    check_text(model, field)

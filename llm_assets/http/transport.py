@@ -32,6 +32,7 @@ from llm_assets.accounting.governance import REFUSAL_CODE
 from llm_assets.accounting.limits import estimate_tokens
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
 from llm_assets.cache import CacheMode
+from llm_assets.http.answers import answer_problem
 from llm_assets.http.attribution import resolve_scope
 from llm_assets.http.body import ACCEPT_ENCODING, BodyReader
 from llm_assets.http.pools import httpx
@@ -54,6 +55,7 @@ class _Exchange:
         request.headers["accept-encoding"] = ACCEPT_ENCODING
         self.governed, self.paced = session.governor.active, session.limits.active
         self.model: str | None = None
+        self.endpoint, self.payload = request.url.path, None
         self.estimate, self.key, self.reads, self._reserved = 0, None, False, False
         if mode is CacheMode.OFF and not self.governed and not self.paced:
             return  # nothing reads the body: don't parse it
@@ -62,6 +64,7 @@ class _Exchange:
         except ValueError:
             return
         if isinstance(payload, dict):
+            self.payload = payload
             self.model = payload.get("model")
             limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 0
             self.estimate = estimate_tokens(request.content) + (limit if isinstance(limit, int) else 0)
@@ -91,10 +94,12 @@ class _Exchange:
         summary = reader.finish()
         if summary.readable:
             self.usage.add_response(summary.model, summary.usage)
-        elif complete:
+        elif complete or reader.damaged:
             self.usage.add_failed_attempt("malformed")
         self._settle(summary.model, summary.usage)
-        return summary.json_body if complete and self.key is not None else None
+        if not complete or self.key is None or summary.answer is None:
+            return None
+        return None if answer_problem(self.endpoint, summary.answer, self.payload) else summary.json_body
 
     def _settle(self, served: str | None, usage: dict[str, Any] | None) -> None:
         if self._reserved:
@@ -193,10 +198,10 @@ class MeteredTransport(httpx.BaseTransport):
         if not is_metered(request):
             return self._inner.handle_request(request)
         exchange = _Exchange(request, self._session, self._usage, self._mode)
-        if exchange.reads and (
-            hit := exchange.hit(request, self._session.cached([exchange.key], [request.url.path])[0])
-        ):
-            return hit
+        if exchange.reads:
+            answer = self._session.cached([exchange.key], [(exchange.endpoint, exchange.payload)])[0]
+            if (hit := exchange.hit(request, answer)) is not None:
+                return hit
         if (refused := exchange.refusal(request)) is not None:
             return refused
         if exchange.paced:
@@ -227,7 +232,8 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
             return await self._inner.handle_async_request(request)
         exchange = _Exchange(request, self._session, self._usage, self._mode)
         if exchange.reads:
-            answer = (await asyncio.to_thread(self._session.cached, [exchange.key], [request.url.path]))[0]
+            requests = [(exchange.endpoint, exchange.payload)]
+            answer = (await asyncio.to_thread(self._session.cached, [exchange.key], requests))[0]
             if (hit := exchange.hit(request, answer)) is not None:
                 return hit
         if (refused := exchange.refusal(request)) is not None:

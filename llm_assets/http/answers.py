@@ -1,0 +1,87 @@
+"""What a successful answer of each billed endpoint must look like, checked before it is
+stored in the request cache and when it is read back: a body that fails is a malformed
+answer (retried when live, a miss when cached), never a row built from half an answer.
+
+The checks are structural and cheap (no vector is decoded); the engine's readers check
+the rest (numbers, finiteness) as they build rows.
+
+Example:
+    >>> answer_problem("/chat/completions", {"choices": []})
+    "'choices' is not a non-empty list of objects"
+    >>> answer_problem("/embeddings", {"data": [{"index": 0, "embedding": "AAAA"}]}, {"input": ["a", "b"]})
+    '1 embeddings for 2 inputs'
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def _objects(items: Any) -> bool:
+    return isinstance(items, list) and bool(items) and all(isinstance(item, dict) for item in items)
+
+
+def _chat(answer: Mapping[str, Any], request: Mapping[str, Any]) -> str | None:
+    choices = answer.get("choices")
+    if not _objects(choices):
+        return "'choices' is not a non-empty list of objects"
+    for choice in choices:
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            return "a choice has no 'message' object"
+        if not isinstance(message.get("content"), str | None):
+            return "a message's 'content' is not text"
+    return None
+
+
+def _completion(answer: Mapping[str, Any], request: Mapping[str, Any]) -> str | None:
+    choices = answer.get("choices")
+    if not _objects(choices) or not all(isinstance(c.get("text"), str) for c in choices):
+        return "'choices' is not a non-empty list of objects with 'text'"
+    return None
+
+
+def _inputs(request: Mapping[str, Any]) -> int | None:
+    """How many texts an embeddings request sent (``None``: unknown)."""
+    given = request.get("input")
+    if isinstance(given, str) or (isinstance(given, list) and given and all(isinstance(i, int) for i in given)):
+        return 1  # one text, or one pre-tokenized text
+    return len(given) if isinstance(given, list) else None
+
+
+def _embeddings(answer: Mapping[str, Any], request: Mapping[str, Any]) -> str | None:
+    data = answer.get("data")
+    if not _objects(data):
+        return "'data' is not a non-empty list of objects"
+    expected = _inputs(request)
+    if expected is not None and len(data) != expected:
+        return f"{len(data)} embeddings for {expected} inputs"
+    if sorted(str(d.get("index")) for d in data) != sorted(str(i) for i in range(len(data))):
+        return "the embeddings' 'index' values are not 0…n-1"
+    for item in data:
+        embedding = item.get("embedding")
+        if not (isinstance(embedding, str) or (isinstance(embedding, list) and embedding)):
+            return "an 'embedding' is neither a non-empty list nor base64"
+    return None
+
+
+def _response(answer: Mapping[str, Any], request: Mapping[str, Any]) -> str | None:
+    return None if _objects(answer.get("output")) else "'output' is not a non-empty list of objects"
+
+
+#: Endpoint suffix → its check (the first that matches; ``/chat/completions`` before ``/completions``).
+_CHECKS: tuple[tuple[str, Callable[[Mapping[str, Any], Mapping[str, Any]], str | None]], ...] = (
+    ("/chat/completions", _chat),
+    ("/completions", _completion),
+    ("/embeddings", _embeddings),
+    ("/responses", _response),
+)
+
+
+def answer_problem(endpoint: str, answer: Any, request: Any = None) -> str | None:
+    """Why ``answer`` (decoded JSON) can't be the answer to a POST of ``request`` to
+    ``endpoint``; ``None`` when it can (other endpoints are not checked)."""
+    if not isinstance(answer, dict):
+        return f"not a JSON object but {type(answer).__name__}"
+    endpoint = endpoint.rstrip("/")
+    check = next((check for suffix, check in _CHECKS if endpoint.endswith(suffix)), None)
+    return check(answer, request if isinstance(request, dict) else {}) if check else None
