@@ -11,9 +11,10 @@ import pytest
 
 from llm_assets import LLMAssetsError, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.cache import CacheKeys, RequestCache
+from llm_assets.http.answers import answer_problem
 from llm_assets_tests.conftest import event_of, metadata_values, usage_metadata
 
-QUESTIONS = [f"question {i} about damage" for i in range(12)]
+QUESTIONS = [f"question {i} about damage" for i in range(24)]
 
 
 @dg.asset
@@ -50,6 +51,11 @@ def damage_embeddings(body: bytes) -> list[bytes]:
         json.dumps({**payload, "data": payload["data"][:1]}).encode(),  # one vector for two texts
         json.dumps({**payload, "data": [{**d, "embedding": "%%%"} for d in payload["data"]]}).encode(),
         json.dumps({**payload, "data": [{**d, "embedding": []} for d in payload["data"]]}).encode(),
+        json.dumps({**payload, "data": [{**d, "embedding": [None] * 16} for d in payload["data"]]}).encode(),
+        json.dumps({**payload, "data": [{**d, "embedding": [True] * 16} for d in payload["data"]]}).encode(),
+        json.dumps({**payload, "data": [{**d, "embedding": ["1.0"] * 16} for d in payload["data"]]}).encode(),
+        json.dumps({**payload, "data": [{**d, "embedding": [[0.1] * 16]} for d in payload["data"]]}).encode(),
+        json.dumps({**payload, "data": [{**d, "index": 7} for d in payload["data"]]}).encode(),
     ]
 
 
@@ -70,9 +76,12 @@ def test_damaged_entries_are_misses_logged_once_then_overwritten(
     sent = len(server.stats.requests)
     files = entries(tmp_path / "cache")
     forms = damage(files[0].read_bytes())
-    assert len(files) >= len(forms)
+    assert len(files) > len(forms)
     for path, broken in zip(files, forms, strict=False):
         path.write_bytes(broken)
+    files[len(forms)].unlink()  # and one entry that became a directory
+    files[len(forms)].mkdir()
+    forms.append(b"a directory")
 
     second = materialize([questions, asset], resource)
     assert len(server.stats.requests) == sent + len(forms)  # exactly the damaged ones asked again
@@ -80,30 +89,69 @@ def test_damaged_entries_are_misses_logged_once_then_overwritten(
         first.drop(columns=["latency_s", "cached"], errors="ignore"),
         second.output_for_node(asset.key.path[-1]).drop(columns=["latency_s", "cached"], errors="ignore"),
     )
-    for path in files[: len(forms)]:
+    for path in files[: len(forms) - 1]:
         assert warnings_about(instance, second.run_id, str(path)) != []  # logged, with its path…
+    for path in files[: len(forms)]:
         json.loads(path.read_bytes())  # …and healed by the fresh answer
-    assert len(warnings_about(instance, second.run_id, "Ignoring the damaged request cache entry")) == len(forms)
+    damaged = warnings_about(instance, second.run_id, "Ignoring the damaged request cache entry")
+    assert len(damaged) == len(forms) - 1  # the directory reads as absent: a miss, then replaced
 
     third = materialize([questions, asset], resource)
     assert len(server.stats.requests) == sent + len(forms)  # all answered from the cache again
     assert warnings_about(instance, third.run_id, "Ignoring the damaged") == []
 
 
-def test_a_damaged_entry_read_by_a_client_is_a_miss_too(server, materialize, tmp_path):
+@pytest.mark.parametrize(
+    ("endpoint", "damaged"),
+    [
+        ("chat", {"choices": []}),
+        ("chat", {"choices": [{"message": None}]}),
+        ("chat", {"choices": [{}]}),
+        ("embeddings", {"data": [{}]}),
+        ("embeddings", {"data": [{"index": 0, "embedding": [0.5, 0.5]}]}),  # one vector for two inputs
+        ("responses", {"output": []}),
+        ("responses", {"output": [1]}),
+    ],
+)
+def test_a_damaged_entry_read_by_a_client_is_a_miss_too(server, materialize, tmp_path, endpoint, damaged):
     @dg.asset
     def ask(context: dg.AssetExecutionContext, openai: OpenAIResource) -> str:
         with openai.get_client(context, cache=True) as client:
-            reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-        return reply.choices[0].message.content
+            if endpoint == "chat":
+                return client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).id
+            if endpoint == "embeddings":
+                return str(len(client.embeddings.create(model="e", input=["a", "b"]).data))
+            return client.responses.create(model="m", input="hi").output_text
 
     resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path))
-    materialize([ask], resource)
+    first = materialize([ask], resource).output_for_node("ask")
     (entry,) = entries(tmp_path)
-    entry.write_bytes(b'{"choices": []}')
-    result = materialize([ask], resource)
-    assert result.output_for_node("ask") and len(server.stats.requests) == 2
-    assert json.loads(entry.read_bytes())["choices"]  # overwritten
+    entry.write_bytes(json.dumps(damaged).encode())
+    assert materialize([ask], resource).output_for_node("ask") == first  # asked again, same answer
+    assert len(server.stats.requests) == 2
+    path = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses"}[endpoint]
+    assert answer_problem(path, json.loads(entry.read_bytes()), {"input": ["a", "b"]}) is None  # healed
+
+
+def test_a_malformed_live_answer_is_never_stored(server, materialize, instance, tmp_path):
+    served_empty: set[str] = set()
+
+    def empty_choices_once(handler, body):
+        prompt = body["messages"][0]["content"]
+        if prompt in served_empty:
+            return False
+        served_empty.add(prompt)
+        handler._json(200, {"object": "chat.completion", "model": "m", "choices": []})
+        return True
+
+    server.fault = empty_choices_once
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path))
+    first = materialize([questions, answers], resource)
+    assert usage_metadata(event_of(first, "answers"))["openai.failed_attempts.malformed"] == len(QUESTIONS)
+    assert len(entries(tmp_path)) == len(QUESTIONS)  # only the good answers were stored
+    second = materialize([questions, answers], resource)
+    assert warnings_about(instance, second.run_id, "Ignoring the damaged") == []
+    assert usage_metadata(event_of(second, "answers"))["openai.cache_hits"] == len(QUESTIONS)
 
 
 def test_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
@@ -118,16 +166,24 @@ def test_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     assert events[2][1] == str(tmp_path / key[:2])
 
 
-@pytest.mark.parametrize("where", ["file", "under_a_file"])
+@pytest.mark.parametrize(
+    "where", ["file", "under_a_file", "unknown://x/cache", "nul\0byte", "   ", "http://127.0.0.1:9/cache"]
+)
 def test_a_cache_location_that_cannot_hold_entries_fails_at_set_up(server, materialize, tmp_path, where):
     blocker = tmp_path / "not_a_directory"
     blocker.write_text("a file")
-    cache_dir = blocker if where == "file" else blocker / "cache"
-    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(cache_dir))
+    cache_dir = {"file": str(blocker), "under_a_file": str(blocker / "cache")}.get(where, where)
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=cache_dir)
     with pytest.raises(LLMAssetsError, match=r"request cache can't be written at .*: set OpenAIResource\(cache_dir="):
         resource.setup_for_execution(dg.build_init_resource_context())
     result = materialize([questions, answers], resource, raise_on_error=False)
     assert not result.success and server.stats.requests == []  # nothing sent, nothing billed
+
+
+def test_a_cache_dir_under_home_expands(server, materialize, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    materialize([questions, answers], OpenAIResource(base_url=server.base_url, cache_dir="~/llm-cache"))
+    assert len(entries(tmp_path / "llm-cache")) == len(QUESTIONS)
 
 
 def test_a_store_that_fails_mid_run_loses_no_billed_answer(server, materialize, instance, tmp_path):

@@ -110,7 +110,27 @@ def test_credentials_in_a_bad_url_are_not_shown():
 
 
 @pytest.mark.parametrize(
-    "url", ["https://api.openai.com/v1", "https://API.OpenAI.com/v1/", "https://eu.api.openai.com/v1"]
+    ("url", "message"),
+    [
+        ("http://user:hunter2@127.0.0.1:8000/v1", "holds credentials: remove them from the URL"),
+        ("http://127.0.0.1:8000/v1?api-version=1", "has a query string or fragment"),
+        ("http://127.0.0.1:8000/v1#section", "has a query string or fragment"),
+    ],
+)
+def test_base_url_parts_the_client_cannot_use_are_refused(url, message):
+    with pytest.raises(LLMAssetsError, match=message) as raised:
+        set_up(OpenAIResource(api_key=KEY, base_url=url))
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.openai.com/v1",
+        "https://API.OpenAI.com/v1/",
+        "https://eu.api.openai.com/v1",
+        "https://API.OPENAI.COM./v1",
+    ],
 )
 def test_openai_itself_never_goes_without_a_key(url):
     with pytest.raises(LLMAssetsError, match="No OpenAI API key"):
@@ -130,6 +150,7 @@ def test_openai_itself_never_goes_without_a_key(url):
         ({"default_headers": {"X Team": "data"}}, "default_headers has the name 'X Team'"),
         ({"chat_model": " "}, "chat_model"),
         ({"embedding_model": ""}, "embedding_model"),
+        ({"chat_model": "gpt\udcff"}, "chat_model holds '\\udcff'"),
     ],
 )
 def test_fields_http_cannot_carry_fail_at_set_up_naming_the_field(server, fields, named):
@@ -181,3 +202,13 @@ def test_step_failure_message_helper_is_used_for_user_errors(server, materialize
     resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
     result = materialize([fails], resource, raise_on_error=False)
     assert "clear message" in failure_message(result)
+
+
+@pytest.mark.parametrize(("variable", "field"), [("OPENAI_ORG_ID", "organization"), ("OPENAI_PROJECT_ID", "project")])
+def test_organization_and_project_from_the_environment_are_checked_too(server, monkeypatch, variable, field):
+    monkeypatch.setenv(variable, "org-é\nX")
+    with pytest.raises(LLMAssetsError, match=rf"^{field} \({variable}\) holds a character that HTTP headers"):
+        set_up(OpenAIResource(api_key=KEY, base_url=server.base_url))
+    monkeypatch.setenv(variable, "org-fine")
+    resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
+    assert resource.client_kwargs()[field] == "org-fine"  # what the SDK would have read itself

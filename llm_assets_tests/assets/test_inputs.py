@@ -1,6 +1,7 @@
 """What the factories read: empty partitions materialize as empty, and every bad upstream
 or run config fails with one error naming the field, before any request is sent."""
 
+import logging
 import re
 
 import dagster as dg
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from llm_assets import LLMAssetsError, build_chat_answers_asset, build_embeddings_asset
-from llm_assets.assets.frames import ANSWER_COLUMNS, EMBEDDING_COLUMNS
+from llm_assets.assets.frames import ANSWER_COLUMNS, EMBEDDING_COLUMNS, split_output
 from llm_assets.assets.upstream import load_texts
 from llm_assets_tests.conftest import CAPTAINS, captains, event_of, failure_message, metadata_values
 
@@ -41,8 +42,9 @@ def notes(context: dg.AssetExecutionContext) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("factory", [answers_of, embeddings_of])
-def test_an_empty_upstream_materializes_as_an_empty_frame(server, materialize, factory):
-    upstream = upstream_of(pd.DataFrame({"text": pd.Series([], dtype=object)}))
+@pytest.mark.parametrize("empty", [pd.DataFrame({"text": pd.Series([], dtype=object)}), pd.DataFrame(), []])
+def test_an_empty_upstream_materializes_as_an_empty_frame(server, materialize, factory, empty):
+    upstream = upstream_of(empty)
     asset = factory(upstream)
     result = materialize([upstream, asset])
     frame = result.output_for_node(asset.key.path[-1])
@@ -75,6 +77,59 @@ def test_a_single_run_backfill_with_an_empty_partition_stores_it_empty(server, m
     assert kirk_vectors["e0"].dtype == np.float32
     picard = pd.read_pickle(f"{stored}/embeddings/Jean-Luc Picard")
     assert picard["e0"].dtype == np.float32 and len(picard) == (2 if per_row else 1)
+
+
+def test_one_partition_of_an_unpartitioned_table_takes_only_its_rows(server, materialize):
+    table = upstream_of(pd.DataFrame({"partition_key": ["Kirk", "Kirk", "Picard"], "text": ["k1", "k2", "p1"]}))
+    chat = build_chat_answers_asset(
+        key="answers",
+        upstream=table,
+        text_column="text",
+        prompt="{text}",
+        partitions_def=dg.StaticPartitionsDefinition(["Kirk", "Picard"]),
+    )
+    result = materialize([table, chat], partition_key="Kirk")
+    assert result.output_for_node("answers")["prompt"].tolist() == ["k1", "k2"]
+
+
+class UnpartitionedUpstreamContext:
+    """What load_texts reads of an asset's context: its log, and an unpartitioned upstream."""
+
+    log = logging.getLogger("llm_assets_tests")
+
+    def asset_partitions_def_for_input(self, input_name: str) -> None:
+        return None
+
+
+def test_rows_of_other_partitions_in_an_upstream_table_are_skipped_with_a_warning(caplog):
+    context = UnpartitionedUpstreamContext()
+    value = pd.DataFrame({"partition_key": ["Kirk", "Uhura", None], "text": ["k", "u", "n"]})
+    texts = load_texts(context, value, ["Kirk", "Picard"], "text", dg.AssetKey("texts"))
+    assert texts == {"Kirk": ["k"], "Picard": []}
+    assert "not a partition of this run (['Uhura', 'None'])" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (pd.DataFrame([["Kirk", "Kirk", "t"]], columns=["partition_key", "partition_key", "text"]), "2 columns named"),
+        (pd.DataFrame({"partition_key": [["Kirk"]], "text": ["t"]}), "not a partition key"),
+        (pd.DataFrame({"partition_key": ["Kirk", "Uhura"], "text": ["t", "u"]}), r"values for \['Uhura'\]"),
+        (pd.DataFrame({"partition_key": ["Kirk", None], "text": ["t", "u"]}), r"values for \[None\]"),
+        ({"Kirk": 1, "Uhura": 2}, r"values for \['Uhura'\]"),
+        ({"partition_key": ["Kirk", "Uhura"], "text": ["t", "u"]}, r"values for \['Uhura'\]"),
+        ({"Kirk": 1}, r"no value for partitions \['Picard'\]"),
+    ],
+)
+def test_a_single_run_output_that_would_lose_values_is_refused(value, message):
+    with pytest.raises(LLMAssetsError, match=message):
+        split_output(value, ["Kirk", "Picard"], "Output of answers")
+
+
+def test_a_single_run_output_splits_dicts_tables_and_fills_empty_partitions():
+    table = split_output({"partition_key": ["Kirk"], "text": ["t"]}, ["Kirk", "Picard"], "Output")
+    assert table["Kirk"]["text"].tolist() == ["t"] and list(table["Picard"].columns) == ["partition_key", "text"]
+    assert split_output({"Kirk": 1, "Picard": 2}, ["Kirk", "Picard"], "Output") == {"Kirk": 1, "Picard": 2}
 
 
 # -- bad upstream values ----------------------------------------------------------------------
@@ -136,6 +191,29 @@ def test_unsendable_text_in_run_config_names_the_prompt_and_row(server, material
     result = materialize([answers], run_config=config, raise_on_error=False)
     assert "The prompt of answers (row 0) holds '\\udcff' at character 4" in failure_message(result)
     assert server.stats.requests == []
+
+
+@pytest.mark.parametrize("field", ["chat_model", "embedding_model"])
+def test_unsendable_model_names_in_run_config_fail_before_any_request(server, materialize, field):
+    upstream = upstream_of(pd.DataFrame({"text": ["a"]}))
+    asset = answers_of(upstream) if field == "chat_model" else embeddings_of(upstream)
+    config = {"ops": {asset.key.to_python_identifier(): {"config": {field: "gpt\udcff"}}}}
+    result = materialize([upstream, asset], run_config=config, raise_on_error=False)
+    assert f"{field} holds '\\udcff' at character 3" in failure_message(result)
+    assert server.stats.requests == []
+
+
+def test_a_failed_upstream_answer_says_why_it_has_no_text(server, materialize):
+    def reject(handler, body):
+        handler._json(400, {"error": {"message": "nope", "type": "invalid_request_error"}})
+        return True
+
+    upstream = upstream_of(pd.DataFrame({"text": ["a"]}))
+    answers, embeddings = answers_of(upstream), build_embeddings_asset(key="embeddings", upstream="answers")
+    server.fault = reject
+    record = {"ops": {"answers": {"config": {"on_error": "RECORD"}}}}
+    result = materialize([upstream, answers, embeddings], run_config=record, raise_on_error=False)
+    assert "row 0 column 'answer' holds None, not text: its upstream request failed (" in failure_message(result)
 
 
 @pytest.mark.parametrize(

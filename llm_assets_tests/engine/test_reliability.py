@@ -202,3 +202,59 @@ def test_a_killed_run_resumes_without_asking_twice(server, env_home, tmp_path, m
     recorded = usage_metadata(event_of(result, "answers"))
     assert recorded["openai.calls"] == len(asked) - first  # the re-run bills only what it sent
     assert recorded["openai.cache_hits"] == 200 - recorded["openai.calls"]
+
+
+def test_a_body_that_does_not_decompress_is_a_retried_malformed_attempt(server, materialize, monkeypatch):
+    @dg.asset
+    def two() -> pd.DataFrame:
+        return pd.DataFrame({"text": PROMPTS[:2]})
+
+    few = build_chat_answers_asset(key="few", upstream=two, text_column="text", prompt="{text}")
+    garbled: set[str] = set()
+
+    def garbled_gzip_once(handler, body):
+        prompt = body["messages"][0]["content"]
+        if prompt in garbled:
+            return False
+        garbled.add(prompt)
+        payload = b"\x1f\x8b\x08\x00 this is not gzip at all"
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-encoding", "gzip")
+        handler.send_header("content-length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+        return True
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(openai._base_client.anyio, "sleep", no_wait)
+    server.fault = garbled_gzip_once
+    result = materialize([two, few])
+    assert result.output_for_node("few")["answer"].notna().all()
+    recorded = usage_metadata(event_of(result, "few"))
+    assert recorded["openai.failed_attempts.malformed"] == 2 == recorded["openai.failed_attempts"]
+
+
+def test_token_counts_a_frame_cannot_hold_keep_the_answer(server, materialize):
+    @dg.asset
+    def three() -> pd.DataFrame:
+        return pd.DataFrame({"text": PROMPTS[:3]})
+
+    few = build_chat_answers_asset(key="few", upstream=three, text_column="text", prompt="{text}")
+    odd = iter([{"prompt_tokens": 7.5, "completion_tokens": 2, "total_tokens": 9.5}, {"prompt_tokens": "many"}])
+    odd_usages = [next(odd), next(odd), {"prompt_tokens": 10**30, "completion_tokens": 1, "total_tokens": 10**30}]
+
+    def odd_usage(handler, body):
+        usage = odd_usages[PROMPTS.index(body["messages"][0]["content"])]
+        choice = {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}
+        handler._json(200, {"object": "chat.completion", "model": "m", "choices": [choice], "usage": usage})
+        return True
+
+    server.fault = odd_usage
+    for _ in range(2):  # live, then from the cache
+        frame = materialize([three, few]).output_for_node("few")
+        assert frame["answer"].tolist() == ["fine"] * 3
+        assert frame["prompt_tokens"].isna().all() and frame["completion_tokens"].fillna(-1).tolist() == [2, -1, 1]
+    assert len(server.stats.requests) == 3
