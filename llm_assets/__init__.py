@@ -19,6 +19,7 @@ from llm_assets.assets import (
     build_pca_plot_asset,
     vectors,
 )
+from llm_assets.cache import CacheMode
 from llm_assets.engine import ChatRequest, Engine, LLMRequestError
 from llm_assets.errors import LLMAssetsError
 from llm_assets.io_manager import PartitionedFilesystemIOManager
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AssetOptions",
+    "CacheMode",
     "ChatConfig",
     "ChatRequest",
     "ChatTranslator",

@@ -147,6 +147,8 @@ class RequestCache:
             path.write_bytes(body)  # one PUT: object stores never show a partial object
             return
         directory = os.path.dirname(path.path)
+        if os.path.isfile(directory) and os.path.abspath(os.path.dirname(directory)) == os.path.abspath(self.root.path):
+            os.remove(directory)  # damage in the cache's own layout: a file where a shard directory goes
         os.makedirs(directory, exist_ok=True)
         temporary = os.path.join(directory, f".{os.path.basename(path.path)}.{uuid.uuid4().hex}.tmp")
         try:

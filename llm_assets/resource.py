@@ -68,24 +68,31 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             "OPENAI_BASE_URL environment variable, then to OpenAI."
         ),
     )
-    timeout: float = Field(default=120.0, gt=0, description="Seconds before one request times out.")
+    timeout: float = Field(
+        default=120.0, gt=0, le=86_400, allow_inf_nan=False, description="Seconds before one request times out."
+    )
     max_retries: int = Field(
         default=2,
         ge=0,
+        le=100,
         description="Retries of the OpenAI SDK (with backoff) for connection errors, 408, 409, 429 and 5xx.",
     )
     chat_model: str = Field(default="gpt-4o-mini", description="Default model for chat answers.")
     embedding_model: str = Field(default="text-embedding-3-small", description="Default model for embeddings.")
-    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once within one materialization.")
+    max_concurrency: int = Field(
+        default=8, ge=1, le=100_000, description="Requests in flight at once within one materialization."
+    )
     requests_per_minute: int | None = Field(
         default=None,
         ge=1,
+        le=10**9,
         description="Client-side cap on requests per minute, paced evenly and shared by all clients of one "
         "session (the run on the in-process executor, one step on the multiprocess executor).",
     )
     tokens_per_minute: int | None = Field(
         default=None,
         ge=1,
+        le=10**12,
         description="Client-side cap on (estimated) tokens per minute, shared like requests_per_minute.",
     )
     cache: bool = Field(
@@ -113,12 +120,14 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     max_tokens_per_run: int | None = Field(
         default=None,
         ge=1,
+        le=10**15,
         description="Tokens one session may spend (the run on the in-process executor, each step on the "
         "multiprocess executor, which sets the resource up per step); the request that would exceed it is not sent.",
     )
     max_cost_usd_per_run: float | None = Field(
         default=None,
         gt=0,
+        allow_inf_nan=False,
         description="Estimated USD one session may spend (see prices); scoped and enforced like max_tokens_per_run.",
     )
     prices: dict[str, dict[str, float]] | None = Field(

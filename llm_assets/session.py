@@ -130,11 +130,20 @@ class RunSession:
 
     # -- the request cache ------------------------------------------------------------------
 
-    def cache_mode(self, requested: CacheMode | bool) -> CacheMode:
-        """``requested`` (``True`` means USE), or OFF when this session has no cache."""
+    def cache_mode(self, requested: CacheMode | bool | str) -> CacheMode:
+        """``requested`` (``True`` means USE; a mode's name is accepted), or OFF when this
+        session has no cache."""
+        if isinstance(requested, str) and requested.upper() in CacheMode.__members__:
+            requested = CacheMode[requested.upper()]
         if requested is True:
             requested = CacheMode.USE
-        return CacheMode.OFF if requested is False or self.cache is None else requested
+        if requested is False:
+            requested = CacheMode.OFF
+        if not isinstance(requested, CacheMode):
+            raise LLMAssetsError(
+                f"cache={requested!r}: pass True, False or a llm_assets.CacheMode (USE, REFRESH, OFF)."
+            )
+        return CacheMode.OFF if self.cache is None else requested
 
     def cached(self, keys: Sequence[str | None], requests: Sequence[tuple[str, Any]]) -> list[CachedAnswer | None]:
         """The cached answers of ``keys`` (``None``: a miss) of ``requests`` (endpoint, JSON

@@ -2,8 +2,10 @@
 overwritten), writes are durable, a bad location fails at set-up, a failing store loses
 nothing."""
 
+import errno
 import json
 import os
+import shutil
 
 import dagster as dg
 import pandas as pd
@@ -56,6 +58,7 @@ def damage_embeddings(body: bytes) -> list[bytes]:
         json.dumps({**payload, "data": [{**d, "embedding": ["1.0"] * 16} for d in payload["data"]]}).encode(),
         json.dumps({**payload, "data": [{**d, "embedding": [[0.1] * 16]} for d in payload["data"]]}).encode(),
         json.dumps({**payload, "data": [{**d, "index": 7} for d in payload["data"]]}).encode(),
+        json.dumps({**payload, "data": [{**d, "embedding": [10**400] * 16} for d in payload["data"]]}).encode(),
     ]
 
 
@@ -109,6 +112,8 @@ def test_damaged_entries_are_misses_logged_once_then_overwritten(
         ("chat", {"choices": [{}]}),
         ("embeddings", {"data": [{}]}),
         ("embeddings", {"data": [{"index": 0, "embedding": [0.5, 0.5]}]}),  # one vector for two inputs
+        ("embeddings", {"data": [{"index": 0, "embedding": "AAA"}, {"index": 1, "embedding": "AAA"}]}),
+        ("embeddings", {"data": [{"index": 0, "embedding": "%%%"}, {"index": 1, "embedding": "%%%"}]}),
         ("responses", {"output": []}),
         ("responses", {"output": [1]}),
     ],
@@ -154,6 +159,18 @@ def test_a_malformed_live_answer_is_never_stored(server, materialize, instance, 
     assert usage_metadata(event_of(second, "answers"))["openai.cache_hits"] == len(QUESTIONS)
 
 
+def test_a_file_where_a_shard_directory_goes_is_replaced(server, materialize, tmp_path):
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path))
+    materialize([questions, answers], resource)
+    shard = entries(tmp_path)[0].parent
+    shutil.rmtree(shard)
+    shard.write_text("in the way")
+    materialize([questions, answers], resource)
+    materialize([questions, answers], resource)
+    assert shard.is_dir() and len(entries(tmp_path)) == len(QUESTIONS)
+    assert len(server.stats.requests) < 2 * len(QUESTIONS)  # healed: the third run sent nothing new
+
+
 def test_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     events = []
     real_replace = os.replace
@@ -186,12 +203,13 @@ def test_a_cache_dir_under_home_expands(server, materialize, tmp_path, monkeypat
     assert len(entries(tmp_path / "llm-cache")) == len(QUESTIONS)
 
 
-def test_a_store_that_fails_mid_run_loses_no_billed_answer(server, materialize, instance, tmp_path):
-    cache_dir = tmp_path / "cache"
-    cache_dir.mkdir()
-    for shard in range(256):  # every entry's directory is taken by a file: each store fails
-        (cache_dir / f"{shard:02x}").write_text("in the way")
-    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(cache_dir))
+def test_a_store_that_fails_mid_run_loses_no_billed_answer(server, materialize, instance, tmp_path, monkeypatch):
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path / "cache"))
+
+    def disk_full(self, key, body):  # the location passed its set-up probe; then the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RequestCache, "put", disk_full)
     result = materialize([questions, answers], resource)
     frame = result.output_for_node("answers")
     assert frame["answer"].notna().all() and len(frame) == len(QUESTIONS) == server.usage.calls

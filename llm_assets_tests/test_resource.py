@@ -2,6 +2,7 @@
 
 import dagster as dg
 import dagster_openai
+import pydantic
 import pytest
 
 from llm_assets import LLMAssetsError, OpenAIResource
@@ -115,6 +116,7 @@ def test_credentials_in_a_bad_url_are_not_shown():
         ("http://user:hunter2@127.0.0.1:8000/v1", "holds credentials: remove them from the URL"),
         ("http://127.0.0.1:8000/v1?api-version=1", "has a query string or fragment"),
         ("http://127.0.0.1:8000/v1#section", "has a query string or fragment"),
+        ("http://127.0.0.1:8000/v1?", "has a query string or fragment"),
     ],
 )
 def test_base_url_parts_the_client_cannot_use_are_refused(url, message):
@@ -212,3 +214,43 @@ def test_organization_and_project_from_the_environment_are_checked_too(server, m
     monkeypatch.setenv(variable, "org-fine")
     resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
     assert resource.client_kwargs()[field] == "org-fine"  # what the SDK would have read itself
+
+
+@pytest.mark.parametrize(
+    ("prices", "message"),
+    [
+        ({"m": {"input": float("nan")}}, r"prices\['m'\]\['input'\] is nan: give a finite"),
+        ({"m": {"input": -1.0}}, r"prices\['m'\]\['input'\] is -1.0"),
+        ({"m": {"output": 1.0}}, r"prices\['m'\] has \['output'\]: give 'input'"),
+        ({"m": {"input": 1.0, "per_call": 2.0}}, r"prices\['m'\] has \['input', 'per_call'\]"),
+    ],
+)
+def test_prices_that_would_defeat_a_budget_fail_at_set_up(server, prices, message):
+    with pytest.raises(LLMAssetsError, match=message):
+        set_up(OpenAIResource(api_key=KEY, base_url=server.base_url, prices=prices, max_cost_usd_per_run=1.0))
+
+
+@pytest.mark.parametrize(
+    "fields", [{"timeout": float("inf")}, {"max_cost_usd_per_run": float("nan")}, {"tokens_per_minute": 10**400}]
+)
+def test_numbers_no_client_can_use_are_refused_by_the_config_schema(fields):
+    with pytest.raises(pydantic.ValidationError, match=next(iter(fields))):
+        OpenAIResource(api_key=KEY, **fields)
+
+
+@pytest.mark.parametrize("cache", ["use", "REFRESH", True, False])
+def test_get_client_takes_a_cache_mode_by_name(server, cache):
+    resource = OpenAIResource(api_key=KEY, base_url=server.base_url, cache_dir="memory://get-client-cache")
+    with resource.get_client(dg.build_op_context(), cache=cache) as client:
+        client.embeddings.create(model="e", input=["a"])
+
+
+@pytest.mark.parametrize("cache", [None, 1, "sometimes"])
+def test_get_client_refuses_an_unknown_cache_mode_before_sending(server, cache):
+    resource = OpenAIResource(api_key=KEY, base_url=server.base_url)
+    with (
+        pytest.raises(LLMAssetsError, match=r"cache=.*: pass True, False or a llm_assets.CacheMode"),
+        resource.get_client(dg.build_op_context(), cache=cache),
+    ):
+        pass
+    assert server.stats.requests == []

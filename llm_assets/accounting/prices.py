@@ -11,8 +11,11 @@ Example:
     0.15
 """
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from llm_assets.errors import LLMAssetsError
 
 PRICES_AS_OF = "2025-06-01"
 PRICES_SOURCE = "https://openai.com/api/pricing (standard tier)"
@@ -53,6 +56,17 @@ def price_table(overrides: Mapping[str, Mapping[str, float]] | None) -> dict[str
     """``DEFAULT_PRICES`` with ``{"model": {"input": …, "cached_input": …, "output": …}}`` applied."""
     table = dict(DEFAULT_PRICES)
     for model, price in (overrides or {}).items():
+        unknown = set(price) - {"input", "cached_input", "output"}
+        if unknown or "input" not in price:
+            raise LLMAssetsError(
+                f"prices[{model!r}] has {sorted(price)}: give 'input' and optionally 'cached_input' and "
+                "'output', in USD per 1M tokens."
+            )
+        for field, value in price.items():
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise LLMAssetsError(
+                    f"prices[{model!r}][{field!r}] is {value!r}: give a finite, non-negative USD per 1M tokens."
+                )
         table[model] = ModelPrice(**price)
     return table
 

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -59,7 +60,15 @@ class ModelUsage:
 
 
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) else 0
+    """A reported count as an int: a finite, non-negative number, else 0 (servers send odd
+    values; accounting must not fail on them)."""
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return max(0, int(value))
+    return 0
+
+
+def _details(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
@@ -71,8 +80,8 @@ def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
     total = usage.get("total_tokens")
     if total is None:
         total = _int(prompt) + _int(completion)
-    prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    prompt_details = _details(usage.get("prompt_tokens_details") or usage.get("input_tokens_details"))
+    completion_details = _details(usage.get("completion_tokens_details") or usage.get("output_tokens_details"))
     return {
         "prompt_tokens": _int(prompt),
         "completion_tokens": None if completion is None else _int(completion),
@@ -96,7 +105,7 @@ class Usage:
 
     def add_cache_hit(self, model: str | None) -> None:
         with self._lock:
-            self.models[model or "unknown"].cache_hits += 1
+            self.models[model if isinstance(model, str) and model else "unknown"].cache_hits += 1
 
     def add_failed_attempt(self, kind: str) -> None:
         """Count one attempt that failed: ``kind`` is the HTTP status (``"429"``),
@@ -116,9 +125,9 @@ class Usage:
     def add_response(self, model: str | None, usage: Mapping[str, Any] | None) -> None:
         """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent none)."""
         with self._lock:
-            counters = self.models[model or "unknown"]
+            counters = self.models[model if isinstance(model, str) and model else "unknown"]
             counters.calls += 1
-            if not usage:
+            if not isinstance(usage, Mapping) or not usage:
                 counters.calls_without_usage += 1
                 return
             normalized = normalize_usage(usage)

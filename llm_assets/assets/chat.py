@@ -41,7 +41,7 @@ from llm_assets.assets.upstream import (
 )
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.errors import LLMAssetsError
-from llm_assets.http.checks import check_model, check_text
+from llm_assets.http.checks import check_body, check_model, check_text
 
 Rows = Mapping[str | None, Sequence[Mapping[str, Any]]]  # per partition: each request's row values
 
@@ -93,7 +93,9 @@ def plan_chat_requests(
                 check_text(text, f"The {part} of {name} ({where})")
             hook = prompts.translator
             messages = hook.get_messages(rendered["prompt"], rendered.get("system_prompt"), filled)
-            requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), hook.get_params(params, filled)))
+            request = ChatRequest(pk, row, rendered["prompt"], tuple(messages), hook.get_params(params, filled))
+            check_body({"messages": messages, **request.params}, f"The request of {name} ({where})")
+            requests.append(request)
     return requests
 
 

@@ -75,7 +75,13 @@ def typed_columns(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec]) -> pd.
 
 def answers_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The answers frame of :meth:`AnswerRow.to_record` records."""
-    return typed_frame(records, ANSWER_COLUMNS)
+    try:
+        return typed_frame(records, ANSWER_COLUMNS)
+    except (ValueError, TypeError, OverflowError) as error:  # only a translator's get_record can cause it
+        raise LLMAssetsError(
+            f"A column of the answers has values of the wrong type ({error}): check what the translator's "
+            "get_record puts in the documented columns."
+        ) from None
 
 
 def embeddings_frame(records: Sequence[Mapping[str, Any]], matrix: np.ndarray) -> pd.DataFrame:

@@ -40,7 +40,12 @@ def stack_vectors(frames: MutableMapping[Any, pd.DataFrame]) -> tuple[pd.DataFra
     meta, start = [], 0
     for key in list(frames):
         frame = frames.pop(key)
-        matrix[start : start + len(frame)] = frame[columns].to_numpy(dtype=np.float32, copy=False)
+        try:
+            matrix[start : start + len(frame)] = frame[columns].to_numpy(dtype=np.float32, copy=False)
+        except (ValueError, TypeError) as error:
+            raise LLMAssetsError(
+                f"Some embeddings are not numbers ({error}): re-materialize the embeddings asset."
+            ) from None
         meta.append(frame.drop(columns=columns))
         start += len(frame)
         del frame

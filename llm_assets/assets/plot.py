@@ -37,6 +37,13 @@ def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMappi
     parts = upstream if isinstance(upstream, dict) else {None: upstream}
     for pk in [pk for pk, frame in parts.items() if not len(frame)]:
         del parts[pk]
+    for pk, frame in parts.items():
+        where = f"{name}" + (f" partition {pk!r}" if pk is not None else "")
+        if not vector_columns(frame) or frame.columns.duplicated().any():
+            raise LLMAssetsError(
+                f"{where} is not an embeddings frame (vector columns e0 … e{{n-1}}, each once; columns: "
+                f"{[str(c) for c in frame.columns][:10]}): point upstream= at a build_embeddings_asset asset."
+            )
     widths = {pk: len(vector_columns(frame)) for pk, frame in parts.items()}
     if len(set(widths.values())) > 1:
         raise LLMAssetsError(
@@ -47,7 +54,7 @@ def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMappi
     if parts and label_column not in columns:
         raise LLMAssetsError(
             f"label_column {label_column!r} is not a column of {name} "
-            f"(columns: {sorted(c for c in columns if not (c[:1] == 'e' and c[1:].isdigit()))})."
+            f"(columns: {sorted(str(c) for c in columns if not (str(c)[:1] == 'e' and str(c)[1:].isdigit()))})."
         )
     return parts
 

@@ -29,13 +29,19 @@ class PromptTemplate:
     @property
     def fields(self) -> frozenset[str]:
         names = set()
-        for _, name, _, _ in string.Formatter().parse(self.template):
+        hint = "use named placeholders such as {question}, and write {{ }} for literal braces"
+        try:
+            parsed = list(string.Formatter().parse(self.template))
+        except ValueError as error:  # a lone { or }
+            raise LLMAssetsError(f"Template {self.template!r} is not a valid template ({error}): {hint}.") from None
+        for _, name, spec, conversion in parsed:
             if name is None:
                 continue
-            if not name or not name.isidentifier():
+            if not name or not name.isidentifier() or spec or conversion:
+                shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
                 raise LLMAssetsError(
-                    f"Template {self.template!r} has a placeholder {{{name}}} that is not a plain "
-                    "name: use named placeholders such as {question}, and write {{ }} for braces."
+                    f"Template {self.template!r} has a placeholder {{{shown}}} that is not a plain name "
+                    f"(no format specs or conversions): {hint}."
                 )
             names.add(name)
         return frozenset(names)

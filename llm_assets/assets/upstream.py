@@ -140,7 +140,8 @@ def load_texts(
     partition present: one with no upstream value or no rows is empty (logged). An
     upstream that has values but none for this run's partitions is an error."""
     where = f"Upstream {key.to_user_string()}"
-    split_column = not _is_partitioned(context)  # else Dagster already selected this run's values
+    value = _merged(context, value, partition_keys, where)
+    split_column = not _is_partitioned(context) and partition_keys != [None]  # else Dagster selected them
     is_table = isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns
     if split_column and is_table and (strays := stray_keys(value, partition_keys, where)):
         context.log.warning(
@@ -158,6 +159,29 @@ def load_texts(
         what = f"partition(s) {_listed(empty)} have" if partition_keys != [None] else "it has"
         context.log.info(f"{where}: {what} no rows, so nothing is sent for them and they are stored empty.")
     return texts
+
+
+def _merged(context: dg.AssetExecutionContext, value: Any, partition_keys: Sequence[str | None], where: str) -> Any:
+    """One value from the ``{upstream_key: value}`` dict Dagster loads when one partition of
+    this asset (or the whole unpartitioned asset) maps to several upstream partitions, e.g.
+    daily → weekly: their rows, in upstream order."""
+    if not isinstance(value, Mapping) or len(partition_keys) != 1:
+        return value
+    try:
+        upstream_keys = list(context.asset_partition_keys_for_input("upstream"))
+    except Exception:  # an unpartitioned upstream: Dagster raises its own CheckError (or a DagsterError)
+        return value
+    if not value or not set(value) <= set(upstream_keys) or set(value) == {partition_keys[0]}:
+        return value
+    parts = [value[k] for k in upstream_keys if k in value]
+    if all(isinstance(part, pd.DataFrame) for part in parts):
+        return pd.concat(parts, ignore_index=True)
+    if all(isinstance(part, list | tuple | str) for part in parts):
+        return [text for part in parts for text in ([part] if isinstance(part, str) else part)]
+    raise LLMAssetsError(
+        f"{where} maps {len(parts)} upstream partitions to each of this asset's, and their values are "
+        f"{sorted({type(p).__name__ for p in parts})}: return DataFrames or lists of strings to combine them."
+    )
 
 
 def _is_partitioned(context: dg.AssetExecutionContext) -> bool:

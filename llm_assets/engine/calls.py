@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from llm_assets.errors import LLMAssetsError
+
 T = TypeVar("T")
 
 #: ``read(json_body, cached, latency_seconds)``: a call's answer as the caller's result.
@@ -23,6 +25,11 @@ class LLMRequestError(Exception):
 
 class GovernanceError(LLMRequestError):
     """A request refused by the allow-list or a budget; it was never sent. Always fatal."""
+
+
+class HookError(LLMAssetsError):
+    """User code on the request path (a translator hook) failed on a good answer: never
+    retried, never blamed on the server."""
 
 
 class MalformedResponseError(Exception):

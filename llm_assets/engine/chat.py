@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_assets.engine.calls import Call
+from llm_assets.engine.calls import Call, HookError
 from llm_assets.engine.rows import AnswerRow
 
 #: ``translate(record, response_body) -> record``: a translator's hook on each row.
@@ -53,8 +53,8 @@ class ChatRequest:
             row=self.row,
             prompt=self.prompt,
             answer=content or "",
-            model=body.get("model"),
-            finish_reason=choice.get("finish_reason"),
+            model=body["model"] if isinstance(body.get("model"), str) else None,
+            finish_reason=choice["finish_reason"] if isinstance(choice.get("finish_reason"), str) else None,
             prompt_tokens=token_count(usage.get("prompt_tokens")),
             completion_tokens=token_count(usage.get("completion_tokens")),
             total_tokens=token_count(usage.get("total_tokens")),
@@ -70,7 +70,23 @@ def chat_calls(requests: Sequence[ChatRequest], translate: Translate | None = No
     """One engine call per request; ``translate`` may rewrite or extend each row."""
 
     def finish(row: AnswerRow, body: Mapping[str, Any]) -> AnswerRow:
-        return AnswerRow.from_record(translate(row.to_record(), body)) if translate else row
+        if translate is None:
+            return row
+        try:
+            record = translate(row.to_record(), body)
+        except Exception as error:
+            raise HookError(
+                f"The translator's get_record failed on row {row.row}: {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(record, dict) or (record.get("partition_key"), record.get("row")) != (
+            row.partition_key,
+            row.row,
+        ):
+            raise HookError(
+                f"The translator's get_record returned {type(record).__name__} for row {row.row}: return the record "
+                "dict it was given, with columns added or changed (partition_key and row unchanged)."
+            )
+        return AnswerRow.from_record(record)
 
     def call(request: ChatRequest) -> Call[AnswerRow]:
         return Call(

@@ -29,7 +29,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from llm_assets.accounting.governance import REFUSAL_CODE
 from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheMode
-from llm_assets.engine.calls import Call, ErrorPolicy, GovernanceError, LLMRequestError, MalformedResponseError
+from llm_assets.engine.calls import (
+    Call,
+    ErrorPolicy,
+    GovernanceError,
+    HookError,
+    LLMRequestError,
+    MalformedResponseError,
+)
 from llm_assets.engine.chat import ChatRequest, Translate, chat_calls
 from llm_assets.engine.embeddings import (
     MAX_EMBEDDING_BATCH_TOKENS,
@@ -49,7 +56,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 #: What a reader raises on a body that is JSON but not the endpoint's answer.
-_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
 
 
 @dataclass
@@ -181,6 +188,8 @@ class Engine:
             if answer is not None:
                 try:
                     results[index] = call.read(answer.payload, True, 0.0)
+                except HookError:
+                    raise
                 except _MALFORMED as error:  # damaged in a way only the reader sees: ask again
                     self.session.discard(key, f"{type(error).__name__}: {error}")
                 else:
@@ -215,6 +224,8 @@ class Engine:
                 raise MalformedResponseError("malformed response body (not a JSON object)")
             try:
                 return call.read(body, False, time.perf_counter() - sent)
+            except HookError:
+                raise
             except _MALFORMED as error:
                 usage.add_failed_attempt("malformed")
                 raise MalformedResponseError(f"malformed response body ({type(error).__name__}: {error})") from error

@@ -2,8 +2,8 @@
 stored in the request cache and when it is read back: a body that fails is a malformed
 answer (retried when live, a miss when cached), never a row built from half an answer.
 
-The checks are structural and cheap (no vector is decoded); the engine's readers check
-the rest (numbers, finiteness) as they build rows.
+The checks are structural, plus each embedding's encoding (base64 of float32, or a list
+of finite numbers); the engine's readers check the rest as they build rows.
 
 Example:
     >>> answer_problem("/chat/completions", {"choices": []})
@@ -12,6 +12,8 @@ Example:
     '1 embeddings for 2 inputs'
 """
 
+import base64
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,10 +60,24 @@ def _embeddings(answer: Mapping[str, Any], request: Mapping[str, Any]) -> str | 
     if sorted(str(d.get("index")) for d in data) != sorted(str(i) for i in range(len(data))):
         return "the embeddings' 'index' values are not 0…n-1"
     for item in data:
-        embedding = item.get("embedding")
-        if not (isinstance(embedding, str) or (isinstance(embedding, list) and embedding)):
-            return "an 'embedding' is neither a non-empty list nor base64"
+        if not _vector(item.get("embedding")):
+            return "an 'embedding' is neither a non-empty list of finite numbers nor base64 float32"
     return None
+
+
+def _vector(embedding: Any) -> bool:
+    if isinstance(embedding, str):
+        try:
+            raw = base64.b64decode(embedding, validate=True)
+        except ValueError:  # binascii.Error
+            return False
+        return bool(raw) and len(raw) % 4 == 0
+    return isinstance(embedding, list) and bool(embedding) and all(_float32(x) for x in embedding)
+
+
+def _float32(x: Any) -> bool:
+    """A JSON number a float32 can hold (``10**400`` and ``Infinity`` parse, but can't)."""
+    return (type(x) is float and math.isfinite(x) and abs(x) < 3.4e38) or (type(x) is int and abs(x) < 2**127)
 
 
 def _response(answer: Mapping[str, Any], request: Mapping[str, Any]) -> str | None:

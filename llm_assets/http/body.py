@@ -119,7 +119,7 @@ class BodyReader:
             self._observe(event["response"] if isinstance(event.get("response"), dict) else event)
 
     def _observe(self, body: dict[str, Any]) -> None:
-        if body.get("model"):
+        if body.get("model") and isinstance(body["model"], str):
             self._model = body["model"]
         if isinstance(body.get("usage"), dict):
             self._usage = body["usage"]

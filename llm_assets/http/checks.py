@@ -8,7 +8,9 @@ Example:
     llm_assets.errors.LLMAssetsError: base_url 'http://127.0.0.1:8O80/v1' is not a valid URL (Invalid port: '8O80'): ...
 """
 
+import json
 import re
+from typing import Any
 
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.pools import httpx
@@ -38,7 +40,7 @@ def check_base_url(url: str, field: str) -> httpx.URL:
             f"{field} {_shown(url)!r} holds credentials: remove them from the URL, and pass the key as "
             "OpenAIResource(api_key=...) (or another header with default_headers=...)."
         )
-    if parsed.query or parsed.fragment:
+    if parsed.query or parsed.fragment or "?" in url or "#" in url:
         raise LLMAssetsError(
             f"{field} {_shown(url)!r} has a query string or fragment, which the OpenAI client can't append "
             "paths to: remove it (query parameters such as api-version belong to the server's own client)."
@@ -95,3 +97,20 @@ def check_model(model: str, field: str, where: str) -> None:
     if not isinstance(model, str) or not model.strip():
         raise LLMAssetsError(f"{field} is empty: set {where} to a model name, e.g. gpt-4o-mini.")
     check_text(model, field)
+
+
+def check_body(body: Any, where: str) -> None:
+    """A request body must be a JSON object of finite numbers and sendable text, not a
+    stream (the factories read whole answers); a translator's hooks build it."""
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list | tuple) or body.get("stream"):
+        raise LLMAssetsError(
+            f"{where} is not a non-streamed chat request (messages list, no stream=True): check the "
+            "translator's get_messages and get_params."
+        )
+    try:
+        json.dumps(body, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as error:  # UnicodeEncodeError included
+        raise LLMAssetsError(
+            f"{where} can't be sent as JSON ({type(error).__name__}: {error}): give the translator's "
+            "get_messages / get_params only text, finite numbers, lists and dicts."
+        ) from None

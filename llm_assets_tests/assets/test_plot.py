@@ -4,6 +4,7 @@ partition, and clear errors for what cannot be projected."""
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 
 from llm_assets import build_llm_pipeline_assets, build_pca_plot_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
@@ -82,3 +83,25 @@ def test_partitions_are_trimmed_in_place_so_each_frame_can_be_freed():
     frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], np.ones((1, 4)))
     loaded = {"a": frame, "empty": frame.iloc[:0]}
     assert embedding_parts(loaded, "text", "embeddings") is loaded and list(loaded) == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"partition_key": ["a", "b"], "text": ["x", "y"]}), "is not an embeddings frame"),
+        (pd.DataFrame([[1.0, 2.0], [3.0, 4.0]], columns=["e0", "e0"]), "is not an embeddings frame"),
+        (pd.DataFrame({"text": ["a", "b"], "e0": ["x", "y"]}), "Some embeddings are not numbers"),
+        (
+            pd.DataFrame({"partition_key": ["a", "b"], 7: [1, 2], "e0": [1.0, 2.0]}),
+            "label_column 'text' is not a column",
+        ),
+    ],
+)
+def test_a_plot_of_something_that_is_not_embeddings_is_one_clear_error(server, materialize, frame, message):
+    @dg.asset(key="vectors")
+    def vectors() -> pd.DataFrame:
+        return frame
+
+    plot = build_pca_plot_asset(key="plot", upstream=vectors, label_column="text")
+    result = materialize([vectors, plot], raise_on_error=False)
+    assert "LLMAssetsError" in failure_message(result) and message in failure_message(result)

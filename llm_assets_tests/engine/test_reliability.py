@@ -243,13 +243,19 @@ def test_token_counts_a_frame_cannot_hold_keep_the_answer(server, materialize):
         return pd.DataFrame({"text": PROMPTS[:3]})
 
     few = build_chat_answers_asset(key="few", upstream=three, text_column="text", prompt="{text}")
-    odd = iter([{"prompt_tokens": 7.5, "completion_tokens": 2, "total_tokens": 9.5}, {"prompt_tokens": "many"}])
-    odd_usages = [next(odd), next(odd), {"prompt_tokens": 10**30, "completion_tokens": 1, "total_tokens": 10**30}]
+    odd_usages = [
+        {"prompt_tokens": 7.5, "completion_tokens": 2, "total_tokens": 9.5, "prompt_tokens_details": 7},
+        {"prompt_tokens": "many", "completion_tokens_details": [1], "total_tokens": float("nan")},
+        {"prompt_tokens": 10**30, "completion_tokens": 1, "total_tokens": -100, "cached_tokens": float("inf")},
+    ]
+    odd_models = [["a"], 5, None]
 
     def odd_usage(handler, body):
-        usage = odd_usages[PROMPTS.index(body["messages"][0]["content"])]
+        row = PROMPTS.index(body["messages"][0]["content"])
         choice = {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}
-        handler._json(200, {"object": "chat.completion", "model": "m", "choices": [choice], "usage": usage})
+        handler._json(
+            200, {"object": "chat.completion", "model": odd_models[row], "choices": [choice], "usage": odd_usages[row]}
+        )
         return True
 
     server.fault = odd_usage
@@ -258,3 +264,8 @@ def test_token_counts_a_frame_cannot_hold_keep_the_answer(server, materialize):
         assert frame["answer"].tolist() == ["fine"] * 3
         assert frame["prompt_tokens"].isna().all() and frame["completion_tokens"].fillna(-1).tolist() == [2, -1, 1]
     assert len(server.stats.requests) == 3
+    assert all(
+        value >= 0
+        for key, value in usage_metadata(event_of(materialize([three, few]), "few")).items()
+        if "tokens" in key
+    )

@@ -1,0 +1,137 @@
+"""User code on the request path and Dagster's partition mappings: a translator's bug is
+one clear error (never a re-billed "malformed" answer), a bad template fails when the asset
+is defined, and several upstream partitions mapped to one are read whole."""
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from llm_assets import ChatTranslator, LLMAssetsError, build_chat_answers_asset, build_embeddings_asset
+from llm_assets_tests.conftest import failure_message, usage_metadata
+
+
+@dg.asset
+def texts() -> pd.DataFrame:
+    return pd.DataFrame({"text": ["one", "two"]})
+
+
+def answers_with(translator: ChatTranslator) -> dg.AssetsDefinition:
+    return build_chat_answers_asset(
+        key="answers", upstream=texts, text_column="text", prompt="{text}", translator=translator
+    )
+
+
+class RecordRaises(ChatTranslator):
+    def get_record(self, record, response):
+        return {**record, "verdict": response["choices"][0]["no such field"]}
+
+
+class RecordIsNone(ChatTranslator):
+    def get_record(self, record, response):
+        return None
+
+
+class RecordMovesPartition(ChatTranslator):
+    def get_record(self, record, response):
+        return {**record, "row": 99}
+
+
+class RecordWrongType(ChatTranslator):
+    def get_record(self, record, response):
+        return {**record, "prompt_tokens": "n/a"}
+
+
+@pytest.mark.parametrize(
+    ("translator", "message"),
+    [
+        (RecordRaises(), "The translator's get_record failed on row"),
+        (RecordIsNone(), "The translator's get_record returned NoneType for row"),
+        (RecordMovesPartition(), "partition_key and row unchanged"),
+        (RecordWrongType(), "A column of the answers has values of the wrong type"),
+    ],
+)
+def test_a_failing_get_record_is_one_error_and_nothing_is_billed_twice(server, materialize, translator, message):
+    for _ in range(2):
+        result = materialize([texts, answers_with(translator)], raise_on_error=False)
+        assert not result.success and message in failure_message(result)
+        assert "malformed" not in failure_message(result)
+    assert len(server.stats.requests) == 2  # each answer was bought once, cached, and never asked again
+
+
+class StreamParams(ChatTranslator):
+    def get_params(self, params, values):
+        return {**params, "stream": True}
+
+
+class NanParams(ChatTranslator):
+    def get_params(self, params, values):
+        return {**params, "temperature": float("nan")}
+
+
+class SetParams(ChatTranslator):
+    def get_params(self, params, values):
+        return {**params, "stop": {"a", "b"}}
+
+
+class SurrogateMessages(ChatTranslator):
+    def get_messages(self, prompt, system_prompt, values):
+        return [{"role": "user", "content": prompt + " \udcff"}]
+
+
+@pytest.mark.parametrize(
+    ("translator", "message"),
+    [
+        (StreamParams(), "is not a non-streamed chat request"),
+        (NanParams(), "can't be sent as JSON (ValueError: Out of range float values"),
+        (SetParams(), "can't be sent as JSON (TypeError: Object of type set"),
+        (SurrogateMessages(), "can't be sent as JSON (UnicodeEncodeError"),
+    ],
+)
+def test_a_request_a_translator_builds_is_checked_before_anything_is_sent(server, materialize, translator, message):
+    result = materialize([texts, answers_with(translator)], raise_on_error=False)
+    assert f"The request of answers (row 0) {message}" in failure_message(result)
+    assert server.stats.requests == []
+
+
+@pytest.mark.parametrize("template", ["{question:d}", "{question!z}", "{question:{width}}", "{question} }", "{ {q}"])
+def test_a_template_that_is_not_plain_placeholders_fails_when_the_asset_is_defined(template):
+    with pytest.raises(LLMAssetsError, match=r"Template .* (has a placeholder|is not a valid template)"):
+        build_chat_answers_asset(key="answers", prompt=template, question="Why?")
+
+
+# -- partition mappings -------------------------------------------------------------------
+
+
+daily = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-15")
+weekly = dg.WeeklyPartitionsDefinition(start_date="2024-01-07", end_date="2024-01-14")
+
+
+@dg.asset(partitions_def=daily)
+def notes(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    return pd.DataFrame({"partition_key": [context.partition_key], "text": [f"note of {context.partition_key}"]})
+
+
+def test_a_week_of_daily_partitions_is_read_whole(server, materialize, instance):
+    days = daily.get_partition_keys()[6:13]  # 2024-01-07 … 2024-01-13: the week starting 2024-01-07
+    for day in days:
+        materialize([notes], partition_key=day)
+    summary = build_embeddings_asset(key="weekly", upstream=notes, text_column="text", partitions_def=weekly)
+    result = materialize([notes, summary], selection=[summary.key], partition_key="2024-01-07")
+    assert result.output_for_node("weekly")["text"].tolist() == [f"note of {d}" for d in days]
+
+
+def test_an_unpartitioned_asset_reads_every_partition_of_its_upstream(server, materialize):
+    days = daily.get_partition_keys()
+    for day in days:
+        materialize([notes], partition_key=day)
+    everything = build_embeddings_asset(key="everything", upstream="notes", text_column="text")  # by key: unpartitioned
+    result = materialize([notes, everything], selection=[everything.key])
+    assert result.output_for_node("everything")["text"].tolist() == [f"note of {d}" for d in days]
+
+
+def test_no_stray_rows_warning_for_an_unpartitioned_pipeline(server, materialize, instance):
+    answers = build_chat_answers_asset(key="answers", upstream=texts, text_column="text", prompt="{text}")
+    vectors = build_embeddings_asset(key="vectors", upstream=answers)
+    result = materialize([texts, answers, vectors])
+    assert not [e for e in instance.all_logs(result.run_id) if "skipping its rows" in e.user_message]
+    assert usage_metadata(result.get_asset_materialization_events()[-1])["openai.calls"] == 1
