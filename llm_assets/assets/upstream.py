@@ -164,12 +164,21 @@ def load_texts(
 def _merged(context: dg.AssetExecutionContext, value: Any, partition_keys: Sequence[str | None], where: str) -> Any:
     """One value from the ``{upstream_key: value}`` dict Dagster loads when one partition of
     this asset (or the whole unpartitioned asset) maps to several upstream partitions, e.g.
-    daily → weekly: their rows, in upstream order."""
-    if not isinstance(value, Mapping) or len(partition_keys) != 1:
+    daily → weekly: their rows, in upstream order. A run of several partitions needs the
+    identity mapping."""
+    if not isinstance(value, Mapping):
         return value
     try:
         upstream_keys = list(context.asset_partition_keys_for_input("upstream"))
     except Exception:  # an unpartitioned upstream: Dagster raises its own CheckError (or a DagsterError)
+        return value
+    if len(partition_keys) > 1:
+        if set(upstream_keys) != set(partition_keys):
+            raise LLMAssetsError(
+                f"{where}: this run's {len(partition_keys)} partitions map to other upstream partitions "
+                f"({_listed(upstream_keys)}), which one run can't split: pass "
+                "backfill_policy=dg.BackfillPolicy.multi_run() to the factory (one partition per run)."
+            )
         return value
     if not value or not set(value) <= set(upstream_keys) or set(value) == {partition_keys[0]}:
         return value

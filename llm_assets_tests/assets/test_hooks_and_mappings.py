@@ -102,31 +102,40 @@ def test_a_template_that_is_not_plain_placeholders_fails_when_the_asset_is_defin
 # -- partition mappings -------------------------------------------------------------------
 
 
-daily = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-15")
-weekly = dg.WeeklyPartitionsDefinition(start_date="2024-01-07", end_date="2024-01-14")
+daily = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-22")
+weekly = dg.WeeklyPartitionsDefinition(start_date="2024-01-07", end_date="2024-01-21")
+DAYS = daily.get_partition_keys()
 
 
-@dg.asset(partitions_def=daily)
+@dg.asset(partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run())
 def notes(context: dg.AssetExecutionContext) -> pd.DataFrame:
-    return pd.DataFrame({"partition_key": [context.partition_key], "text": [f"note of {context.partition_key}"]})
+    keys = context.partition_keys
+    return pd.DataFrame({"partition_key": keys, "text": [f"note of {key}" for key in keys]})
 
 
 def test_a_week_of_daily_partitions_is_read_whole(server, materialize, instance):
-    days = daily.get_partition_keys()[6:13]  # 2024-01-07 … 2024-01-13: the week starting 2024-01-07
-    for day in days:
-        materialize([notes], partition_key=day)
+    days = DAYS[6:13]  # 2024-01-07 … 2024-01-13: the week starting 2024-01-07
+    materialize([notes], partitions=DAYS)
     summary = build_embeddings_asset(key="weekly", upstream=notes, text_column="text", partitions_def=weekly)
     result = materialize([notes, summary], selection=[summary.key], partition_key="2024-01-07")
     assert result.output_for_node("weekly")["text"].tolist() == [f"note of {d}" for d in days]
 
 
+def test_a_single_run_of_several_weeks_of_daily_partitions_is_refused(server, materialize):
+    materialize([notes], partitions=DAYS)
+    summary = build_embeddings_asset(key="weekly", upstream=notes, text_column="text", partitions_def=weekly)
+    weeks = weekly.get_partition_keys()
+    assert len(weeks) == 2
+    result = materialize([notes, summary], selection=[summary.key], partitions=weeks, raise_on_error=False)
+    assert "which one run can't split: pass backfill_policy=dg.BackfillPolicy.multi_run()" in failure_message(result)
+    assert server.stats.requests == []
+
+
 def test_an_unpartitioned_asset_reads_every_partition_of_its_upstream(server, materialize):
-    days = daily.get_partition_keys()
-    for day in days:
-        materialize([notes], partition_key=day)
+    materialize([notes], partitions=DAYS)
     everything = build_embeddings_asset(key="everything", upstream="notes", text_column="text")  # by key: unpartitioned
     result = materialize([notes, everything], selection=[everything.key])
-    assert result.output_for_node("everything")["text"].tolist() == [f"note of {d}" for d in days]
+    assert result.output_for_node("everything")["text"].tolist() == [f"note of {d}" for d in DAYS]
 
 
 def test_no_stray_rows_warning_for_an_unpartitioned_pipeline(server, materialize, instance):
