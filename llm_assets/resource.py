@@ -163,7 +163,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
 
     def resolved_base_url(self) -> str | None:
         """The base URL requests go to (``None`` means OpenAI's)."""
-        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
+        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or "").strip().rstrip("/") or None
 
     def cache_identity(self) -> str | None:
         """What the request cache keys this backend by (``None``: its base URL, see

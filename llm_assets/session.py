@@ -217,6 +217,12 @@ class RunSession:
                     "openai.get_client_for_asset(context, asset_key) to say which asset the usage is for."
                 )
             asset_key = context.asset_key
+        run_keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
+        if partition_key is not None and partition_key not in run_keys:
+            raise LLMAssetsError(
+                f"partition_key {partition_key!r} is not a partition of this run ({list(run_keys)[:10]}): pass one of "
+                "context.partition_keys to get_client, or none."
+            )
         step = str(context.op_execution_context.op_handle)
         return LedgerKey(context.run.run_id, step, context.retry_number, tuple(asset_key.path), partition_key)
 

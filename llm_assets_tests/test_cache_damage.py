@@ -2,19 +2,21 @@
 overwritten), writes are durable, a bad location fails at set-up, a failing store loses
 nothing."""
 
+import base64
 import errno
 import json
 import os
 import shutil
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
 from llm_assets import LLMAssetsError, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.cache import CacheKeys, RequestCache
 from llm_assets.http.answers import answer_problem
-from llm_assets_tests.conftest import event_of, metadata_values, usage_metadata
+from llm_assets_tests.conftest import event_of, failure_message, metadata_values, usage_metadata
 
 QUESTIONS = [f"question {i} about damage" for i in range(24)]
 
@@ -218,3 +220,37 @@ def test_a_store_that_fails_mid_run_loses_no_billed_answer(server, materialize, 
     assert usage_metadata(event)["openai.calls"] == len(QUESTIONS)
     assert len(warnings_about(instance, result.run_id, "Could not store an answer in the request cache")) == 1
     assert metadata_values(event)["answers_from_cache"] == 0
+
+
+@pytest.mark.parametrize(
+    "vectors",
+    [
+        [base64.b64encode(np.full(4, np.nan, np.float32).tobytes()).decode()] * 2,  # NaN, as base64
+        [[0.1, 0.2], [0.1, 0.2, 0.3]],  # unequal lengths in one answer
+    ],
+)
+def test_a_malformed_live_embeddings_answer_is_never_stored(server, materialize, tmp_path, vectors):
+    def malformed(handler, body):
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        handler._json(
+            200, {"object": "list", "model": "e", "data": data, "usage": {"prompt_tokens": 2, "total_tokens": 2}}
+        )
+        return True
+
+    @dg.asset
+    def two() -> pd.DataFrame:
+        return pd.DataFrame({"question": ["a", "b"]})
+
+    vectors_of_two = build_embeddings_asset(key="embeddings", upstream=two, text_column="question")
+    server.fault = malformed
+    resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path), max_retries=1)
+    result = materialize([two, vectors_of_two], resource, raise_on_error=False)
+    assert not result.success and "malformed response body" in failure_message(result)
+    assert entries(tmp_path) == []
+
+
+def test_a_base_url_with_trailing_slashes_still_hits_the_cache(server, materialize, tmp_path):
+    resource = OpenAIResource(base_url=server.base_url + "//", cache_dir=str(tmp_path))
+    for _ in range(2):
+        materialize([questions, answers], resource)
+    assert len(server.stats.requests) == len(QUESTIONS)

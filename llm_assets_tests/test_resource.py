@@ -254,3 +254,16 @@ def test_get_client_refuses_an_unknown_cache_mode_before_sending(server, cache):
     ):
         pass
     assert server.stats.requests == []
+
+
+def test_get_client_for_a_partition_outside_the_run_fails_before_sending(server, materialize):
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a", "b"]))
+    def ask(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
+        with openai.get_client(context, partition_key="z") as client:
+            client.embeddings.create(model="e", input=["x"])
+
+    result = materialize(
+        [ask], OpenAIResource(api_key=KEY, base_url=server.base_url), partition_key="a", raise_on_error=False
+    )
+    assert "partition_key 'z' is not a partition of this run (['a'])" in failure_message(result)
+    assert server.stats.requests == []

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dagster as dg
+
 from llm_assets.accounting.prices import ModelPrice, price_for
 from llm_assets.accounting.usage import normalize_usage
 
@@ -40,6 +42,7 @@ class Governor:
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
         self._lock = threading.Lock()
+        self._warned_estimate = False
 
     @property
     def active(self) -> bool:
@@ -85,12 +88,29 @@ class Governor:
             self._reserved_cost += cost or 0.0
         return None
 
-    def settle(self, model: str | None, estimate: int, usage: Mapping[str, Any] | None, served: str | None) -> None:
-        """Replace a reservation by what the server reported (nothing, if it failed)."""
+    def settle(
+        self,
+        model: str | None,
+        estimate: int,
+        usage: Mapping[str, Any] | None,
+        served: str | None,
+        answered: bool = True,
+    ) -> None:
+        """Replace a reservation by what the server reported (nothing, if it failed). An
+        answer without usage (``usage: null``, a stream without ``include_usage``) is
+        counted at its estimate, so a budget still holds."""
+        if answered and not isinstance(usage, Mapping) and (self.max_tokens or self.max_cost_usd):
+            usage = {"prompt_tokens": estimate, "total_tokens": estimate}
+            if not self._warned_estimate:
+                self._warned_estimate = True
+                dg.get_dagster_logger("llm_assets").warning(
+                    "The server reports no token usage, so the run's budget counts each answer at its estimate "
+                    "(prompt size plus max_tokens); ask for usage (stream_options include_usage) to be exact."
+                )
         with self._lock:
             self._reserved_tokens -= estimate
             self._reserved_cost -= self._estimated_cost(model, estimate) or 0.0
-            if usage:
+            if isinstance(usage, Mapping) and usage:
                 counts = normalize_usage(usage)
                 self.tokens += counts["total_tokens"] or 0
                 price = price_for(served or model or "", self.prices)

@@ -30,6 +30,7 @@ class ModelPrice:
     output: float = 0.0
 
     def cost(self, prompt: int, cached: int, completion: int) -> float:
+        cached = min(cached, prompt)  # a server reporting more cached than prompt tokens is not believed
         cached_rate = self.input if self.cached_input is None else self.cached_input
         return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1e6
 

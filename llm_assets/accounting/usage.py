@@ -86,8 +86,10 @@ def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
         "prompt_tokens": _int(prompt),
         "completion_tokens": None if completion is None else _int(completion),
         "total_tokens": _int(total),
-        "cached_tokens": prompt_details.get("cached_tokens"),
-        "reasoning_tokens": completion_details.get("reasoning_tokens"),
+        "cached_tokens": None if prompt_details.get("cached_tokens") is None else _int(prompt_details["cached_tokens"]),
+        "reasoning_tokens": None
+        if completion_details.get("reasoning_tokens") is None
+        else _int(completion_details["reasoning_tokens"]),
     }
 
 

@@ -25,6 +25,7 @@ from llm_assets.assets.options import (
     AssetKeyLike,
     AssetOptions,
     asset_key,
+    check_max_concurrency,
     check_partitions,
     define_asset,
     resolved,
@@ -32,6 +33,7 @@ from llm_assets.assets.options import (
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.assets.translator import ChatTranslator
 from llm_assets.assets.upstream import (
+    LOAD_MISSING,
     UpstreamAsset,
     empty_metadata,
     load_texts,
@@ -93,9 +95,11 @@ def plan_chat_requests(
                 check_text(text, f"The {part} of {name} ({where})")
             hook = prompts.translator
             messages = hook.get_messages(rendered["prompt"], rendered.get("system_prompt"), filled)
-            request = ChatRequest(pk, row, rendered["prompt"], tuple(messages), hook.get_params(params, filled))
-            check_body({"messages": messages, **request.params}, f"The request of {name} ({where})")
-            requests.append(request)
+            body = check_body(
+                {"messages": messages, **hook.get_params(params, filled)}, f"The request of {name} ({where})"
+            )
+            messages = body.pop("messages")
+            requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), body))
     return requests
 
 
@@ -169,6 +173,7 @@ def build_chat_answers_asset(
     name = asset_key(key, options.get("key_prefix"), "answers")
     partitions_def = partitions_def or upstream_partitions(upstream)
     check_partitions(partitions_def, name)
+    check_max_concurrency(max_concurrency, name)
     system = PromptTemplate(system_prompt) if system_prompt else None
     prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator())
     prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
@@ -176,7 +181,8 @@ def build_chat_answers_asset(
     config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
     source = None
     if upstream is not None:
-        source = _Upstream(dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping), text_column)
+        asset_in = dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping, metadata=LOAD_MISSING)
+        source = _Upstream(asset_in, text_column)
     return define_asset(
         _answers(prompts, source, one_request_per_row, max_concurrency, options),
         key=name,

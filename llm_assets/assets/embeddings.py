@@ -21,11 +21,13 @@ from llm_assets.assets.options import (
     AssetKeyLike,
     AssetOptions,
     asset_key,
+    check_max_concurrency,
     check_partitions,
     define_asset,
     resolved,
 )
 from llm_assets.assets.upstream import (
+    LOAD_MISSING,
     UpstreamAsset,
     empty_metadata,
     load_texts,
@@ -87,10 +89,11 @@ def build_embeddings_asset(
     """
     options = resolved(options)
     name = asset_key(key, options.get("key_prefix"), "embeddings")
-    source = dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping)
+    source = dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping, metadata=LOAD_MISSING)
     defaults = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size}
     partitions_def = partitions_def or upstream_partitions(upstream)
     check_partitions(partitions_def, name)
+    check_max_concurrency(max_concurrency, name)
     return define_asset(
         _embeddings(source.key, text_column, max_concurrency, options),
         key=name,

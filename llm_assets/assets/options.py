@@ -64,6 +64,15 @@ def asset_key(key: AssetKeyLike | None, key_prefix: Sequence[str] | str | None, 
     return result
 
 
+def check_max_concurrency(max_concurrency: Any, name: dg.AssetKey) -> None:
+    """``max_concurrency`` of a factory: ``None`` (the resource's) or a whole number ≥ 1."""
+    if max_concurrency is not None and (type(max_concurrency) is not int or max_concurrency < 1):
+        raise LLMAssetsError(
+            f"max_concurrency of {name.to_user_string()} is {max_concurrency!r}: give a whole number of "
+            "requests in flight (at least 1), or None for the resource's."
+        )
+
+
 def check_partitions(partitions_def: dg.PartitionsDefinition | None, name: dg.AssetKey) -> None:
     """Refuse a static partitions definition (or a dimension of a multi-partition one) with
     no partitions: the asset could never be materialized per partition."""

@@ -21,6 +21,11 @@ from llm_assets.io_manager import stores_partition_ranges
 
 UpstreamAsset = dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
 
+#: The factories' input metadata: Dagster's filesystem I/O managers then hand over what
+#: exists, and :func:`load_texts` names the partitions that don't (instead of a raw
+#: ``FileNotFoundError``).
+LOAD_MISSING = {"allow_missing_partitions": True}
+
 
 def upstream_key(upstream: UpstreamAsset) -> dg.AssetKey:
     if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
@@ -137,10 +142,11 @@ def load_texts(
     key: dg.AssetKey,
 ) -> dict[str | None, list[str]]:
     """The texts of each of this run's partitions of the upstream asset ``key``, every
-    partition present: one with no upstream value or no rows is empty (logged). An
-    upstream that has values but none for this run's partitions is an error."""
+    partition present: one with no rows is empty (logged). Upstream partitions that were
+    never materialized, and an upstream that has values but none for this run's
+    partitions, are errors."""
     where = f"Upstream {key.to_user_string()}"
-    value = _merged(context, value, partition_keys, where)
+    value = _from_partitions(context, value, partition_keys, where)
     split_column = not _is_partitioned(context) and partition_keys != [None]  # else Dagster selected them
     is_table = isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns
     if split_column and is_table and (strays := stray_keys(value, partition_keys, where)):
@@ -161,16 +167,26 @@ def load_texts(
     return texts
 
 
-def _merged(context: dg.AssetExecutionContext, value: Any, partition_keys: Sequence[str | None], where: str) -> Any:
-    """One value from the ``{upstream_key: value}`` dict Dagster loads when one partition of
-    this asset (or the whole unpartitioned asset) maps to several upstream partitions, e.g.
-    daily → weekly: their rows, in upstream order. A run of several partitions needs the
-    identity mapping."""
-    if not isinstance(value, Mapping):
-        return value
+def _from_partitions(
+    context: dg.AssetExecutionContext, value: Any, partition_keys: Sequence[str | None], where: str
+) -> Any:
+    """What Dagster loaded of a partitioned upstream, as this run's value: partitions never
+    materialized are an error; the ``{upstream_key: value}`` dict of several upstream
+    partitions mapped to one of this asset's (daily → weekly), or to the whole unpartitioned
+    asset, is combined in upstream order; a run of several partitions needs the identity
+    mapping."""
     try:
         upstream_keys = list(context.asset_partition_keys_for_input("upstream"))
     except Exception:  # an unpartitioned upstream: Dagster raises its own CheckError (or a DagsterError)
+        return value
+    several = isinstance(value, Mapping) and len(upstream_keys) > 1 and set(value) < set(upstream_keys)
+    if upstream_keys and (value is None or several):  # Dagster skipped what was never materialized
+        missing = [k for k in upstream_keys if value is None or k not in value]
+        raise LLMAssetsError(
+            f"{where} partitions {_listed(missing)} are not materialized: materialize them first (or select "
+            "only materialized partitions of this asset)."
+        )
+    if not isinstance(value, Mapping):
         return value
     if len(partition_keys) > 1:
         if set(upstream_keys) != set(partition_keys):

@@ -75,13 +75,15 @@ def chat_calls(requests: Sequence[ChatRequest], translate: Translate | None = No
         try:
             record = translate(row.to_record(), body)
         except Exception as error:
+            failed = " (a failed request, recorded under on_error=RECORD: its response is {})" if row.error else ""
             raise HookError(
-                f"The translator's get_record failed on row {row.row}: {type(error).__name__}: {error}"
+                f"The translator's get_record failed on row {row.row}{failed}: {type(error).__name__}: {error}"
             ) from error
-        if not isinstance(record, dict) or (record.get("partition_key"), record.get("row")) != (
+        same_row = isinstance(record, dict) and (record.get("partition_key"), record.get("row")) == (
             row.partition_key,
             row.row,
-        ):
+        )
+        if not same_row:
             raise HookError(
                 f"The translator's get_record returned {type(record).__name__} for row {row.row}: return the record "
                 "dict it was given, with columns added or changed (partition_key and row unchanged)."

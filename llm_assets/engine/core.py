@@ -163,8 +163,11 @@ class Engine:
                         return
                     usage = usages[call.partition_key]
                     with billed_to(usage, looked_up=self.cache.reads):
-                        outcome = await self._outcome(client, call, usage)
-                if isinstance(outcome, LLMRequestError):
+                        try:
+                            outcome = await self._outcome(client, call, usage)
+                        except Exception as error:  # user code on the path (a translator): stop, don't cancel
+                            outcome = error
+                if isinstance(outcome, Exception):  # what is in flight finishes (and is cached) first
                     errors.append(outcome)
                     return
                 results[index] = outcome

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 
 def _objects(items: Any) -> bool:
     return isinstance(items, list) and bool(items) and all(isinstance(item, dict) for item in items)
@@ -57,22 +59,30 @@ def _embeddings(answer: Mapping[str, Any], request: Mapping[str, Any]) -> str | 
     expected = _inputs(request)
     if expected is not None and len(data) != expected:
         return f"{len(data)} embeddings for {expected} inputs"
-    if sorted(str(d.get("index")) for d in data) != sorted(str(i) for i in range(len(data))):
-        return "the embeddings' 'index' values are not 0…n-1"
-    for item in data:
-        if not _vector(item.get("embedding")):
-            return "an 'embedding' is neither a non-empty list of finite numbers nor base64 float32"
+    if sorted(d.get("index") if type(d.get("index")) is int else -1 for d in data) != list(range(len(data))):
+        return "the embeddings' 'index' values are not the integers 0…n-1"
+    widths = {_width(item.get("embedding")) for item in data}
+    if None in widths:
+        return "an 'embedding' is neither a non-empty list of finite numbers nor base64 of finite float32"
+    if len(widths) > 1:
+        return f"the embeddings have different lengths {sorted(widths)}"
     return None
 
 
-def _vector(embedding: Any) -> bool:
+def _width(embedding: Any) -> int | None:
+    """The length of a valid embedding (``None``: not one)."""
     if isinstance(embedding, str):
         try:
             raw = base64.b64decode(embedding, validate=True)
         except ValueError:  # binascii.Error
-            return False
-        return bool(raw) and len(raw) % 4 == 0
-    return isinstance(embedding, list) and bool(embedding) and all(_float32(x) for x in embedding)
+            return None
+        if not raw or len(raw) % 4:
+            return None
+        vector = np.frombuffer(raw, dtype=np.float32)
+        return len(vector) if np.isfinite(vector).all() else None
+    if isinstance(embedding, list) and embedding and all(_float32(x) for x in embedding):
+        return len(embedding)
+    return None
 
 
 def _float32(x: Any) -> bool:

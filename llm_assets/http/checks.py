@@ -99,18 +99,21 @@ def check_model(model: str, field: str, where: str) -> None:
     check_text(model, field)
 
 
-def check_body(body: Any, where: str) -> None:
-    """A request body must be a JSON object of finite numbers and sendable text, not a
-    stream (the factories read whole answers); a translator's hooks build it."""
+def check_body(body: Any, where: str) -> dict[str, Any]:
+    """``body`` as the server will see it (a JSON round trip: keys become strings, tuples
+    lists), after checking it is a JSON object of finite numbers and sendable text with
+    keys of one type, and not a stream (the factories read whole answers). A translator's
+    hooks build it; the engine and the transport must key the same body for the cache."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list | tuple) or body.get("stream"):
         raise LLMAssetsError(
             f"{where} is not a non-streamed chat request (messages list, no stream=True): check the "
             "translator's get_messages and get_params."
         )
     try:
-        json.dumps(body, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        encoded = json.dumps(body, allow_nan=False, ensure_ascii=False, sort_keys=True).encode("utf-8")
     except (TypeError, ValueError) as error:  # UnicodeEncodeError included
         raise LLMAssetsError(
             f"{where} can't be sent as JSON ({type(error).__name__}: {error}): give the translator's "
             "get_messages / get_params only text, finite numbers, lists and dicts."
         ) from None
+    return json.loads(encoded)

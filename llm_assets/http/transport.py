@@ -96,15 +96,15 @@ class _Exchange:
             self.usage.add_response(summary.model, summary.usage)
         elif complete or reader.damaged:
             self.usage.add_failed_attempt("malformed")
-        self._settle(summary.model, summary.usage)
+        self._settle(summary.model, summary.usage, answered=summary.readable)
         if not complete or self.key is None or summary.answer is None:
             return None
         return None if answer_problem(self.endpoint, summary.answer, self.payload) else summary.json_body
 
-    def _settle(self, served: str | None, usage: dict[str, Any] | None) -> None:
+    def _settle(self, served: str | None, usage: dict[str, Any] | None, answered: bool = False) -> None:
         if self._reserved:
             self._reserved = False
-            self.session.governor.settle(self.model, self.estimate, usage, served)
+            self.session.governor.settle(self.model, self.estimate, usage, served, answered)
 
     def hit(self, request: httpx.Request, answer: "CachedAnswer | None") -> httpx.Response | None:
         """The response of a cache hit (counted on the usage), or ``None`` on a miss."""

@@ -6,7 +6,9 @@ import pytest
 from openai import PermissionDeniedError
 
 from llm_assets import OpenAIResource, build_chat_answers_asset
+from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.prices import DEFAULT_PRICES, price_for
+from llm_assets.accounting.usage import Usage
 from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
 
 PROMPTS = [f"Budget question number {i}" for i in range(100)]
@@ -106,3 +108,33 @@ def test_unknown_models_say_the_cost_is_unknown(server, materialize):
     )
     assert recorded["openai.cost_unknown_models"] == "my-finetune"
     assert "openai.cost_usd" not in recorded and recorded["openai.my-finetune.total_tokens"] > 0
+
+
+def test_a_budget_holds_when_the_server_reports_no_usage(server, materialize, instance):
+    server.usage_null = True  # many local servers answer with usage: null
+    resource = OpenAIResource(base_url=server.base_url, max_tokens_per_run=300, max_concurrency=1)
+    result = materialize([prompts, answers], resource, raise_on_error=False)
+    assert not result.success and "max_tokens_per_run 300 would be exceeded" in failure_message(result)
+    assert 0 < len(server.stats.requests) < len(PROMPTS)  # each answer counted at its estimate
+    logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert sum("reports no token usage" in line for line in logs) == 1
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 10, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": "5"}},
+        {"prompt_tokens": 10, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": [1]}},
+        {"prompt_tokens": 10, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": float("nan")}},
+        {"prompt_tokens": 10, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 10**30}},
+        {"prompt_tokens": -100, "total_tokens": float("inf"), "prompt_tokens_details": 7},
+    ],
+)
+def test_odd_usage_never_breaks_or_defeats_the_budget(usage):
+    governor = Governor(None, max_tokens=10**6, max_cost_usd=1.0, prices=DEFAULT_PRICES)
+    assert governor.refusal("gpt-4o-mini", estimate=50) is None
+    governor.settle("gpt-4o-mini", 50, usage, "gpt-4o-mini")
+    assert 0 <= governor.cost < 1e-4 and 0 <= governor.tokens <= 12  # finite, non-negative, believable
+    recorded = Usage()
+    recorded.add_response("gpt-4o-mini", usage)
+    assert all(v >= 0 for k, v in recorded.to_metadata(DEFAULT_PRICES).items() if isinstance(v, int | float))

@@ -58,6 +58,61 @@ def test_a_failing_get_record_is_one_error_and_nothing_is_billed_twice(server, m
     assert len(server.stats.requests) == 2  # each answer was bought once, cached, and never asked again
 
 
+def test_a_failing_hook_lets_the_requests_in_flight_finish_and_keeps_their_answers(server, materialize):
+    @dg.asset
+    def six() -> pd.DataFrame:
+        return pd.DataFrame({"text": [f"q{i}" for i in range(6)]})
+
+    class FailsOnTheFirst(ChatTranslator):
+        def get_record(self, record, response):
+            if record["prompt"] == "q0":
+                raise RuntimeError("a bug in the hook")
+            return record
+
+    server.latency = lambda body: 0.0 if body["messages"][0]["content"] == "q0" else 0.5
+    buggy = build_chat_answers_asset(
+        key="answers", upstream=six, text_column="text", prompt="{text}", translator=FailsOnTheFirst()
+    )
+    fixed = build_chat_answers_asset(key="answers", upstream=six, text_column="text", prompt="{text}")
+    result = materialize([six, buggy], raise_on_error=False)
+    assert "a bug in the hook" in failure_message(result)
+    assert len(server.stats.requests) == 6  # all were in flight: they finished, were billed…
+    assert materialize([six, fixed]).output_for_node("answers")["cached"].all()  # …and kept
+    assert len(server.stats.requests) == 6
+
+
+def test_a_hook_failing_on_a_recorded_failure_says_so(server, materialize):
+    class ReadsTheId(ChatTranslator):
+        def get_record(self, record, response):
+            return {**record, "id": response["id"]}
+
+    def reject(handler, body):
+        handler._json(400, {"error": {"message": "nope", "type": "invalid_request_error"}})
+        return True
+
+    server.fault = reject
+    record = {"ops": {"answers": {"config": {"on_error": "RECORD"}}}}
+    result = materialize([texts, answers_with(ReadsTheId())], run_config=record, raise_on_error=False)
+    assert "(a failed request, recorded under on_error=RECORD: its response is {})" in failure_message(result)
+
+
+class IntKeys(ChatTranslator):
+    def get_params(self, params, values):
+        return {**params, "logit_bias": {99: -1, 100: -1}}
+
+
+class MixedKeys(ChatTranslator):
+    def get_params(self, params, values):
+        return {**params, "logit_bias": {99: -1, "100": -1}}
+
+
+def test_a_translators_request_is_keyed_as_the_server_sees_it(server, materialize):
+    for _ in range(2):
+        materialize([texts, answers_with(IntKeys())])
+    assert len(server.stats.requests) == 2  # the re-run was answered from the cache
+    assert server.stats.requests[0]["body"]["logit_bias"] == {"99": -1, "100": -1}
+
+
 class StreamParams(ChatTranslator):
     def get_params(self, params, values):
         return {**params, "stream": True}
@@ -85,6 +140,7 @@ class SurrogateMessages(ChatTranslator):
         (NanParams(), "can't be sent as JSON (ValueError: Out of range float values"),
         (SetParams(), "can't be sent as JSON (TypeError: Object of type set"),
         (SurrogateMessages(), "can't be sent as JSON (UnicodeEncodeError"),
+        (MixedKeys(), "can't be sent as JSON (TypeError: '<' not supported"),
     ],
 )
 def test_a_request_a_translator_builds_is_checked_before_anything_is_sent(server, materialize, translator, message):
@@ -128,6 +184,17 @@ def test_a_single_run_of_several_weeks_of_daily_partitions_is_refused(server, ma
     assert len(weeks) == 2
     result = materialize([notes, summary], selection=[summary.key], partitions=weeks, raise_on_error=False)
     assert "which one run can't split: pass backfill_policy=dg.BackfillPolicy.multi_run()" in failure_message(result)
+    assert server.stats.requests == []
+
+
+@pytest.mark.parametrize("run", [["2024-01-02"], ["2024-01-01", "2024-01-02", "2024-01-03"]])
+def test_upstream_partitions_never_materialized_are_named(server, materialize, run):
+    materialize([notes], partition_key="2024-01-01")
+    chat = build_chat_answers_asset(key="answers", upstream=notes, text_column="text", prompt="{text}")
+    result = materialize([notes, chat], selection=[chat.key], partitions=run, raise_on_error=False)
+    message = failure_message(result)
+    assert "LLMAssetsError: Upstream notes partitions [" in message and "are not materialized" in message
+    assert "'2024-01-02'" in message and "'2024-01-01'" not in message
     assert server.stats.requests == []
 
 

@@ -235,3 +235,11 @@ def test_an_empty_partitions_definition_is_refused_when_the_factory_is_called(pa
         build_chat_answers_asset(key="answers", partitions_def=partitions_def, prompt="Hi")
     with pytest.raises(LLMAssetsError, match=r"partitions_def of embeddings .* has no partitions"):
         build_embeddings_asset(key="embeddings", upstream="texts", partitions_def=partitions_def)
+
+
+@pytest.mark.parametrize("max_concurrency", [0, -1, "4", 2.5])
+def test_a_max_concurrency_that_is_not_a_count_is_refused_when_the_factory_is_called(max_concurrency):
+    with pytest.raises(LLMAssetsError, match=r"max_concurrency of answers is .*: give a whole number"):
+        build_chat_answers_asset(key="answers", prompt="Hi", max_concurrency=max_concurrency)
+    with pytest.raises(LLMAssetsError, match=r"max_concurrency of embeddings is"):
+        build_embeddings_asset(key="embeddings", upstream="texts", max_concurrency=max_concurrency)
