@@ -33,12 +33,11 @@ from llm_assets.assets.options import (
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.assets.translator import ChatTranslator
 from llm_assets.assets.upstream import (
-    LOAD_MISSING,
     UpstreamAsset,
     empty_metadata,
     load_texts,
     run_partitions,
-    upstream_key,
+    upstream_input,
     upstream_partitions,
 )
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
@@ -179,10 +178,7 @@ def build_chat_answers_asset(
     prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
     defaults = {"question": question, "max_tokens": max_tokens, "temperature": temperature, "chat_model": chat_model}
     config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
-    source = None
-    if upstream is not None:
-        asset_in = dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping, metadata=LOAD_MISSING)
-        source = _Upstream(asset_in, text_column)
+    source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
     return define_asset(
         _answers(prompts, source, one_request_per_row, max_concurrency, options),
         key=name,

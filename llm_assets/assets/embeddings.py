@@ -27,12 +27,11 @@ from llm_assets.assets.options import (
     resolved,
 )
 from llm_assets.assets.upstream import (
-    LOAD_MISSING,
     UpstreamAsset,
     empty_metadata,
     load_texts,
     run_partitions,
-    upstream_key,
+    upstream_input,
     upstream_partitions,
 )
 from llm_assets.engine import EmbeddingResult, Engine
@@ -89,7 +88,7 @@ def build_embeddings_asset(
     """
     options = resolved(options)
     name = asset_key(key, options.get("key_prefix"), "embeddings")
-    source = dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping, metadata=LOAD_MISSING)
+    source = upstream_input(upstream, partition_mapping)
     defaults = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size}
     partitions_def = partitions_def or upstream_partitions(upstream)
     check_partitions(partitions_def, name)

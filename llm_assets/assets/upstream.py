@@ -33,6 +33,11 @@ def upstream_key(upstream: UpstreamAsset) -> dg.AssetKey:
     return dg.AssetKey.from_coercible(upstream)
 
 
+def upstream_input(upstream: UpstreamAsset, partition_mapping: dg.PartitionMapping | None) -> dg.AssetIn:
+    """The factories' ``upstream`` input (see :data:`LOAD_MISSING`)."""
+    return dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping, metadata=LOAD_MISSING)
+
+
 def upstream_partitions(upstream: UpstreamAsset | None) -> dg.PartitionsDefinition | None:
     if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
         return upstream.partitions_def
