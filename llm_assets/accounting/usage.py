@@ -67,6 +67,11 @@ def _int(value: Any) -> int:
     return 0
 
 
+def _model_name(model: Any) -> str:
+    """The model a count belongs to: its name as served, or ``unknown`` when the server sent none (or no text)."""
+    return model if isinstance(model, str) and model else "unknown"
+
+
 def _details(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -107,7 +112,7 @@ class Usage:
 
     def add_cache_hit(self, model: str | None) -> None:
         with self._lock:
-            self.models[model if isinstance(model, str) and model else "unknown"].cache_hits += 1
+            self.models[_model_name(model)].cache_hits += 1
 
     def add_failed_attempt(self, kind: str) -> None:
         """Count one attempt that failed: ``kind`` is the HTTP status (``"429"``),
@@ -127,7 +132,7 @@ class Usage:
     def add_response(self, model: str | None, usage: Mapping[str, Any] | None) -> None:
         """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent none)."""
         with self._lock:
-            counters = self.models[model if isinstance(model, str) and model else "unknown"]
+            counters = self.models[_model_name(model)]
             counters.calls += 1
             if not isinstance(usage, Mapping) or not usage:
                 counters.calls_without_usage += 1

@@ -151,8 +151,9 @@ def load_texts(
     never materialized, and an upstream that has values but none for this run's
     partitions, are errors."""
     where = f"Upstream {key.to_user_string()}"
-    value = _from_partitions(context, value, partition_keys, where)
-    split_column = not _is_partitioned(context) and partition_keys != [None]  # else Dagster selected them
+    upstream_keys = _upstream_partition_keys(context)
+    value = _from_partitions(value, upstream_keys, partition_keys, where)
+    split_column = upstream_keys is None and partition_keys != [None]  # else Dagster selected them
     is_table = isinstance(value, pd.DataFrame) and PARTITION_COLUMN in value.columns
     if split_column and is_table and (strays := stray_keys(value, partition_keys, where)):
         context.log.warning(
@@ -172,17 +173,24 @@ def load_texts(
     return texts
 
 
+def _upstream_partition_keys(context: dg.AssetExecutionContext) -> list[str] | None:
+    """The upstream partitions Dagster loaded for this run, or ``None`` when the factory's
+    ``upstream`` input is unpartitioned."""
+    try:
+        return list(context.asset_partition_keys_for_input("upstream"))
+    except Exception:  # unpartitioned: Dagster raises its own CheckError (or a DagsterError)
+        return None
+
+
 def _from_partitions(
-    context: dg.AssetExecutionContext, value: Any, partition_keys: Sequence[str | None], where: str
+    value: Any, upstream_keys: list[str] | None, partition_keys: Sequence[str | None], where: str
 ) -> Any:
     """What Dagster loaded of a partitioned upstream, as this run's value: partitions never
     materialized are an error; the ``{upstream_key: value}`` dict of several upstream
     partitions mapped to one of this asset's (daily → weekly), or to the whole unpartitioned
     asset, is combined in upstream order; a run of several partitions needs the identity
     mapping."""
-    try:
-        upstream_keys = list(context.asset_partition_keys_for_input("upstream"))
-    except Exception:  # an unpartitioned upstream: Dagster raises its own CheckError (or a DagsterError)
+    if upstream_keys is None:
         return value
     several = isinstance(value, Mapping) and len(upstream_keys) > 1 and set(value) < set(upstream_keys)
     if upstream_keys and (value is None or several):  # Dagster skipped what was never materialized
@@ -212,14 +220,6 @@ def _from_partitions(
         f"{where} maps {len(parts)} upstream partitions to each of this asset's, and their values are "
         f"{sorted({type(p).__name__ for p in parts})}: return DataFrames or lists of strings to combine them."
     )
-
-
-def _is_partitioned(context: dg.AssetExecutionContext) -> bool:
-    """Whether the factory's ``upstream`` input comes from a partitioned asset."""
-    try:
-        return context.asset_partitions_def_for_input("upstream") is not None
-    except (dg.DagsterError, KeyError):  # unpartitioned, or a context without a job (direct invocation)
-        return False
 
 
 def _where(where: str, partition_key: str | None) -> str:

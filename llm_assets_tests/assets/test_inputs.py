@@ -97,8 +97,8 @@ class UnpartitionedUpstreamContext:
 
     log = logging.getLogger("llm_assets_tests")
 
-    def asset_partitions_def_for_input(self, input_name: str) -> None:
-        return None
+    def asset_partition_keys_for_input(self, input_name: str) -> list[str]:
+        raise dg.DagsterInvariantViolationError("The input has no asset partitions")
 
 
 def test_rows_of_other_partitions_in_an_upstream_table_are_skipped_with_a_warning(caplog):
