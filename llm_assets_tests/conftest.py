@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dagster as dg
+import openai
 import pytest
 
 from llm_assets import OpenAIResource, PartitionedFilesystemIOManager
@@ -27,6 +28,16 @@ def server(_server: ScriptedOpenAIServer) -> ScriptedOpenAIServer:
     """The scripted loopback server, with fresh totals and its default behaviour."""
     _server.reset()
     return _server
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OpenAI SDK's retry backoff, skipped: retries run at once, on no clock."""
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(openai._base_client.anyio, "sleep", no_wait)
 
 
 @pytest.fixture

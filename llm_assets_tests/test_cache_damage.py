@@ -16,6 +16,7 @@ import pytest
 from llm_assets import LLMAssetsError, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.cache import CacheKeys, RequestCache
 from llm_assets.http.answers import answer_problem
+from llm_assets.testing import first_attempts
 from llm_assets_tests.conftest import event_of, failure_message, metadata_values, usage_metadata
 
 QUESTIONS = [f"question {i} about damage" for i in range(24)]
@@ -141,17 +142,8 @@ def test_a_damaged_entry_read_by_a_client_is_a_miss_too(server, materialize, tmp
 
 
 def test_a_malformed_live_answer_is_never_stored(server, materialize, instance, tmp_path):
-    served_empty: set[str] = set()
-
-    def empty_choices_once(handler, body):
-        prompt = body["messages"][0]["content"]
-        if prompt in served_empty:
-            return False
-        served_empty.add(prompt)
-        handler._json(200, {"object": "chat.completion", "model": "m", "choices": []})
-        return True
-
-    server.fault = empty_choices_once
+    empty_choices = {"object": "chat.completion", "model": "m", "choices": []}
+    server.fault = first_attempts(lambda handler, body: handler._json(200, empty_choices))
     resource = OpenAIResource(base_url=server.base_url, cache_dir=str(tmp_path))
     first = materialize([questions, answers], resource)
     assert usage_metadata(event_of(first, "answers"))["openai.failed_attempts.malformed"] == len(QUESTIONS)

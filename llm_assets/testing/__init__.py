@@ -20,7 +20,7 @@ Modules: :mod:`~llm_assets.testing.server` (the server, its stats and ``main``),
 :mod:`~llm_assets.testing.faults` (fault injection).
 """
 
-from llm_assets.testing.faults import FAULTS, FaultInjector, inject_fault
+from llm_assets.testing.faults import FAULTS, FaultInjector, first_attempts, inject_fault
 from llm_assets.testing.script import count_tokens, scripted_answer, scripted_vector
 from llm_assets.testing.server import ScriptedOpenAIServer, ServerStats, main
 
@@ -30,6 +30,7 @@ __all__ = [
     "ScriptedOpenAIServer",
     "ServerStats",
     "count_tokens",
+    "first_attempts",
     "inject_fault",
     "main",
     "scripted_answer",

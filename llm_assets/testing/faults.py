@@ -4,10 +4,12 @@ that fails a seeded, random share of requests the way real servers and networks 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -68,3 +70,21 @@ class FaultInjector:
             self.injected[kind] += 1
         inject_fault(handler, kind, self.slow_seconds, self.retry_after)
         return True
+
+
+def first_attempts(reply: Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]) -> Callable[..., bool]:
+    """A ``fault`` hook answering the first request of each distinct body with ``reply``
+    (e.g. ``lambda handler, body: inject_fault(handler, "503")``); the retries pass through."""
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def hook(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> bool:
+        key = json.dumps(body, sort_keys=True)
+        with lock:
+            if key in seen:
+                return False
+            seen.add(key)
+        reply(handler, body)
+        return True
+
+    return hook

@@ -12,6 +12,7 @@ import pytest
 from llm_assets import ChatRequest, Engine, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.engine import pack_batches
 from llm_assets.http.attribution import UnattributedRequestError
+from llm_assets.testing import first_attempts, inject_fault
 from llm_assets_tests.conftest import event_of, usage_metadata
 
 QUESTIONS = [f"question number {i} " + "padding " * (i % 7) for i in range(60)]
@@ -36,21 +37,8 @@ def test_order_is_kept_and_concurrency_is_bounded(server, materialize):
 
 
 def test_429_retry_after_is_honoured_and_each_success_billed_once(server, materialize, monkeypatch):
-    refused, waits = set(), []
-
-    def rate_limit_once(handler, body):
-        prompt = body["messages"][0]["content"]
-        if prompt in refused:
-            return False
-        refused.add(prompt)
-        handler.send_response(429)
-        payload = b'{"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}'
-        handler.send_header("retry-after", "7")
-        handler.send_header("content-type", "application/json")
-        handler.send_header("content-length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
-        return True
+    waits = []
+    rate_limit_once = first_attempts(lambda handler, body: inject_fault(handler, "429", retry_after="7"))
 
     async def record_wait(seconds: float) -> None:  # the SDK's retry sleep, on a fake clock
         waits.append(seconds)

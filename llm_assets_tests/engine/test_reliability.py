@@ -1,12 +1,11 @@
 """Faults, crashes and per-item failures lose nothing and bill nothing twice."""
 
 import dagster as dg
-import openai
 import pandas as pd
 import pytest
 
 from llm_assets import OpenAIResource, build_chat_answers_asset
-from llm_assets.testing import FAULTS, FaultInjector, inject_fault
+from llm_assets.testing import FAULTS, FaultInjector, first_attempts, inject_fault
 from llm_assets_tests.conftest import event_of, failure_message, metadata_values, usage_metadata
 
 N = 1000
@@ -46,27 +45,13 @@ COUNTED_AS |= {"slow": "timeout", "malformed": "malformed"}
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_every_failed_attempt_is_counted_by_its_kind(server, materialize, monkeypatch, fault):
+def test_every_failed_attempt_is_counted_by_its_kind(server, materialize, no_backoff, fault):
     @dg.asset
     def four() -> pd.DataFrame:
         return pd.DataFrame({"text": PROMPTS[:4]})
 
     few = build_chat_answers_asset(key="few", upstream=four, text_column="text", prompt="{text}")
-    failed_once: set[str] = set()
-
-    def first_attempt_fails(handler, body):
-        prompt = body["messages"][0]["content"]
-        if prompt in failed_once:
-            return False
-        failed_once.add(prompt)
-        inject_fault(handler, fault, slow_seconds=1.0, retry_after="0")
-        return True
-
-    async def no_wait(seconds: float) -> None:  # the SDK's retry backoff, skipped
-        return None
-
-    monkeypatch.setattr(openai._base_client.anyio, "sleep", no_wait)
-    server.fault = first_attempt_fails
+    server.fault = first_attempts(lambda handler, body: inject_fault(handler, fault, slow_seconds=1.0, retry_after="0"))
     resource = OpenAIResource(base_url=server.base_url, timeout=0.5, max_retries=2)
     result = materialize([four, few], resource)
     assert result.output_for_node("few")["error"].isna().all()
@@ -204,19 +189,14 @@ def test_a_killed_run_resumes_without_asking_twice(server, env_home, tmp_path, m
     assert recorded["openai.cache_hits"] == 200 - recorded["openai.calls"]
 
 
-def test_a_body_that_does_not_decompress_is_a_retried_malformed_attempt(server, materialize, monkeypatch):
+def test_a_body_that_does_not_decompress_is_a_retried_malformed_attempt(server, materialize, no_backoff):
     @dg.asset
     def two() -> pd.DataFrame:
         return pd.DataFrame({"text": PROMPTS[:2]})
 
     few = build_chat_answers_asset(key="few", upstream=two, text_column="text", prompt="{text}")
-    garbled: set[str] = set()
 
-    def garbled_gzip_once(handler, body):
-        prompt = body["messages"][0]["content"]
-        if prompt in garbled:
-            return False
-        garbled.add(prompt)
+    def garbled_gzip(handler, body):
         payload = b"\x1f\x8b\x08\x00 this is not gzip at all"
         handler.send_response(200)
         handler.send_header("content-type", "application/json")
@@ -224,13 +204,8 @@ def test_a_body_that_does_not_decompress_is_a_retried_malformed_attempt(server, 
         handler.send_header("content-length", str(len(payload)))
         handler.end_headers()
         handler.wfile.write(payload)
-        return True
 
-    async def no_wait(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(openai._base_client.anyio, "sleep", no_wait)
-    server.fault = garbled_gzip_once
+    server.fault = first_attempts(garbled_gzip)
     result = materialize([two, few])
     assert result.output_for_node("few")["answer"].notna().all()
     recorded = usage_metadata(event_of(result, "few"))
