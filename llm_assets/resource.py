@@ -30,6 +30,7 @@ import dagster_openai
 import openai
 from pydantic import Field, PrivateAttr
 
+from llm_assets.batch.settings import BatchSettings
 from llm_assets.cache import CacheMode
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_base_url, check_header_name, check_header_value, check_model, is_openai
@@ -134,6 +135,11 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         default=None,
         description="USD per 1M tokens by model, overriding/extending the shipped table: "
         "{'my-model': {'input': 1.0, 'cached_input': 0.5, 'output': 2.0}}.",
+    )
+    batch: BatchSettings = Field(
+        default_factory=BatchSettings,
+        description="Batch mode (run config mode: BATCH): completion window, polling, how long a step "
+        "waits, and the per-file limits of the Batch API.",
     )
 
     _session: RunSession | None = PrivateAttr(default=None)

@@ -78,6 +78,7 @@ class RunSession:
         self.max_concurrency = resource.max_concurrency
         self.max_retries = resource.max_retries
         self.redact_text = resource.redact_text
+        self.batch = resource.batch
         self.prices: dict[str, ModelPrice] = price_table(resource.prices)
         self.governor = Governor(
             resource.allowed_models, resource.max_tokens_per_run, resource.max_cost_usd_per_run, self.prices

@@ -95,10 +95,11 @@ class Governor:
         usage: Mapping[str, Any] | None,
         served: str | None,
         answered: bool = True,
+        batch: bool = False,
     ) -> None:
         """Replace a reservation by what the server reported (nothing, if it failed). An
         answer without usage (``usage: null``, a stream without ``include_usage``) is
-        counted at its estimate, so a budget still holds."""
+        counted at its estimate, so a budget still holds. ``batch``: priced at Batch API rates."""
         if answered and not isinstance(usage, Mapping) and (self.max_tokens or self.max_cost_usd):
             usage = {"prompt_tokens": estimate, "total_tokens": estimate}
             if not self._warned_estimate:
@@ -114,6 +115,8 @@ class Governor:
                 counts = normalize_usage(usage)
                 self.tokens += counts["total_tokens"] or 0
                 price = price_for(served or model or "", self.prices)
+                if price is not None and batch:
+                    price = price.batch()
                 if price is not None:
                     self.cost += price.cost(
                         counts["prompt_tokens"] or 0,

@@ -47,16 +47,31 @@ class ModelUsage:
     reasoning_tokens: int = 0
     calls_without_usage: int = 0
     cache_hits: int = 0
+    # the share of the counters above answered through the Batch API (priced apart)
+    batch_calls: int = 0
+    batch_prompt_tokens: int = 0
+    batch_cached_tokens: int = 0
+    batch_completion_tokens: int = 0
     has_completions: bool = False
     has_cached: bool = False
     has_reasoning: bool = False
 
     def merge(self, other: ModelUsage) -> None:
-        for name in (*COUNTERS, "calls_without_usage", "cache_hits"):
+        for name in (*COUNTERS, *_OTHER_COUNTERS):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.has_completions |= other.has_completions
         self.has_cached |= other.has_cached
         self.has_reasoning |= other.has_reasoning
+
+
+_OTHER_COUNTERS = (
+    "calls_without_usage",
+    "cache_hits",
+    "batch_calls",
+    "batch_prompt_tokens",
+    "batch_cached_tokens",
+    "batch_completion_tokens",
+)
 
 
 def _int(value: Any) -> int:
@@ -129,15 +144,21 @@ class Usage:
     def failed_attempts(self) -> int:
         return sum(self.failures.values())
 
-    def add_response(self, model: str | None, usage: Mapping[str, Any] | None) -> None:
-        """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent none)."""
+    def add_response(self, model: str | None, usage: Mapping[str, Any] | None, batch: bool = False) -> None:
+        """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent
+        none); ``batch``: answered through the Batch API (priced at its rates)."""
         with self._lock:
             counters = self.models[_model_name(model)]
             counters.calls += 1
+            counters.batch_calls += batch
             if not isinstance(usage, Mapping) or not usage:
                 counters.calls_without_usage += 1
                 return
             normalized = normalize_usage(usage)
+            if batch:
+                counters.batch_prompt_tokens += normalized["prompt_tokens"] or 0
+                counters.batch_cached_tokens += normalized["cached_tokens"] or 0
+                counters.batch_completion_tokens += normalized["completion_tokens"] or 0
             counters.prompt_tokens += normalized["prompt_tokens"] or 0
             counters.total_tokens += normalized["total_tokens"] or 0
             if normalized["completion_tokens"] is not None:
@@ -179,8 +200,14 @@ class Usage:
             price = price_for(model, prices)
             if price is None:
                 unknown.append(model)
-            else:
-                costs[model] = price.cost(m.prompt_tokens, m.cached_tokens, m.completion_tokens)
+                continue
+            live = price.cost(
+                m.prompt_tokens - m.batch_prompt_tokens,
+                m.cached_tokens - m.batch_cached_tokens,
+                m.completion_tokens - m.batch_completion_tokens,
+            )
+            batch = price.batch().cost(m.batch_prompt_tokens, m.batch_cached_tokens, m.batch_completion_tokens)
+            costs[model] = live + batch
         return costs, unknown
 
     def to_metadata(self, prices: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -203,6 +230,8 @@ class Usage:
                 metadata[f"openai.{model}.calls_without_usage"] = m.calls_without_usage
             if m.cache_hits:
                 metadata[f"openai.{model}.cache_hits"] = m.cache_hits
+            if m.batch_calls:
+                metadata[f"openai.{model}.batch_requests"] = m.batch_calls
         reported = {
             "cached_tokens": any(m.has_cached for m in self.models.values()),
             "reasoning_tokens": any(m.has_reasoning for m in self.models.values()),
@@ -213,6 +242,8 @@ class Usage:
         if self.total("calls_without_usage"):
             metadata["openai.calls_without_usage"] = self.total("calls_without_usage")
         metadata["openai.cache_hits"] = self.total("cache_hits")
+        if self.total("batch_calls"):
+            metadata["openai.batch_requests"] = self.total("batch_calls")
         metadata["openai.failed_attempts"] = self.failed_attempts
         for kind, count in sorted(self.failures.items()):
             metadata[f"openai.failed_attempts.{kind}"] = count

@@ -40,6 +40,7 @@ from llm_assets.assets.upstream import (
     upstream_input,
     upstream_partitions,
 )
+from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_body, check_model, check_text
@@ -148,6 +149,7 @@ def build_chat_answers_asset(
     partition_mapping: dg.PartitionMapping | None = None,
     max_concurrency: int | None = None,
     translator: ChatTranslator | None = None,
+    mode: RequestMode | None = None,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """An asset of chat answers: one request per partition, or per upstream row.
@@ -157,8 +159,9 @@ def build_chat_answers_asset(
     config, and, with ``upstream``, ``{text}`` from its ``text_column``: one request per
     row (``{row}`` is its position) or, with ``one_request_per_row=False``, one request
     with all rows joined, which chains answers into a report. ``question``,
-    ``max_tokens``, ``temperature``, ``chat_model`` and ``variables`` are the defaults of
-    the run config (:class:`ChatConfig`; ``None`` keeps its own). A ``translator``
+    ``max_tokens``, ``temperature``, ``chat_model``, ``variables`` and ``mode`` (LIVE, or
+    BATCH for the Batch API) are the defaults of the run config (:class:`ChatConfig`;
+    ``None`` keeps its own). A ``translator``
     (:class:`ChatTranslator` subclass) customises the messages, parameters and rows.
     ``options`` are Dagster's (:class:`AssetOptions`).
 
@@ -176,7 +179,13 @@ def build_chat_answers_asset(
     system = PromptTemplate(system_prompt) if system_prompt else None
     prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator())
     prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
-    defaults = {"question": question, "max_tokens": max_tokens, "temperature": temperature, "chat_model": chat_model}
+    defaults = {
+        "question": question,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "chat_model": chat_model,
+        "mode": mode,
+    }
     config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
     source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
     return define_asset(
@@ -224,7 +233,12 @@ def _answers(
             rows = upstream_rows(texts, one_request_per_row)
         requests = plan_chat_requests(prompts, rows, {**config.variables, "question": config.question}, params)
         engine = Engine(
-            resource.session, context, max_concurrency=max_concurrency, cache=config.cache, on_error=config.on_error
+            resource.session,
+            context,
+            max_concurrency=max_concurrency,
+            cache=config.cache,
+            on_error=config.on_error,
+            mode=config.mode,
         )
         rows_out = engine.chat(requests, prompts.translator.get_record)
         context.add_asset_metadata({"request_seconds": engine.seconds})

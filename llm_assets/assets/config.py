@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import dagster as dg
 import pydantic
 
+from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
 from llm_assets.engine.calls import ErrorPolicy
 from llm_assets.engine.embeddings import MAX_EMBEDDING_BATCH_TOKENS, MAX_EMBEDDING_INPUTS
@@ -23,6 +24,11 @@ from llm_assets.errors import LLMAssetsError
 _CACHE = (
     "Request cache: USE answers repeated requests from it, REFRESH re-asks the API (re-sampling) "
     "and stores the new answers, OFF neither reads nor writes."
+)
+
+_MODE = (
+    "LIVE sends each request now; BATCH submits them to the OpenAI Batch API (half the price, any size; "
+    "the step waits for it, and a re-run re-attaches instead of paying twice). The output is the same."
 )
 
 
@@ -41,6 +47,7 @@ class ChatConfig(dg.Config):
         default_factory=dict, description="Values for other {placeholders} of the prompt."
     )
     cache: CacheMode = pydantic.Field(default=CacheMode.USE, description=_CACHE)
+    mode: RequestMode = pydantic.Field(default=RequestMode.LIVE, description=_MODE)
     on_error: ErrorPolicy = pydantic.Field(
         default=ErrorPolicy.FAIL,
         description="A request that still fails after retries: FAIL the materialization (answers "
@@ -64,6 +71,7 @@ class EmbeddingConfig(dg.Config):
         default=MAX_EMBEDDING_BATCH_TOKENS, ge=1, description="Most (estimated) tokens per request."
     )
     cache: CacheMode = pydantic.Field(default=CacheMode.USE, description=_CACHE)
+    mode: RequestMode = pydantic.Field(default=RequestMode.LIVE, description=_MODE)
 
 
 class PlotConfig(dg.Config):

@@ -34,6 +34,7 @@ from llm_assets.assets.upstream import (
     upstream_input,
     upstream_partitions,
 )
+from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_model
@@ -76,11 +77,12 @@ def build_embeddings_asset(
     partitions_def: dg.PartitionsDefinition | None = None,
     partition_mapping: dg.PartitionMapping | None = None,
     max_concurrency: int | None = None,
+    mode: RequestMode | None = None,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """An asset embedding ``text_column`` of ``upstream``, per partition (partitions follow
     the upstream's unless given). Many texts go in one request; order is kept.
-    ``embedding_model``, ``dimensions`` and ``batch_size`` are run config defaults
+    ``embedding_model``, ``dimensions``, ``batch_size`` and ``mode`` are run config defaults
     (:class:`EmbeddingConfig`); ``options`` are Dagster's (:class:`AssetOptions`).
 
     Example:
@@ -89,7 +91,7 @@ def build_embeddings_asset(
     options = resolved(options)
     name = asset_key(key, options.get("key_prefix"), "embeddings")
     source = upstream_input(upstream, partition_mapping)
-    defaults = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size}
+    defaults = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size, "mode": mode}
     partitions_def = partitions_def or upstream_partitions(upstream)
     check_partitions(partitions_def, name)
     check_max_concurrency(max_concurrency, name)
@@ -122,7 +124,9 @@ def _embeddings(
             raise LLMAssetsError(f"{refused} (set by run config or factory `embedding_model`, else the resource's).")
         if config.dimensions:
             params["dimensions"] = config.dimensions
-        engine = Engine(resource.session, context, max_concurrency=max_concurrency, cache=config.cache)
+        engine = Engine(
+            resource.session, context, max_concurrency=max_concurrency, cache=config.cache, mode=config.mode
+        )
         results = engine.embed(
             {pk: t for pk, t in texts.items() if t}, params, config.batch_size, config.max_batch_tokens
         )

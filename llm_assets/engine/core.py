@@ -7,7 +7,9 @@ cache in one batch (a re-run of unchanged inputs costs file reads, not requests)
 POSTs the rest concurrently through one ``openai.AsyncOpenAI``, each inside a
 :func:`~llm_assets.http.attribution.billed_to` scope naming its partition's usage
 counter, so each partition's usage is metered from its own HTTP responses. Retries with
-backoff, honouring ``Retry-After``, are the OpenAI SDK's own (``max_retries``).
+backoff, honouring ``Retry-After``, are the OpenAI SDK's own (``max_retries``). In
+``RequestMode.BATCH`` the rest go through the Batch API instead
+(:class:`~llm_assets.batch.runner.BatchRunner`): same rows, same usage keys, half the price.
 
 Example:
     >>> engine = Engine(openai_resource.session, context)  # doctest: +SKIP
@@ -28,6 +30,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from llm_assets.accounting.governance import REFUSAL_CODE
 from llm_assets.accounting.usage import Usage
+from llm_assets.batch.runner import BatchRunner
+from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
 from llm_assets.engine.calls import (
     Call,
@@ -94,6 +98,8 @@ class Engine:
         max_concurrency: requests in flight at once (defaults to the resource's).
         cache: how to use the request cache (default: answer from it, store new answers).
         on_error: what a request that still fails after retries does.
+        mode: LIVE (send each request) or BATCH (through the Batch API; see the resource's
+            ``batch`` settings).
     """
 
     def __init__(
@@ -104,12 +110,14 @@ class Engine:
         max_concurrency: int | None = None,
         cache: CacheMode = CacheMode.USE,
         on_error: ErrorPolicy = ErrorPolicy.FAIL,
+        mode: RequestMode = RequestMode.LIVE,
     ) -> None:
         self.session = session if isinstance(session, RunSession) else session.session
         self.context = context
         self.max_concurrency = max_concurrency or self.session.max_concurrency
         self.cache = self.session.cache_mode(cache)
         self.on_error = on_error
+        self.mode = RequestMode(mode)
         self.seconds = 0.0  # wall time of the last batch of requests
 
     def chat(self, requests: Sequence[ChatRequest], translate: Translate | None = None) -> list[AnswerRow]:
@@ -140,18 +148,34 @@ class Engine:
                     pk: blocks.enter_context(self.session.metered(self.context, partition_key=pk))
                     for pk in dict.fromkeys(call.partition_key for call in calls)
                 }
-                return runner.run(self._send_all(what, calls, items, usages))
+                progress = _Progress(self.context, what, items, list(usages.values()))
+                results: list[Any] = [None] * len(calls)
+                keys = self._cache_keys(calls)
+                pending = runner.run(self._answer_from_cache(calls, keys, usages, results, progress))
+                if pending and self.mode is RequestMode.BATCH:  # polls in this thread: a termination reaches it
+                    batch = BatchRunner(self.session, self.context, self.session.batch, self.on_error, self._text)
+                    batch.run(calls, pending, keys, usages, results)
+                elif pending:
+                    runner.run(self._send(calls, pending, usages, results, progress))
+                return results
         finally:
             self.seconds = time.perf_counter() - started
 
-    async def _send_all(
-        self, what: str, calls: Sequence[Call[T]], items: int, usages: dict[str | None, Usage]
-    ) -> list[T]:
-        progress = _Progress(self.context, what, items, list(usages.values()))
-        results: list[Any] = [None] * len(calls)
-        pending = await self._answer_from_cache(calls, usages, results, progress)
-        if not pending:
-            return results
+    def _cache_keys(self, calls: Sequence[Call[Any]]) -> list[str | None]:
+        """The cache keys of ``calls`` where the run reads them (or stores batch results)."""
+        if self.cache.reads or (self.mode is RequestMode.BATCH and self.cache.writes):
+            return [self.session.cache_keys.key(call.endpoint, call.body) for call in calls]
+        return [None] * len(calls)
+
+    async def _send(
+        self,
+        calls: Sequence[Call[T]],
+        pending: Sequence[int],
+        usages: dict[str | None, Usage],
+        results: list[Any],
+        progress: _Progress,
+    ) -> None:
+        """Send ``calls[i]`` for ``i`` in ``pending`` concurrently, results into ``results``."""
         errors: list[LLMRequestError] = []
         in_flight = asyncio.Semaphore(self.max_concurrency)
         async with self.session.async_client(None, self.cache) as client:
@@ -176,15 +200,18 @@ class Engine:
             await asyncio.gather(*(send(index) for index in pending))
         if errors:
             raise errors[0]
-        return results
 
     async def _answer_from_cache(
-        self, calls: Sequence[Call[T]], usages: dict[str | None, Usage], results: list[Any], progress: _Progress
+        self,
+        calls: Sequence[Call[T]],
+        keys: Sequence[str | None],
+        usages: dict[str | None, Usage],
+        results: list[Any],
+        progress: _Progress,
     ) -> list[int]:
         """Fill ``results`` from the cache (one batch read); returns the indices to send."""
         if not self.cache.reads:
             return list(range(len(calls)))
-        keys = [self.session.cache_keys.key(call.endpoint, call.body) for call in calls]
         answers = await asyncio.to_thread(self.session.cached, keys, [(call.endpoint, call.body) for call in calls])
         pending = []
         for index, (call, key, answer) in enumerate(zip(calls, keys, answers, strict=True)):

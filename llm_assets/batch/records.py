@@ -1,0 +1,90 @@
+"""Durable records of submitted batches, next to the request cache: what keeps a re-run
+from paying twice.
+
+A :class:`Submission` is written *before* ``batches.create`` (with the fingerprint the
+batch's metadata will carry) and again after it (with the batch id). A re-run of the same
+requests finds it and re-attaches to the batch instead of creating another; a record
+without a batch id (the process died during ``create``) is matched to its batch through
+``batches.list`` and the fingerprint. Records live in any fsspec location, like the cache,
+and are removed once their results are in the cache.
+
+Example:
+    >>> store = SubmissionStore("memory://llm-records-doctest")
+    >>> record = Submission("f00d", "captains/answers", "/v1/chat/completions", {"llm-1": ["k", "Kirk"]}, "run")
+    >>> store.save(record)
+    >>> [r.fingerprint for r in store.open("captains/answers")]
+    ['f00d']
+"""
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from llm_assets.cache import RequestCache
+
+_FOLDER = "batches"
+
+
+@dataclass
+class Submission:
+    """One batch this library submitted (or was about to): its fingerprint, asset,
+    endpoint, lines (``custom_id`` → [cache key, partition key]) and the run that sent it."""
+
+    fingerprint: str
+    asset: str
+    endpoint: str
+    lines: dict[str, list[str | None]]
+    run_id: str
+    created: float = field(default_factory=time.time)
+    input_file_id: str | None = None
+    batch_id: str | None = None
+    cancel_requested: bool = False  # the run that created it was terminated and cancelled it
+
+    @property
+    def partitions(self) -> list[str]:
+        return list(dict.fromkeys(pk for _, pk in self.lines.values() if pk is not None))
+
+
+def _folder(asset: str) -> str:
+    return asset.replace("/", "__")
+
+
+class SubmissionStore:
+    """Records under ``<root>/batches/<asset>/`` (``root``: the request cache's)."""
+
+    def __init__(self, root: Any) -> None:
+        self._entries = RequestCache(root)
+
+    def _cache(self, asset: str) -> RequestCache:
+        return RequestCache(self._entries.root / _FOLDER / _folder(asset))
+
+    def save(self, record: Submission) -> None:
+        """Write ``record`` durably (atomic rename after fsync, or one PUT)."""
+        self._cache(record.asset).put(record.fingerprint, json.dumps(asdict(record)).encode())
+
+    def remove(self, record: Submission) -> None:
+        path = self._cache(record.asset).path(record.fingerprint)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    def open(self, asset: str | None = None) -> list[Submission]:
+        """The records of ``asset`` (all assets: ``None``), oldest first. An unreadable one
+        is logged and skipped: its batch, if any, is then found through its fingerprint."""
+        root = self._entries.root / _FOLDER
+        pattern = f"{root.path}/{_folder(asset) if asset else '*'}/*/*.json"
+        records = list(self._read(root.fs, sorted(root.fs.glob(pattern))))
+        return sorted(records, key=lambda r: r.created)
+
+    def _read(self, fs: Any, paths: list[str]) -> Iterator[Submission]:
+        for path in paths:
+            try:
+                yield Submission(**json.loads(fs.cat_file(path)))
+            except (OSError, ValueError, TypeError) as error:
+                dg.get_dagster_logger("llm_assets").warning(
+                    f"Ignoring the damaged batch record {path} ({type(error).__name__}: {error})."
+                )

@@ -1,0 +1,294 @@
+"""Batch mode of the engine: submit, re-attach, wait, collect, never pay twice.
+
+:class:`BatchRunner` takes the requests the request cache could not answer and runs them
+through the OpenAI Batch API: it first re-attaches to the batches earlier attempts already
+submitted for them (:mod:`~llm_assets.batch.records`), submits only what no batch covers
+(JSONL files split at the API's limits, each recorded before and after
+``batches.create``), then polls until every batch is done and maps the files back
+(:mod:`~llm_assets.batch.outcome`). A terminated step cancels the batches it created and
+keeps what they completed.
+
+Example:
+    >>> runner = BatchRunner(session, context, BatchSettings(), ErrorPolicy.FAIL, describe=str)  # doctest: +SKIP
+    >>> runner.run(calls, pending, cache_keys, usages, results)  # doctest: +SKIP
+"""
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+import openai
+
+from llm_assets.accounting.limits import estimate_tokens
+from llm_assets.accounting.usage import Usage
+from llm_assets.batch.lines import API_PREFIX, BatchLine, batch_lines, fingerprint, split_lines
+from llm_assets.batch.outcome import BatchOutcome
+from llm_assets.batch.records import Submission, SubmissionStore
+from llm_assets.batch.settings import BatchSettings
+from llm_assets.engine.calls import Call, ErrorPolicy, GovernanceError, LLMRequestError
+from llm_assets.errors import LLMAssetsError
+
+if TYPE_CHECKING:
+    from llm_assets.session import RunSession
+
+#: Metadata key of the fingerprint on every batch this library creates.
+FINGERPRINT = "llm_assets_fingerprint"
+DONE = ("completed", "failed", "expired", "cancelled")
+_LOOKBACK_SECONDS = 3600  # how far before a record batches.list searches for its batch
+
+
+class StillRunningError(LLMRequestError):
+    """The batches outlived ``max_wait_seconds``; re-materializing collects them."""
+
+
+@dataclass
+class _Job:
+    record: Submission
+    batch: Any  # openai.types.Batch
+    created_here: bool
+
+
+class BatchRunner:
+    """Runs one materialization's requests through the Batch API (see the module docstring)."""
+
+    def __init__(
+        self,
+        session: "RunSession",
+        context: dg.AssetExecutionContext,
+        settings: BatchSettings,
+        on_error: ErrorPolicy,
+        describe: Callable[[str], str],
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if session.cache is None:
+            raise LLMAssetsError(
+                "Batch mode keeps its submissions and results next to the request cache: set "
+                "OpenAIResource(cache=True) (the default) and a writable cache_dir, or use run config mode: LIVE."
+            )
+        self.session, self.context, self.settings, self.on_error = session, context, settings, on_error
+        self.describe, self.sleep, self.clock = describe, sleep, clock
+        self.store = SubmissionStore(session.cache.root)
+        self.asset = context.asset_key.to_user_string()
+
+    def run(
+        self,
+        calls: Sequence[Call[Any]],
+        pending: Sequence[int],
+        keys: Sequence[str | None],
+        usages: Mapping[str | None, Usage],
+        results: list[Any],
+    ) -> None:
+        """Answer ``calls[i]`` for ``i`` in ``pending`` into ``results``."""
+        lines = batch_lines(self.asset, calls, pending, keys)
+        outcome = BatchOutcome(self.session, calls, lines, usages, results)
+        with closing(self.session.client(None)) as client:
+            try:
+                jobs = self._attach(client, outcome)
+                covered = {cid for job in jobs for cid in job.record.lines}
+                new = [line for line in outcome.open if line.custom_id not in covered]
+                self._reserve(calls, new, outcome)
+                chunks = split_lines(new, self.settings.max_requests_per_file, self.settings.max_bytes_per_file)
+                jobs += [self._submit(client, chunk, n, len(chunks)) for n, chunk in enumerate(chunks, 1)]
+                self._wait(client, jobs, outcome)
+            finally:
+                outcome.release()
+        outcome.finish(self.on_error, self.describe)
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def _reserve(self, calls: Sequence[Call[Any]], lines: Sequence[BatchLine], outcome: BatchOutcome) -> None:
+        """Reserve each new line's estimate with the governor; refuse the lot if one is refused."""
+        if not self.session.governor.active:
+            return
+        for line in lines:
+            body = calls[line.index].body
+            limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+            estimate = estimate_tokens(line.data) + (limit if isinstance(limit, int) else 0)
+            reason = self.session.governor.refusal(body.get("model"), estimate)
+            if reason is not None:
+                raise GovernanceError(f"The batch was not submitted: {reason}")
+            outcome.estimates[line.custom_id] = estimate
+
+    def _submit(self, client: openai.OpenAI, chunk: list[BatchLine], part: int, parts: int) -> _Job:
+        """Record, upload, record, create, record: a crash at any point leaves a record
+        that the next attempt re-attaches through."""
+        endpoint = API_PREFIX + chunk[0].endpoint
+        record = Submission(
+            fingerprint(chunk),
+            self.asset,
+            endpoint,
+            {line.custom_id: [line.cache_key, line.partition_key] for line in chunk},
+            self.context.run_id,
+        )
+        self.store.save(record)
+        jsonl = (f"{record.fingerprint[:16]}.jsonl", b"".join(line.data for line in chunk))
+        upload = self._api(lambda: client.files.create(file=jsonl, purpose="batch"), "/files")
+        record.input_file_id = upload.id
+        self.store.save(record)
+        partitions = record.partitions
+        metadata = {
+            FINGERPRINT: record.fingerprint,
+            "llm_assets_asset": self.asset[:512],
+            "llm_assets_partitions": (f"{partitions[0]}...{partitions[-1]}" if partitions else "")[:512],
+            "llm_assets_part": f"{part}/{parts}",
+            "dagster_run_id": self.context.run_id,
+        }
+        batch = self._api(
+            lambda: client.batches.create(
+                input_file_id=upload.id,
+                endpoint=endpoint,  # type: ignore[arg-type]
+                completion_window=self.settings.completion_window,  # type: ignore[arg-type]
+                metadata=metadata,
+            ),
+            "/batches",
+        )
+        record.batch_id = batch.id
+        self.store.save(record)
+        self.context.log.info(
+            f"Submitted batch {batch.id} ({part}/{parts}): {len(chunk)} requests of {self.asset}"
+            f"{' for ' + metadata['llm_assets_partitions'] if partitions else ''}."
+        )
+        return _Job(record, batch, created_here=True)
+
+    def _api(self, request: Callable[[], Any], path: str) -> Any:
+        """One Files/Batches call; a server without the Batch API is one clear error."""
+        try:
+            return request()
+        except openai.APIStatusError as error:
+            if error.status_code not in (404, 405):
+                raise
+            raise LLMAssetsError(
+                f"The server at {self.session.cache_keys.base_url} has no Batch API (HTTP {error.status_code} on "
+                f"{path}): use run config mode: LIVE for it."
+            ) from None
+
+    # -- re-attaching -----------------------------------------------------------------------
+
+    def _attach(self, client: openai.OpenAI, outcome: BatchOutcome) -> list[_Job]:
+        """The jobs of earlier records that cover requests of this run, still running; the
+        ones that finished meanwhile are collected now (their missing lines go out again)."""
+        jobs = []
+        wanted = outcome.wanted
+        for record in self.store.open(self.asset):
+            if not any(cid in wanted for cid in record.lines):
+                continue  # another request set's batch: its own re-run (or the sensor) collects it
+            batch = self._find(client, record)
+            if batch is None:
+                self.context.log.warning(
+                    f"The batch of record {record.fingerprint[:12]} is not on the server: "
+                    "submitting its requests again."
+                )
+                self.store.remove(record)
+                continue
+            job = _Job(record, batch, created_here=False)
+            self.context.log.info(
+                f"Re-attached to batch {batch.id} ({batch.status}), submitted by run {record.run_id}."
+            )
+            if record.cancel_requested:  # the run that made it was terminated: let the cancel finish
+                self._wait(client, [job], outcome)
+            elif batch.status in DONE:
+                self._collect(client, job, outcome, waited=False)
+            else:
+                jobs.append(job)
+        return jobs
+
+    def _find(self, client: openai.OpenAI, record: Submission) -> Any:
+        """The record's batch: by id, or (no id yet: the process died in ``create``) by the
+        fingerprint in the batch metadata; ``None`` when the server has no such batch."""
+        if record.batch_id is not None:
+            try:
+                return client.batches.retrieve(record.batch_id)
+            except openai.NotFoundError:
+                return None
+        for batch in client.batches.list(limit=100):
+            if (batch.metadata or {}).get(FINGERPRINT) == record.fingerprint:
+                record.batch_id = batch.id
+                self.store.save(record)
+                return batch
+            if batch.created_at < record.created - _LOOKBACK_SECONDS:
+                break
+        return None
+
+    # -- waiting and collecting -------------------------------------------------------------
+
+    def _wait(self, client: openai.OpenAI, jobs: list[_Job], outcome: BatchOutcome) -> None:
+        """Poll until every job is done (collecting each as it finishes), or fail after
+        ``max_wait_seconds``; a termination cancels the batches this step created."""
+        started, delay = self.clock(), self.settings.poll_seconds
+        waiting = [job for job in jobs if job.batch.status not in DONE]
+        for job in jobs:
+            if job.batch.status in DONE:
+                self._collect(client, job, outcome, waited=True)
+        try:
+            while waiting:
+                elapsed = self.clock() - started
+                if elapsed >= self.settings.max_wait_seconds:
+                    raise StillRunningError(self._still_running(waiting, elapsed))
+                self.sleep(min(delay, max(0.0, self.settings.max_wait_seconds - elapsed)))
+                delay = min(delay * 1.5, self.settings.max_poll_seconds)
+                for job in waiting:
+                    job.batch = client.batches.retrieve(job.batch.id)
+                self._progress(jobs, self.clock() - started)
+                for job in [job for job in waiting if job.batch.status in DONE]:
+                    waiting.remove(job)
+                    self._collect(client, job, outcome, waited=True)
+        except (KeyboardInterrupt, SystemExit, dg.DagsterExecutionInterruptedError):
+            self._cancel(client, [job for job in waiting if job.created_here], outcome)
+            raise
+
+    def _collect(self, client: openai.OpenAI, job: _Job, outcome: BatchOutcome, waited: bool) -> None:
+        """Read a finished batch's files into ``outcome``; then its record goes."""
+        batch, record = job.batch, job.record
+        if batch.output_file_id:
+            with client.files.with_streaming_response.content(batch.output_file_id) as response:
+                outcome.read_output(response.iter_lines(), record)
+        if batch.error_file_id:
+            with client.files.with_streaming_response.content(batch.error_file_id) as response:
+                outcome.read_errors(response.iter_lines())
+        counts = batch.request_counts
+        done = f"{counts.completed} of {counts.total} requests completed" if counts else "its completed requests"
+        if batch.status == "failed":
+            errors = (batch.errors.data if batch.errors else None) or []
+            reasons = "; ".join(f"line {e.line}: {e.message}" if e.line is not None else str(e.message) for e in errors)
+            outcome.problems.append(f"Batch {batch.id} failed: {reasons or 'no reason given'}.")
+        elif batch.status in ("expired", "cancelled") and waited and not record.cancel_requested:
+            outcome.problems.append(
+                f"Batch {batch.id} {batch.status} with {done}: those are kept (cached), and re-materializing "
+                "submits only the others."
+            )
+        self.store.remove(record)
+
+    def _cancel(self, client: openai.OpenAI, jobs: list[_Job], outcome: BatchOutcome) -> None:
+        """Cancel ``jobs`` (the step is being terminated); the records stay, so the next
+        attempt collects what they completed and submits the rest."""
+        for job in jobs:
+            job.record.cancel_requested = True
+            self.store.save(job.record)
+            try:
+                job.batch = client.batches.cancel(job.batch.id)
+                self.context.log.warning(f"Cancelled batch {job.batch.id}: the step was terminated.")
+                if job.batch.status in DONE:
+                    self._collect(client, job, outcome, waited=False)
+            except Exception as error:  # best effort: the step is going down anyway
+                self.context.log.warning(f"Could not cancel batch {job.batch.id}: {error}")
+
+    def _progress(self, jobs: list[_Job], elapsed: float) -> None:
+        counts = [job.batch.request_counts for job in jobs if job.batch.request_counts]
+        total = sum(len(job.record.lines) for job in jobs)
+        done, failed = sum(c.completed for c in counts), sum(c.failed for c in counts)
+        states = ", ".join(f"{job.batch.id} {job.batch.status}" for job in jobs[:5])
+        self.context.log.info(
+            f"Batch API: {done}/{total} requests completed, {failed} failed, {elapsed:.0f} s elapsed ({states})."
+        )
+
+    def _still_running(self, jobs: list[_Job], elapsed: float) -> str:
+        ids = ", ".join(job.batch.id for job in jobs)
+        return (
+            f"Batch {ids} of {self.asset} is still running after {elapsed:.0f} s (BatchSettings.max_wait_seconds "
+            f"{self.settings.max_wait_seconds:g}). Nothing is lost: re-materializing (or build_batch_sensor) "
+            "collects it without submitting again."
+        )
