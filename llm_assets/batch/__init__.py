@@ -1,0 +1,6 @@
+"""Batch mode: a materialization's requests through the OpenAI Batch API
+(:class:`~llm_assets.batch.runner.BatchRunner`), configured by :class:`BatchSettings`."""
+
+from llm_assets.batch.settings import BatchSettings, RequestMode
+
+__all__ = ["BatchSettings", "RequestMode"]
