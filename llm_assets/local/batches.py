@@ -1,5 +1,6 @@
 """The OpenAI Files and Batches API on the embedded local server, so batch mode works
-offline: each batch's lines run one by one through the server's own endpoints.
+offline: each batch's lines run one by one through the server's own endpoints (or, for
+tests, through any ``answer(url, body) -> (status, body)``).
 
 State lives in the server process (the embedded server is started per run or step): a
 batch of a server that has stopped is unknown to the next one, and the engine then
@@ -14,8 +15,12 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+#: ``answer(url, body) -> (status_code, response body)``: how a batch line is answered.
+Answer = Callable[[str, Any], Awaitable[tuple[int, Any]]]
 
 _ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -42,6 +47,7 @@ class _Batch:
     error_file_id: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     times: dict[str, int] = field(default_factory=dict)
+    polls_finalizing: int = 0
 
     def json(self) -> dict[str, Any]:
         return {
@@ -61,11 +67,14 @@ class _Batch:
         }
 
 
-class _Store:
-    """Files and batches of this server process, and the batches' workers."""
+class BatchStore:
+    """Files and batches of this server process, and the batches' workers.
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    ``expire_after``: a batch expires after answering that many lines (tests of partial
+    output); ``finalizing_polls``: retrieves that still show ``finalizing`` once done."""
+
+    def __init__(self, answer: Answer, expire_after: int | None = None, finalizing_polls: int = 0) -> None:
+        self.answer, self.expire_after, self.finalizing_polls = answer, expire_after, finalizing_polls
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.batches: dict[str, _Batch] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -84,72 +93,81 @@ class _Store:
         return info
 
     async def run(self, batch: _Batch) -> None:
-        """Send each line to this server's own endpoint (in process), in order."""
-        import httpx
-
+        """Answer each line, in order."""
         lines = [line for line in self.files[batch.input_file_id][1].splitlines() if line.strip()]
         batch.total, batch.status = len(lines), "in_progress"
         batch.times["in_progress_at"] = int(time.time())
         outputs: list[bytes] = []
         failures: list[bytes] = []
-        transport = httpx.ASGITransport(app=self.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://local", timeout=None) as client:
-            for number, raw in enumerate(lines, 1):
-                if batch.status == "cancelling":
-                    break
-                answer, failed = await self._answer(client, batch, number, raw)
-                (failures if failed else outputs).append(json.dumps(answer).encode())
-                batch.failed += failed
-                batch.completed += not failed
+        for number, raw in enumerate(lines, 1):
+            if batch.status == "cancelling" or number - 1 == self.expire_after:
+                break
+            answer, failed = await self._answer(batch, number, raw)
+            (failures if failed else outputs).append(json.dumps(answer).encode())
+            batch.failed += failed
+            batch.completed += not failed
         batch.times["finalizing_at"] = int(time.time())
         if outputs:
             batch.output_file_id = self.add_file(f"{batch.id}_output.jsonl", "batch_output", b"\n".join(outputs))["id"]
         if failures:
             batch.error_file_id = self.add_file(f"{batch.id}_error.jsonl", "batch_output", b"\n".join(failures))["id"]
-        batch.status = "cancelled" if batch.status == "cancelling" else "completed"
+        if batch.status == "cancelling":
+            batch.status = "cancelled"
+        elif self.expire_after is not None and batch.completed + batch.failed < batch.total:
+            batch.status = "expired"
+        else:
+            batch.status = "finalizing" if self.finalizing_polls else "completed"
         batch.times[f"{batch.status}_at"] = int(time.time())
 
-    async def _answer(self, client: Any, batch: _Batch, number: int, raw: bytes) -> tuple[dict[str, Any], bool]:
-        request_id = f"batch_req_{uuid.uuid4().hex}"
+    def retrieve(self, batch: _Batch) -> dict[str, Any]:
+        """The batch as a poll sees it (``finalizing`` for the first few polls, if asked)."""
+        if batch.status == "finalizing":
+            batch.polls_finalizing += 1
+            if batch.polls_finalizing > self.finalizing_polls:
+                batch.status = "completed"
+                batch.times["completed_at"] = int(time.time())
+        return batch.json()
+
+    async def _answer(self, batch: _Batch, number: int, raw: bytes) -> tuple[dict[str, Any], bool]:
+        """One line's output-file entry, and whether it failed."""
+        entry: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": None, "response": None}
         try:
             line = json.loads(raw)
-            custom_id, url, body = line["custom_id"], line.get("url", batch.endpoint), line["body"]
+            entry["custom_id"], url, body = line["custom_id"], line.get("url", batch.endpoint), line["body"]
         except (ValueError, KeyError, TypeError) as error:
             message = f"line {number} is not a batch request ({type(error).__name__}: {error})"
-            return {
-                "id": request_id,
-                "custom_id": None,
-                "response": None,
-                "error": {"code": "invalid", "message": message},
-            }, True
+            return {**entry, "error": {"code": "invalid_request", "message": message}}, True
         if url != batch.endpoint:
             message = f"line {number} has url {url!r}, not the batch's endpoint {batch.endpoint!r}"
-            return {
-                "id": request_id,
-                "custom_id": custom_id,
-                "response": None,
-                "error": {"code": "invalid_url", "message": message},
-            }, True
+            return {**entry, "error": {"code": "invalid_url", "message": message}}, True
+        status, answer = await self.answer(url, body)
+        entry["response"] = {"status_code": status, "request_id": entry["id"], "body": answer}
+        return {**entry, "error": None}, status != 200
+
+
+def asgi_answer(app: Any) -> Answer:
+    """Answer batch lines by POSTing them to ``app`` itself, in process."""
+    import httpx
+
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://local", timeout=None)
+
+    async def answer(url: str, body: Any) -> tuple[int, Any]:
         response = await client.post(url, json=body)
         try:
-            answer_body = response.json()
+            return response.status_code, response.json()
         except ValueError:
-            answer_body = {"error": {"message": response.text[:500]}}
-        answer = {"status_code": response.status_code, "request_id": request_id, "body": answer_body}
-        return {
-            "id": request_id,
-            "custom_id": custom_id,
-            "response": answer,
-            "error": None,
-        }, response.status_code != 200
+            return response.status_code, {"error": {"message": response.text[:500]}}
+
+    return answer
 
 
-def add_batch_routes(app: Any) -> None:
-    """Add ``/v1/files`` and ``/v1/batches`` (create, retrieve, list, cancel) to ``app``."""
+def add_batch_routes(app: Any, store: BatchStore | None = None) -> BatchStore:
+    """Add ``/v1/files`` and ``/v1/batches`` (create, retrieve, list, cancel) to ``app``;
+    lines are answered by ``app`` itself unless ``store`` says otherwise."""
     from fastapi.responses import JSONResponse, Response
     from starlette.requests import Request
 
-    store = _Store(app)
+    store = store or BatchStore(asgi_answer(app))
 
     async def create_file(request: Request) -> Any:
         form = await request.form()
@@ -189,7 +207,7 @@ def add_batch_routes(app: Any) -> None:
 
     async def retrieve_batch(batch_id: str) -> Any:
         batch = store.batches.get(batch_id)
-        return JSONResponse(batch.json()) if batch else _error(404, f"No such batch: {batch_id}")
+        return JSONResponse(store.retrieve(batch)) if batch else _error(404, f"No such batch: {batch_id}")
 
     async def cancel_batch(batch_id: str) -> Any:
         batch = store.batches.get(batch_id)
@@ -222,3 +240,4 @@ def add_batch_routes(app: Any) -> None:
     app.add_api_route("/v1/batches", list_batches, methods=["GET"])
     app.add_api_route("/v1/batches/{batch_id}", retrieve_batch, methods=["GET"])
     app.add_api_route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"])
+    return store

@@ -41,7 +41,10 @@ def test_captains_in_batch_mode_match_live_mode(instance):
             )
             for key in (pipeline.answers.key, pipeline.embeddings.key)
         )
-        frames[mode] = (answers.output_for_node("captains__answers"), embeddings.output_for_node("captains__embeddings"))
+        frames[mode] = (
+            answers.output_for_node("captains__answers"),
+            embeddings.output_for_node("captains__embeddings"),
+        )
         if mode == "BATCH":
             for result, model in ((answers, CHAT_MODEL), (embeddings, None)):
                 for event in result.get_asset_materialization_events():

@@ -1,0 +1,117 @@
+"""A scripted Batch API on loopback: the Files and Batches routes of the embedded server
+(:mod:`llm_assets.local.batches`), with each line answered by a
+:class:`~llm_assets.testing.ScriptedOpenAIServer` (so its usage totals are the truth to
+compare with), and the outcomes other mock servers lack: expiry with partial output,
+``finalizing``, failed lines, and a ``create`` that never answers (a crash between create
+and record).
+
+Example:
+    >>> with ScriptedOpenAIServer() as upstream, ScriptedBatchServer(upstream) as server:  # doctest: +SKIP
+    ...     OpenAIResource(base_url=server.base_url)
+"""
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from llm_assets.local.batches import BatchStore, add_batch_routes
+from llm_assets.testing.server import ScriptedOpenAIServer
+
+#: ``fail_line(url, body)``: ``(status, message)`` to answer a line with an error, else ``None``.
+FailLine = Callable[[str, Any], tuple[int, str] | None]
+
+
+class ScriptedBatchServer:
+    """Files + Batches on loopback in front of ``upstream`` (which also answers live requests).
+
+    Args:
+        expire_after: each batch expires after answering this many lines.
+        finalizing_polls: polls that see ``finalizing`` before ``completed``.
+        fail_line: answers chosen lines with an error instead.
+        hold_create: ``batches.create`` creates the batch but never answers (until released).
+    """
+
+    def __init__(
+        self,
+        upstream: ScriptedOpenAIServer,
+        expire_after: int | None = None,
+        finalizing_polls: int = 0,
+        fail_line: FailLine | None = None,
+        hold_create: bool = False,
+    ) -> None:
+        from fastapi import FastAPI, Request
+
+        self.upstream, self.fail_line = upstream, fail_line
+        self.release = threading.Event()
+        if not hold_create:
+            self.release.set()
+        self.creates = 0
+        self.cancels = 0
+        self._client = httpx.AsyncClient(base_url=upstream.base_url.removesuffix("/v1"), timeout=60)
+        app = FastAPI()
+
+        @app.middleware("http")
+        async def count(request: Request, call_next: Any) -> Any:
+            if request.method == "POST" and request.url.path.startswith("/v1/batches"):
+                if request.url.path.endswith("/cancel"):
+                    self.cancels += 1
+                else:
+                    self.creates += 1
+                    response = await call_next(request)
+                    while not self.release.is_set():  # the batch exists; its creator never hears of it
+                        await asyncio.sleep(0.05)
+                    return response
+            return await call_next(request)
+
+        self.store: BatchStore = add_batch_routes(app, BatchStore(self._answer, expire_after, finalizing_polls))
+
+        @app.post("/v1/{path:path}")
+        async def live(path: str, request: Request) -> Any:
+            from fastapi.responses import Response
+
+            reply = await self._client.post(f"/v1/{path}", content=await request.body(), headers=request.headers)
+            return Response(reply.content, reply.status_code, media_type=reply.headers.get("content-type"))
+
+        import uvicorn
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._thread: threading.Thread | None = None
+
+    async def _answer(self, url: str, body: Any) -> tuple[int, Any]:
+        failure = self.fail_line(url, body) if self.fail_line else None
+        if failure is not None:
+            status, message = failure
+            return status, {"error": {"message": message, "type": "invalid_request_error"}}
+        reply = await self._client.post(url, json=body)
+        return reply.status_code, reply.json()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+
+    def start(self) -> "ScriptedBatchServer":
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            threading.Event().wait(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.release.set()
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self._sock.close()
+
+    def __enter__(self) -> "ScriptedBatchServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
