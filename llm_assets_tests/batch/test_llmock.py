@@ -19,7 +19,8 @@ from llm_assets_tests.conftest import failure_message, usage_metadata
 def output_usage_by_partition(answers) -> dict[str, dict[str, int]]:
     """What llmock billed: each output line's usage, by the captain its request is for
     (named in the prompt, or, for an embedding, whose answer it embeds)."""
-    owners = {json.dumps(answer)[1:-1]: captain for captain, answer in zip(answers["partition_key"], answers["answer"])}
+    pairs = zip(answers["partition_key"], answers["answer"], strict=True)
+    owners = {json.dumps(answer)[1:-1]: captain for captain, answer in pairs}
     from llmock.routers import batch
 
     prompts = {}
