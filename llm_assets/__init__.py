@@ -19,6 +19,8 @@ from llm_assets.assets import (
     build_pca_plot_asset,
     vectors,
 )
+from llm_assets.batch import BatchSettings, RequestMode
+from llm_assets.batch.sensor import build_batch_sensor
 from llm_assets.cache import CacheMode
 from llm_assets.engine import ChatRequest, Engine, LLMRequestError
 from llm_assets.errors import LLMAssetsError
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AssetOptions",
+    "BatchSettings",
     "CacheMode",
     "ChatConfig",
     "ChatRequest",
@@ -42,8 +45,10 @@ __all__ = [
     "OpenAIResource",
     "PartitionedFilesystemIOManager",
     "PlotConfig",
+    "RequestMode",
     "RunSession",
     "Usage",
+    "build_batch_sensor",
     "build_chat_answers_asset",
     "build_embeddings_asset",
     "build_llm_pipeline_assets",

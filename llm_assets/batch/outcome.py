@@ -85,11 +85,14 @@ class BatchOutcome:
                 body = response.get("body") if isinstance(response, dict) else None
                 if not error and isinstance(body, dict):
                     error = body.get("error") or {}
-                message = f"{error.get('code') or response.get('status_code')}: {error.get('message')}"
+                status = response.get("status_code")
             except (ValueError, TypeError, AttributeError):
                 self.problems.append(f"An error-file line is not JSON Lines: {text[:200]!r}")
                 continue
-            self._fail(cid, message, "batch_error")
+            if status is None:  # refused by the Batch API itself, not the endpoint
+                self._fail(cid, f"{error.get('code')}: {error.get('message')}", "batch_error")
+            else:
+                self._fail(cid, f"HTTP {status}: {error.get('message')}", str(status))
 
     def _answer(self, cid: str, body: dict[str, Any], record: Submission) -> None:
         key, partition = (record.lines.get(cid) or [None, None])[:2]

@@ -87,6 +87,7 @@ class BatchRunner:
         outcome = BatchOutcome(self.session, calls, lines, usages, results)
         with closing(self.session.client(None)) as client:
             try:
+                self._api(lambda: client.batches.list(limit=1), "/batches")  # is there a Batch API?
                 jobs = self._attach(client, outcome)
                 covered = {cid for job in jobs for cid in job.record.lines}
                 new = [line for line in outcome.open if line.custom_id not in covered]
@@ -159,7 +160,7 @@ class BatchRunner:
         try:
             return request()
         except openai.APIStatusError as error:
-            if error.status_code not in (404, 405):
+            if error.status_code not in (404, 405, 501):
                 raise
             raise LLMAssetsError(
                 f"The server at {self.session.cache_keys.base_url} has no Batch API (HTTP {error.status_code} on "
