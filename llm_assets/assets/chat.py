@@ -159,9 +159,8 @@ def build_chat_answers_asset(
     config, and, with ``upstream``, ``{text}`` from its ``text_column``: one request per
     row (``{row}`` is its position) or, with ``one_request_per_row=False``, one request
     with all rows joined, which chains answers into a report. ``question``,
-    ``max_tokens``, ``temperature``, ``chat_model``, ``variables`` and ``mode`` (LIVE, or
-    BATCH for the Batch API) are the defaults of the run config (:class:`ChatConfig`;
-    ``None`` keeps its own). A ``translator``
+    ``max_tokens``, ``temperature``, ``chat_model``, ``variables`` and ``mode`` (LIVE or
+    BATCH) are the defaults of the run config (:class:`ChatConfig`; ``None`` keeps its own). A ``translator``
     (:class:`ChatTranslator` subclass) customises the messages, parameters and rows.
     ``options`` are Dagster's (:class:`AssetOptions`).
 
@@ -179,13 +178,7 @@ def build_chat_answers_asset(
     system = PromptTemplate(system_prompt) if system_prompt else None
     prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator())
     prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
-    defaults = {
-        "question": question,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "chat_model": chat_model,
-        "mode": mode,
-    }
+    defaults = dict(question=question, max_tokens=max_tokens, temperature=temperature, chat_model=chat_model, mode=mode)
     config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
     source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
     return define_asset(

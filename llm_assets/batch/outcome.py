@@ -13,6 +13,7 @@ Example:
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 #: What a reader raises on a body that is JSON but not the endpoint's answer.
 _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
 _SHOWN = 5  # failed rows named in an error
+_WRITERS = 16  # cache entries stored at once (each write waits on fsync, not on the CPU)
 
 
 class BatchOutcome:
@@ -49,6 +51,8 @@ class BatchOutcome:
         self.failures: dict[str, str] = {}
         self.problems: list[str] = []  # whole batches that failed, expired or were cancelled
         self.estimates: dict[str, int] = {}  # governor reservations of the lines this run submitted
+        self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="llm-assets-cache")
+        self._writes: list[Future] = []
 
     @property
     def open(self) -> list[BatchLine]:
@@ -119,7 +123,14 @@ class BatchOutcome:
             body.get("model"), self.estimates.pop(cid, 0), body.get("usage"), body.get("model"), batch=True
         )
         if key:  # the answer is paid for: keep it, also when this run no longer asks for it
-            self.session.store(key, json.dumps(body, ensure_ascii=False).encode(), usage or Usage())
+            answer = json.dumps(body, ensure_ascii=False).encode()
+            self._writes.append(self._writers.submit(self.session.store, key, answer, usage or Usage()))
+
+    def flush(self) -> None:
+        """Wait until every answer read so far is stored in the request cache."""
+        for write in self._writes:
+            write.result()
+        self._writes.clear()
 
     def _fail(self, cid: Any, message: str, kind: str) -> None:
         line = self.wanted.get(cid) if isinstance(cid, str) else None
@@ -131,7 +142,10 @@ class BatchOutcome:
             usage.add_failed_attempt(kind)
 
     def release(self) -> None:
-        """Give back the governor's reservations of lines that were never answered."""
+        """Store what was read, and give back the governor's reservations of lines that
+        were never answered."""
+        self.flush()
+        self._writers.shutdown()
         for cid, estimate in self.estimates.items():
             line = self.wanted[cid]
             self.session.governor.settle(self.calls[line.index].body.get("model"), estimate, None, None, False)

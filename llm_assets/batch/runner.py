@@ -261,6 +261,7 @@ class BatchRunner:
                 f"Batch {batch.id} {batch.status} with {done}: those are kept (cached), and re-materializing "
                 "submits only the others."
             )
+        outcome.flush()  # the record goes only once its answers are safe in the cache
         self.store.remove(record)
 
     def _cancel(self, client: openai.OpenAI, jobs: list[_Job], outcome: BatchOutcome) -> None:

@@ -21,7 +21,6 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
@@ -48,6 +47,7 @@ from llm_assets.engine.embeddings import (
     EmbeddingPlan,
     EmbeddingResult,
 )
+from llm_assets.engine.progress import Progress
 from llm_assets.engine.rows import AnswerRow
 from llm_assets.http.attribution import billed_to
 from llm_assets.http.pools import httpx
@@ -61,31 +61,6 @@ T = TypeVar("T")
 
 #: What a reader raises on a body that is JSON but not the endpoint's answer.
 _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
-
-
-@dataclass
-class _Progress:
-    """Logs done / total, tokens, cache hits and failed attempts at most every ``every``
-    seconds, and at the end."""
-
-    context: Any
-    what: str
-    total: int
-    usages: Sequence[Usage]
-    every: float = 10.0
-    done: int = 0
-    _last: float = field(default_factory=time.monotonic)
-
-    def step(self, count: int = 1) -> None:
-        self.done += count
-        now = time.monotonic()
-        if self.done == self.total or now - self._last >= self.every:
-            self._last = now
-            self.context.log.info(
-                f"{self.what}: {self.done}/{self.total} done, {sum(u.total_tokens for u in self.usages)} tokens, "
-                f"{sum(u.total('cache_hits') for u in self.usages)} from cache, "
-                f"{sum(u.failed_attempts for u in self.usages)} failed attempts retried"
-            )
 
 
 class Engine:
@@ -148,7 +123,7 @@ class Engine:
                     pk: blocks.enter_context(self.session.metered(self.context, partition_key=pk))
                     for pk in dict.fromkeys(call.partition_key for call in calls)
                 }
-                progress = _Progress(self.context, what, items, list(usages.values()))
+                progress = Progress(self.context, what, items, list(usages.values()))
                 results: list[Any] = [None] * len(calls)
                 keys = self._cache_keys(calls)
                 pending = runner.run(self._answer_from_cache(calls, keys, usages, results, progress))
@@ -173,7 +148,7 @@ class Engine:
         pending: Sequence[int],
         usages: dict[str | None, Usage],
         results: list[Any],
-        progress: _Progress,
+        progress: Progress,
     ) -> None:
         """Send ``calls[i]`` for ``i`` in ``pending`` concurrently, results into ``results``."""
         errors: list[LLMRequestError] = []
@@ -207,7 +182,7 @@ class Engine:
         keys: Sequence[str | None],
         usages: dict[str | None, Usage],
         results: list[Any],
-        progress: _Progress,
+        progress: Progress,
     ) -> list[int]:
         """Fill ``results`` from the cache (one batch read); returns the indices to send."""
         if not self.cache.reads:

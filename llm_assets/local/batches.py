@@ -164,10 +164,15 @@ def asgi_answer(app: Any) -> Answer:
 def add_batch_routes(app: Any, store: BatchStore | None = None) -> BatchStore:
     """Add ``/v1/files`` and ``/v1/batches`` (create, retrieve, list, cancel) to ``app``;
     lines are answered by ``app`` itself unless ``store`` says otherwise."""
+    store = store or BatchStore(asgi_answer(app))
+    _add_file_routes(app, store)
+    _add_batch_routes(app, store)
+    return store
+
+
+def _add_file_routes(app: Any, store: BatchStore) -> None:
     from fastapi.responses import JSONResponse, Response
     from starlette.requests import Request
-
-    store = store or BatchStore(asgi_answer(app))
 
     async def create_file(request: Request) -> Any:
         form = await request.form()
@@ -185,6 +190,15 @@ def add_batch_routes(app: Any, store: BatchStore | None = None) -> BatchStore:
         return (
             JSONResponse(store.files[file_id][0]) if file_id in store.files else _error(404, f"No such file: {file_id}")
         )
+
+    app.add_api_route("/v1/files", create_file, methods=["POST"])
+    app.add_api_route("/v1/files/{file_id}", retrieve_file, methods=["GET"])
+    app.add_api_route("/v1/files/{file_id}/content", file_content, methods=["GET"])
+
+
+def _add_batch_routes(app: Any, store: BatchStore) -> None:
+    from fastapi.responses import JSONResponse
+    from starlette.requests import Request
 
     async def create_batch(request: Request) -> Any:
         body = await request.json()
@@ -233,11 +247,7 @@ def add_batch_routes(app: Any, store: BatchStore | None = None) -> BatchStore:
             }
         )
 
-    app.add_api_route("/v1/files", create_file, methods=["POST"])
-    app.add_api_route("/v1/files/{file_id}", retrieve_file, methods=["GET"])
-    app.add_api_route("/v1/files/{file_id}/content", file_content, methods=["GET"])
     app.add_api_route("/v1/batches", create_batch, methods=["POST"])
     app.add_api_route("/v1/batches", list_batches, methods=["GET"])
     app.add_api_route("/v1/batches/{batch_id}", retrieve_batch, methods=["GET"])
     app.add_api_route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"])
-    return store

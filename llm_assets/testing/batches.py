@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from llm_assets.local.batches import BatchStore, add_batch_routes
+from llm_assets.testing.script import count_tokens, scripted_answer, text_of, usage_payload
 from llm_assets.testing.server import ScriptedOpenAIServer
 
 #: ``fail_line(url, body)``: ``(status, message)`` to answer a line with an error, else ``None``.
@@ -115,3 +116,32 @@ class ScriptedBatchServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def scripted_chat(url: str, body: Any) -> tuple[int, Any]:
+    """A batch line answered in process, with the scripted server's text and token counts
+    (no HTTP per line: for benchmarks of the client side)."""
+    prompt = " ".join(text_of(m.get("content")) for m in body.get("messages", []))
+    answer = scripted_answer(prompt, body.get("max_tokens"))
+    choice = {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+    usage = usage_payload(count_tokens(prompt), count_tokens(answer))
+    return 200, {"object": "chat.completion", "model": body.get("model"), "choices": [choice], "usage": usage}
+
+
+def main() -> None:
+    """``python -m llm_assets.testing.batches``: a Batch API answering chat lines in
+    process; prints its base URL."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    add_batch_routes(app, BatchStore(scripted_chat))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    print(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
