@@ -7,7 +7,8 @@ Example:
     >>> (line,) = batch_lines("captains/answers", [call], [0], ["k0"])
     >>> line.custom_id == batch_lines("captains/answers", [call], [0], ["k0"])[0].custom_id
     True
-    >>> [len(chunk) for chunk in split_lines([line] * 5, max_requests=2, max_bytes=10**6)]
+    >>> from llm_assets.batch.settings import BatchSettings
+    >>> [len(chunk) for chunk in split_lines([line] * 5, BatchSettings(max_requests_per_file=2))]
     [2, 2, 1]
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llm_assets.batch.settings import BatchSettings
 from llm_assets.errors import LLMAssetsError
 
 #: Prefix of the URLs of batch lines (the Batch API names endpoints with their version).
@@ -33,6 +35,7 @@ class BatchLine:
     cache_key: str | None
     partition_key: str | None
     endpoint: str
+    items: int  # inputs: 1 for a chat request, the texts of an embeddings request
     data: bytes
 
 
@@ -54,28 +57,34 @@ def batch_lines(
         cid = custom_id(asset, call)
         line = {"custom_id": cid, "method": "POST", "url": API_PREFIX + call.endpoint, "body": call.body}
         data = json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-        lines.append(BatchLine(index, cid, cache_keys[index], call.partition_key, call.endpoint, data))
+        lines.append(BatchLine(index, cid, cache_keys[index], call.partition_key, call.endpoint, call.items, data))
     return lines
 
 
-def split_lines(lines: Sequence[BatchLine], max_requests: int, max_bytes: int) -> list[list[BatchLine]]:
-    """Consecutive files of at most ``max_requests`` lines and ``max_bytes`` bytes, one
-    endpoint each (a batch has one)."""
+def split_lines(lines: Sequence[BatchLine], settings: BatchSettings) -> list[list[BatchLine]]:
+    """Consecutive files within the settings' limits of requests, bytes and embedding
+    inputs, one endpoint each (a batch has one)."""
+    max_bytes = settings.max_bytes_per_file
     chunks: list[list[BatchLine]] = []
     current: list[BatchLine] = []
-    size = 0
+    size = inputs = 0
     for line in lines:
         if len(line.data) > max_bytes:
             raise LLMAssetsError(
                 f"One batch line is {len(line.data)} bytes, over BatchSettings.max_bytes_per_file {max_bytes}: "
                 "raise it (OpenAI takes 200 MB per file), or send this request in mode LIVE."
             )
-        full = len(current) >= max_requests or size + len(line.data) > max_bytes
+        full = (
+            len(current) >= settings.max_requests_per_file
+            or size + len(line.data) > max_bytes
+            or inputs + line.items > settings.max_inputs_per_file
+        )
         if current and (full or line.endpoint != current[0].endpoint):
             chunks.append(current)
-            current, size = [], 0
+            current, size, inputs = [], 0, 0
         current.append(line)
         size += len(line.data)
+        inputs += line.items
     if current:
         chunks.append(current)
     return chunks

@@ -24,10 +24,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
+import openai
 
 from llm_assets.cache import RequestCache
 
 _FOLDER = "batches"
+#: Metadata key of the fingerprint on every batch this library creates.
+FINGERPRINT = "llm_assets_fingerprint"
+_LOOKBACK_SECONDS = 3600  # how long before its record's creation a batch is searched for
 
 
 @dataclass
@@ -67,14 +71,37 @@ class SubmissionStore:
         """Write ``record`` durably (atomic rename after fsync, or one PUT)."""
         self._cache(record.asset).put(record.fingerprint, json.dumps(asdict(record)).encode())
 
+    def exists(self, record: Submission) -> bool:
+        """Whether a record file of ``record``'s fingerprint is there (readable or not)."""
+        return self._cache(record.asset).path(record.fingerprint).exists()
+
     def remove(self, record: Submission) -> None:
         path = self._cache(record.asset).path(record.fingerprint)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
+    def find_batch(self, client: Any, record: Submission) -> Any:
+        """The record's batch (``openai.types.Batch``): by id, or (no id yet: the process
+        died in ``create``) by the fingerprint in the batch metadata, through
+        ``batches.list`` (newest first); ``None`` when the server has no such batch."""
+        if record.batch_id is not None:
+            try:
+                return client.batches.retrieve(record.batch_id)
+            except openai.NotFoundError:
+                return None
+        for batch in client.batches.list(limit=100):
+            if (batch.metadata or {}).get(FINGERPRINT) == record.fingerprint:
+                record.batch_id = batch.id
+                self.save(record)
+                return batch
+            if batch.created_at < record.created - _LOOKBACK_SECONDS:
+                break
+        return None
+
     def open(self, asset: str | None = None) -> list[Submission]:
         """The records of ``asset`` (all assets: ``None``), oldest first. An unreadable one
-        is logged and skipped: its batch, if any, is then found through its fingerprint."""
+        is logged and skipped: when its requests are submitted again they have the same
+        fingerprint, and its batch, if any, is found through it."""
         root = self._entries.root / _FOLDER
         pattern = f"{root.path}/{_folder(asset) if asset else '*'}/*/*.json"
         records = list(self._read(root.fs, sorted(root.fs.glob(pattern))))

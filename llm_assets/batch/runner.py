@@ -26,7 +26,7 @@ from llm_assets.accounting.limits import estimate_tokens
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import API_PREFIX, BatchLine, batch_lines, fingerprint, split_lines
 from llm_assets.batch.outcome import BatchOutcome
-from llm_assets.batch.records import Submission, SubmissionStore
+from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.engine.calls import Call, ErrorPolicy, GovernanceError, LLMRequestError
 from llm_assets.errors import LLMAssetsError
@@ -34,10 +34,7 @@ from llm_assets.errors import LLMAssetsError
 if TYPE_CHECKING:
     from llm_assets.session import RunSession
 
-#: Metadata key of the fingerprint on every batch this library creates.
-FINGERPRINT = "llm_assets_fingerprint"
 DONE = ("completed", "failed", "expired", "cancelled")
-_LOOKBACK_SECONDS = 3600  # how far before a record batches.list searches for its batch
 
 
 class StillRunningError(LLMRequestError):
@@ -85,6 +82,7 @@ class BatchRunner:
         """Answer ``calls[i]`` for ``i`` in ``pending`` into ``results``."""
         lines = batch_lines(self.asset, calls, pending, keys)
         outcome = BatchOutcome(self.session, calls, lines, usages, results)
+        self.created: list[_Job] = []
         with closing(self.session.client(None)) as client:
             try:
                 self._api(lambda: client.batches.list(limit=1), "/batches")  # is there a Batch API?
@@ -92,9 +90,12 @@ class BatchRunner:
                 covered = {cid for job in jobs for cid in job.record.lines}
                 new = [line for line in outcome.open if line.custom_id not in covered]
                 self._reserve(calls, new, outcome)
-                chunks = split_lines(new, self.settings.max_requests_per_file, self.settings.max_bytes_per_file)
+                chunks = split_lines(new, self.settings)
                 jobs += [self._submit(client, chunk, n, len(chunks)) for n, chunk in enumerate(chunks, 1)]
                 self._wait(client, jobs, outcome)
+            except (KeyboardInterrupt, SystemExit, dg.DagsterExecutionInterruptedError):  # the step is terminated
+                self._cancel(client, [job for job in self.created if job.batch.status not in DONE], outcome)
+                raise
             finally:
                 outcome.release()
         outcome.finish(self.on_error, self.describe)
@@ -125,6 +126,11 @@ class BatchRunner:
             {line.custom_id: [line.cache_key, line.partition_key] for line in chunk},
             self.context.run.run_id,
         )
+        if self.store.exists(record):  # a damaged record of the same requests: was its batch created?
+            found = self.store.find_batch(client, record)
+            if found is not None:
+                self.context.log.warning(f"Re-attached to batch {found.id} through its fingerprint (damaged record).")
+                return _Job(record, found, created_here=False)
         self.store.save(record)
         jsonl = (f"{record.fingerprint[:16]}.jsonl", b"".join(line.data for line in chunk))
         upload = self._api(lambda: client.files.create(file=jsonl, purpose="batch"), "/files")
@@ -147,13 +153,15 @@ class BatchRunner:
             ),
             "/batches",
         )
+        job = _Job(record, batch, created_here=True)
+        self.created.append(job)  # first: a termination from here on cancels it
         record.batch_id = batch.id
         self.store.save(record)
         self.context.log.info(
             f"Submitted batch {batch.id} ({part}/{parts}): {len(chunk)} requests of {self.asset}"
             f"{' for ' + metadata['llm_assets_partitions'] if partitions else ''}."
         )
-        return _Job(record, batch, created_here=True)
+        return job
 
     def _api(self, request: Callable[[], Any], path: str) -> Any:
         """One Files/Batches call; a server without the Batch API is one clear error."""
@@ -177,7 +185,7 @@ class BatchRunner:
         for record in self.store.open(self.asset):
             if not any(cid in wanted for cid in record.lines):
                 continue  # another request set's batch: its own re-run (or the sensor) collects it
-            batch = self._find(client, record)
+            batch = self.store.find_batch(client, record)
             if batch is None:
                 self.context.log.warning(
                     f"The batch of record {record.fingerprint[:12]} is not on the server: "
@@ -197,49 +205,28 @@ class BatchRunner:
                 jobs.append(job)
         return jobs
 
-    def _find(self, client: openai.OpenAI, record: Submission) -> Any:
-        """The record's batch: by id, or (no id yet: the process died in ``create``) by the
-        fingerprint in the batch metadata; ``None`` when the server has no such batch."""
-        if record.batch_id is not None:
-            try:
-                return client.batches.retrieve(record.batch_id)
-            except openai.NotFoundError:
-                return None
-        for batch in client.batches.list(limit=100):
-            if (batch.metadata or {}).get(FINGERPRINT) == record.fingerprint:
-                record.batch_id = batch.id
-                self.store.save(record)
-                return batch
-            if batch.created_at < record.created - _LOOKBACK_SECONDS:
-                break
-        return None
-
     # -- waiting and collecting -------------------------------------------------------------
 
     def _wait(self, client: openai.OpenAI, jobs: list[_Job], outcome: BatchOutcome) -> None:
         """Poll until every job is done (collecting each as it finishes), or fail after
-        ``max_wait_seconds``; a termination cancels the batches this step created."""
+        ``max_wait_seconds``."""
         started, delay = self.clock(), self.settings.poll_seconds
         waiting = [job for job in jobs if job.batch.status not in DONE]
         for job in jobs:
             if job.batch.status in DONE:
                 self._collect(client, job, outcome, waited=True)
-        try:
-            while waiting:
-                elapsed = self.clock() - started
-                if elapsed >= self.settings.max_wait_seconds:
-                    raise StillRunningError(self._still_running(waiting, elapsed))
-                self.sleep(min(delay, max(0.0, self.settings.max_wait_seconds - elapsed)))
-                delay = min(delay * 1.5, self.settings.max_poll_seconds)
-                for job in waiting:
-                    job.batch = client.batches.retrieve(job.batch.id)
-                self._progress(jobs, self.clock() - started)
-                for job in [job for job in waiting if job.batch.status in DONE]:
-                    waiting.remove(job)
-                    self._collect(client, job, outcome, waited=True)
-        except (KeyboardInterrupt, SystemExit, dg.DagsterExecutionInterruptedError):
-            self._cancel(client, [job for job in waiting if job.created_here], outcome)
-            raise
+        while waiting:
+            elapsed = self.clock() - started
+            if elapsed >= self.settings.max_wait_seconds:
+                raise StillRunningError(self._still_running(waiting, elapsed))
+            self.sleep(min(delay, max(0.0, self.settings.max_wait_seconds - elapsed)))
+            delay = min(delay * 1.5, self.settings.max_poll_seconds)
+            for job in waiting:
+                job.batch = client.batches.retrieve(job.batch.id)
+            self._progress(jobs, self.clock() - started)
+            for job in [job for job in waiting if job.batch.status in DONE]:
+                waiting.remove(job)
+                self._collect(client, job, outcome, waited=True)
 
     def _collect(self, client: openai.OpenAI, job: _Job, outcome: BatchOutcome, waited: bool) -> None:
         """Read a finished batch's files into ``outcome``; then its record goes."""

@@ -49,3 +49,9 @@ class BatchSettings(dg.Config):
     max_bytes_per_file: int = pydantic.Field(
         default=200_000_000, ge=1024, description="Bytes of JSONL per batch input file (OpenAI: 200 MB)."
     )
+    max_inputs_per_file: int = pydantic.Field(
+        default=50_000,
+        ge=1,
+        le=10_000_000,
+        description="Inputs per batch, counting each text of an embeddings request (OpenAI: 50,000).",
+    )

@@ -136,3 +136,30 @@ def test_max_wait_then_the_sensor_requests_the_run_that_collects_it(server, inst
         assert "Tea or coffee?" in again.asset_value("answers")["prompt"].iloc[0]
         with dg.build_sensor_context(instance=instance, resources={"openai": openai}) as context:
             assert not sensor.evaluate_tick(context).run_requests  # nothing left to watch
+
+
+def test_a_damaged_record_is_matched_to_its_batch_through_the_fingerprint(batch_server, instance, tmp_path):
+    openai = job.resource(batch_server.base_url, cache_dir=str(tmp_path), batch={"max_wait_seconds": 0})
+    batch_server.store.finalizing_polls = 1000  # the batch stays open across both runs
+    assert not job.materialize(openai, instance, raise_on_error=False).success
+    (record,) = tmp_path.glob("batches/answers/*/*.json")
+    record.write_bytes(b"\x00" * 40)  # damaged: its batch id is lost
+    again = job.materialize(openai, instance, raise_on_error=False)
+    assert "is still running" in failure_message(again)
+    assert batch_server.creates == 1  # found through batches.list and the fingerprint, not created again
+    batch_server.store.finalizing_polls = 0
+    patient = job.resource(batch_server.base_url, cache_dir=str(tmp_path))
+    assert job.materialize(patient, instance).asset_value("answers")["answer"].str.len().gt(0).all()
+    assert batch_server.creates == 1
+
+
+def test_embedding_requests_split_at_the_inputs_per_file_limit():
+    from llm_assets.batch.lines import batch_lines, split_lines
+    from llm_assets.batch.settings import BatchSettings
+    from llm_assets.engine.embeddings import EmbeddingPlan
+
+    plan = EmbeddingPlan({"a": ["x"] * 10, "b": ["y"] * 5}, {"model": "m"}, max_inputs=4, max_tokens=10**6)
+    calls = plan.calls()  # a: 4 + 4 + 2 inputs, b: 4 + 1
+    lines = batch_lines("emb", calls, range(len(calls)), [None] * len(calls))
+    chunks = split_lines(lines, BatchSettings(max_inputs_per_file=8))
+    assert [[line.items for line in chunk] for chunk in chunks] == [[4, 4], [2, 4, 1]]
