@@ -180,13 +180,14 @@ class RunSession:
         path = self.cache.path(key) if self.cache is not None else key
         self._warn(key, f"Ignoring the damaged request cache entry {path} ({problem}): it will be asked again.")
 
-    def store(self, key: str, body: bytes, usage: Usage) -> None:
+    def store(self, key: str, body: bytes, usage: Usage, durable: bool = True) -> None:
         """Store an answer; a failure never loses it (it is already on its way to the
-        caller): it is counted on ``usage`` and logged once per session."""
+        caller): it is counted on ``usage`` and logged once per session. Without
+        ``durable``, :meth:`RequestCache.sync` must follow."""
         if self.cache is None:
             return
         try:
-            self.cache.put(key, body)
+            self.cache.put(key, body, durable)
         except Exception as error:  # OSError, or any fsspec backend's error
             usage.add_cache_store_failure()
             self._warn(

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 #: What a reader raises on a body that is JSON but not the endpoint's answer.
 _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
 _SHOWN = 5  # failed rows named in an error
-_WRITERS = 16  # cache entries stored at once (each write waits on fsync, not on the CPU)
+_WRITERS = 8  # threads storing cache entries (file I/O releases the GIL)
+_CHUNK = 256  # entries each thread task stores
 
 
 class BatchOutcome:
@@ -53,6 +54,7 @@ class BatchOutcome:
         self.estimates: dict[str, int] = {}  # governor reservations of the lines this run submitted
         self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="llm-assets-cache")
         self._writes: list[Future] = []
+        self._unwritten: list[tuple[str, bytes, Usage]] = []
 
     @property
     def open(self) -> list[BatchLine]:
@@ -123,13 +125,29 @@ class BatchOutcome:
             body.get("model"), self.estimates.pop(cid, 0), body.get("usage"), body.get("model"), batch=True
         )
         if key:  # the answer is paid for: keep it, also when this run no longer asks for it
-            answer = json.dumps(body, ensure_ascii=False).encode()
-            self._writes.append(self._writers.submit(self.session.store, key, answer, usage or Usage()))
+            self._unwritten.append((key, json.dumps(body, ensure_ascii=False).encode(), usage or Usage()))
+            if len(self._unwritten) >= _CHUNK:
+                self._write()
+
+    def _write(self) -> None:
+        """Hand the answers read so far to a writer thread."""
+        if not self._unwritten:
+            return
+
+        def store(entries: list[tuple[str, bytes, Usage]]) -> None:
+            for key, answer, usage in entries:
+                self.session.store(key, answer, usage, durable=False)
+
+        self._writes.append(self._writers.submit(store, self._unwritten))
+        self._unwritten = []
 
     def flush(self) -> None:
-        """Wait until every answer read so far is stored in the request cache."""
+        """Wait until every answer read so far is stored in the request cache, durably."""
+        self._write()
         for write in self._writes:
             write.result()
+        if self._writes and self.session.cache is not None:
+            self.session.cache.sync()
         self._writes.clear()
 
     def _fail(self, cid: Any, message: str, kind: str) -> None:
