@@ -32,3 +32,23 @@ def test_yaml_component_loads_and_materializes(server, materialize):
     assert materialize(assets, selection=["crew/answer_map"]).success
     assert {r["body"]["max_tokens"] for r in server.stats.requests if "messages" in r["body"]} == {9}
     assert server.stats.paths["/v1/embeddings"] == 3
+
+
+def test_yaml_component_in_batch_mode(server, materialize, tmp_path):
+    from llm_assets.testing.batches import ScriptedBatchServer
+    from llm_assets_tests.batch import job
+
+    attributes = {**DEFS_YAML["attributes"], "mode": "BATCH"}
+    with create_defs_folder_sandbox() as sandbox, ScriptedBatchServer(server) as batch_server:
+        folder = sandbox.defs_folder_path / "crew"
+        folder.mkdir(parents=True)
+        (folder / "defs.yaml").write_text(yaml.safe_dump({**DEFS_YAML, "attributes": attributes}))
+        with sandbox.load_component_and_build_defs(defs_path=folder) as (_, defs):
+            assets = list(defs.assets)
+        openai = job.resource(batch_server.base_url, cache_dir=str(tmp_path))
+        result = materialize(
+            assets, openai, selection=["crew/answers", "crew/embeddings"], partitions=["Kirk", "Janeway"]
+        )
+        assert [b.endpoint for b in batch_server.store.batches.values()] == ["/v1/chat/completions", "/v1/embeddings"]
+    for event in result.get_asset_materialization_events():
+        assert event.materialization.metadata["openai.batch_requests"].value == 1

@@ -19,6 +19,7 @@ from llm_assets.assets.chat import build_chat_answers_asset
 from llm_assets.assets.embeddings import build_embeddings_asset
 from llm_assets.assets.options import AssetOptions
 from llm_assets.assets.plot import build_pca_plot_asset
+from llm_assets.batch.settings import RequestMode
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,12 @@ def build_llm_pipeline_assets(
     embedding_model: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    mode: RequestMode | None = None,
     **options: Unpack[AssetOptions],
 ) -> LLMPipeline:
     """Answers per partition (keys ``answers``, ``embeddings``, ``answer_map`` under
-    ``key_prefix``); the arguments are those of the three factories, ``options`` apply
-    to all three."""
+    ``key_prefix``); the arguments are those of the three factories (``mode`` is the
+    default of both requesting assets), ``options`` apply to all three."""
     answers = build_chat_answers_asset(
         key="answers",
         prompt=prompt,
@@ -57,8 +59,11 @@ def build_llm_pipeline_assets(
         max_tokens=max_tokens,
         temperature=temperature,
         partitions_def=partitions_def,
+        mode=mode,
         **options,
     )
-    embeddings = build_embeddings_asset(key="embeddings", upstream=answers, embedding_model=embedding_model, **options)
+    embeddings = build_embeddings_asset(
+        key="embeddings", upstream=answers, embedding_model=embedding_model, mode=mode, **options
+    )
     plot = build_pca_plot_asset(key="answer_map", upstream=embeddings, **options)
     return LLMPipeline(answers=answers, embeddings=embeddings, plot=plot)

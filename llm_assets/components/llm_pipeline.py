@@ -9,16 +9,20 @@
       system_prompt: "You are Captain {partition_key} of Star Trek."
       prompt: "{question} Answer in at most three sentences."
       question: What is the most important quality of a starship captain?
+      mode: BATCH          # optional: the OpenAI Batch API by default (LIVE otherwise)
 
 The assets need an ``openai`` resource (and, for single-run backfills, an
 ``io_manager`` that is a ``PartitionedFilesystemIOManager``) bound in the project's
 definitions, where the API key stays an ``EnvVar``.
 """
 
+from typing import Literal
+
 import dagster as dg
 import pydantic
 
 from llm_assets.assets.pipeline import build_llm_pipeline_assets
+from llm_assets.batch.settings import RequestMode
 
 
 class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
@@ -38,6 +42,9 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     temperature: float | None = pydantic.Field(
         default=None, ge=0, le=2, description="Sampling temperature (default: the run config's, 0.7)."
     )
+    mode: Literal["LIVE", "BATCH"] | None = pydantic.Field(
+        default=None, description="Default of the run config `mode`: LIVE requests, or the OpenAI Batch API."
+    )
     resource_key: str | None = pydantic.Field(default=None, description="Key of the OpenAIResource (openai).")
     io_manager_key: str | None = pydantic.Field(default=None, description="Key of the I/O manager (io_manager).")
 
@@ -53,6 +60,7 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
             embedding_model=self.embedding_model,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
+            mode=RequestMode[self.mode] if self.mode else None,
             resource_key=self.resource_key,
             io_manager_key=self.io_manager_key,
         )
