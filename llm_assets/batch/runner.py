@@ -140,7 +140,7 @@ class BatchRunner:
         metadata = {
             FINGERPRINT: record.fingerprint,
             "llm_assets_asset": self.asset[:512],
-            "llm_assets_partitions": (f"{partitions[0]}...{partitions[-1]}" if partitions else "")[:512],
+            "llm_assets_partitions": _span(partitions)[:512],
             "llm_assets_part": f"{part}/{parts}",
             "dagster_run_id": self.context.run.run_id,
         }
@@ -158,7 +158,7 @@ class BatchRunner:
         record.batch_id = batch.id
         self.store.save(record)
         self.context.log.info(
-            f"Submitted batch {batch.id} ({part}/{parts}): {len(chunk)} requests of {self.asset}"
+            f"Submitted batch {batch.id} ({part}/{parts}): {len(chunk)} request{'s' * (len(chunk) > 1)} of {self.asset}"
             f"{' for ' + metadata['llm_assets_partitions'] if partitions else ''}."
         )
         return job
@@ -281,3 +281,10 @@ class BatchRunner:
             f"{self.settings.max_wait_seconds:g}). Nothing is lost: re-materializing (or build_batch_sensor) "
             "collects it without submitting again."
         )
+
+
+def _span(partitions: list[str]) -> str:
+    """``first...last`` of the partitions (one: its key; none: empty)."""
+    if len(partitions) > 1:
+        return f"{partitions[0]}...{partitions[-1]}"
+    return partitions[0] if partitions else ""

@@ -13,6 +13,7 @@ import os
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from llm_assets.batch.settings import BatchSettings
 from llm_assets.local.backend import LocalBackend
 from llm_assets.local.server import model_identity
 from llm_assets.resource import OpenAIResource
@@ -31,6 +32,10 @@ class LocalOpenAIResource(OpenAIResource):
 
     threads: int | None = Field(default=None, ge=1, description="CPU threads for the models (default: all).")
     ready_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for the local server to start.")
+    batch: BatchSettings = Field(
+        default=BatchSettings(poll_seconds=0.5, max_poll_seconds=5),
+        description="Batch mode on the local server, which runs a batch in seconds: polled every 0.5-5 s.",
+    )
 
     _backend: LocalBackend | None = PrivateAttr(default=None)
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from llm_assets import vectors
-from llm_assets.batch import BatchSettings
 from llm_assets.local import CHAT_MODEL, LocalOpenAIResource
 from llm_assets_tests.conftest import usage_metadata
 
@@ -21,8 +20,9 @@ def run_config(key: dg.AssetKey, mode: str, cache: str) -> dict:
 
 def test_captains_in_batch_mode_match_live_mode(instance):
     example = importlib.reload(importlib.import_module("llm_assets.examples.captains"))
-    resource = LocalOpenAIResource(batch=BatchSettings(poll_seconds=0.2, max_poll_seconds=0.5))
-    resources = {**example.defs.resources, "openai": resource}
+    resources = example.defs.resources
+    assert isinstance(resources["openai"], LocalOpenAIResource)
+    assert resources["openai"].batch.poll_seconds == 0.5  # its batches take seconds: polled often
     tags = {
         "dagster/asset_partition_range_start": example.CAPTAINS[0],
         "dagster/asset_partition_range_end": example.CAPTAINS[-1],
