@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from llm_assets.accounting.usage import Usage
-from llm_assets.batch.lines import API_PREFIX, BatchLine
+from llm_assets.batch.lines import BatchLine
 from llm_assets.batch.records import Submission
 from llm_assets.engine.calls import Call, ErrorPolicy, HookError, LLMRequestError
 from llm_assets.http.answers import answer_problem
@@ -32,6 +32,33 @@ _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, Overf
 _SHOWN = 5  # failed rows named in an error
 _WRITERS = 8  # threads storing cache entries (file I/O releases the GIL)
 _CHUNK = 256  # entries each thread task stores
+#: Error codes of requests the Batch API never ran (OpenAI lists them in the error file).
+_NOT_RUN = ("batch_expired", "batch_cancelled")
+
+
+def batch_problem(batch: Any, reads: bool) -> str | None:
+    """What went wrong with a finished batch (``openai.types.Batch``), if anything;
+    ``reads``: whether a re-run reads the request cache."""
+    counts = batch.request_counts
+    done = f"{counts.completed} of {counts.total} requests completed" if counts else "its completed requests"
+    again = "re-materializing submits only the others" + ("" if reads else " (with run config cache: USE)")
+    if batch.status == "failed":
+        errors = (batch.errors.data if batch.errors else None) or []
+        reasons = "; ".join(f"line {e.line}: {e.message}" if e.line is not None else str(e.message) for e in errors)
+        return f"Batch {batch.id} failed: {reasons or 'no reason given'}."
+    if batch.status in ("expired", "cancelled"):
+        return f"Batch {batch.id} {batch.status} with {done}: those are kept (cached), and {again}."
+    return None
+
+
+def _message(body: Any) -> str:
+    """The error message of an error response body, whatever its shape."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    return json.dumps(body)[:300]
 
 
 class BatchOutcome:
@@ -61,73 +88,88 @@ class BatchOutcome:
         """The lines neither answered nor failed yet."""
         return [line for cid, line in self.wanted.items() if cid not in self.answered and cid not in self.failures]
 
-    def read_output(self, lines: Iterable[str], record: Submission) -> None:
-        """Map each output line (``{"custom_id", "response": {"status_code", "body"}}``)."""
+    def read_output(self, lines: Iterable[str], record: Submission) -> set[str]:
+        """Map each output line (``{"custom_id", "response": {"status_code", "body"}}``);
+        returns the ids answered for requests this run does not make (see :meth:`_answer`)."""
+        unclaimed: set[str] = set()
         for text in lines:
-            if not text.strip():
+            line = self._parse(text, record)
+            if line is None:
                 continue
-            try:
-                line = json.loads(text)
-                cid, response = line["custom_id"], line.get("response") or {}
-                status, body = response.get("status_code"), response.get("body")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                self.problems.append(f"An output line of batch {record.batch_id} is not JSON Lines: {text[:200]!r}")
-                continue
+            cid, response = line.get("custom_id"), line.get("response")
+            status = response.get("status_code") if isinstance(response, dict) else None
+            body = response.get("body") if isinstance(response, dict) else None
             if status == 200 and isinstance(body, dict):
-                self._answer(cid, body, record)
+                if self._answer(cid, body) is False:
+                    unclaimed.add(cid)
             else:
-                message = (body or {}).get("error", {}).get("message") if isinstance(body, dict) else None
-                self._fail(cid, f"HTTP {status}: {message or json.dumps(body)[:300]}", str(status))
+                self._fail(cid, f"HTTP {status}: {_message(body)}", str(status))
+        return unclaimed
 
-    def read_errors(self, lines: Iterable[str]) -> None:
-        """Map each error-file line (``{"custom_id", "error": {"code", "message"}}``)."""
+    def read_errors(self, lines: Iterable[str], record: Submission) -> None:
+        """Map each error-file line (``{"custom_id", "error": {"code", "message"}}``, or a
+        ``response`` with an error status). Requests the Batch API never ran (the batch
+        expired or was cancelled first) stay open: they are submitted again."""
         for text in lines:
-            if not text.strip():
+            line = self._parse(text, record)
+            if line is None:
                 continue
-            try:
-                line = json.loads(text)
-                cid, error = line.get("custom_id"), line.get("error") or {}
-                response = line.get("response") or {}
-                body = response.get("body") if isinstance(response, dict) else None
-                if not error and isinstance(body, dict):
-                    error = body.get("error") or {}
-                status = response.get("status_code")
-            except (ValueError, TypeError, AttributeError):
-                self.problems.append(f"An error-file line is not JSON Lines: {text[:200]!r}")
+            cid, error, response = line.get("custom_id"), line.get("error"), line.get("response")
+            status = response.get("status_code") if isinstance(response, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+            if status is None and code in _NOT_RUN:
                 continue
-            if status is None:  # refused by the Batch API itself, not the endpoint
-                self._fail(cid, f"{error.get('code')}: {error.get('message')}", "batch_error")
+            if status is None:  # refused by the Batch API itself, not by the endpoint
+                self._fail(cid, f"{code}: {_message({'error': error})}", "batch_error")
             else:
-                self._fail(cid, f"HTTP {status}: {error.get('message')}", str(status))
+                self._fail(cid, f"HTTP {status}: {_message(response.get('body'))}", str(status))
 
-    def _answer(self, cid: str, body: dict[str, Any], record: Submission) -> None:
-        key, partition = (record.lines.get(cid) or [None, None])[:2]
-        endpoint = record.endpoint.removeprefix(API_PREFIX)
-        line = self.wanted.get(cid)
-        problem = answer_problem(endpoint, body, self.calls[line.index].body if line else None)
-        if problem is not None:
-            self._fail(cid, f"malformed answer ({problem})", "malformed")
-            return
-        usage = self.usages.get(partition) if line else None
-        if line is not None and cid not in self.answered:
-            try:
-                self.results[line.index] = self.calls[line.index].read(body, False, None)
-            except HookError:
-                raise
-            except _MALFORMED as error:
-                self._fail(cid, f"malformed answer ({type(error).__name__}: {error})", "malformed")
-                return
-            self.answered.add(cid)
-            self.failures.pop(cid, None)
-        if usage is not None:
-            usage.add_response(body.get("model"), body.get("usage"), batch=True)
-        self.session.governor.settle(
-            body.get("model"), self.estimates.pop(cid, 0), body.get("usage"), body.get("model"), batch=True
-        )
-        if key:  # the answer is paid for: keep it, also when this run no longer asks for it
-            self._unwritten.append((key, json.dumps(body, ensure_ascii=False).encode(), usage or Usage()))
+    def _parse(self, text: str, record: Submission) -> dict[str, Any] | None:
+        """One JSON Lines object, or ``None`` (a blank line, or a problem noted)."""
+        if not text.strip():
+            return None
+        try:
+            line = json.loads(text)
+        except ValueError:
+            line = None
+        if not isinstance(line, dict):
+            self.problems.append(f"A line of batch {record.batch_id}'s files is not a JSON object: {text[:200]!r}")
+            return None
+        return line
+
+    def _answer(self, cid: Any, body: dict[str, Any]) -> bool:
+        """Meter, check, read and store one answer; ``False`` when this run does not make
+        its request (another run's partitions: left in the record, for the run that
+        materializes them to collect and account for)."""
+        line = self.wanted.get(cid) if isinstance(cid, str) else None
+        if line is None:
+            return False
+        call = self.calls[line.index]
+        served, reported = body.get("model"), body.get("usage")
+        usage = self.usages.get(line.partition_key)
+        if usage is not None:  # billed, whatever the body holds
+            usage.add_response(served, reported, batch=True)
+        requested = call.body.get("model")
+        self.session.governor.settle(requested, self.estimates.pop(cid, 0), reported, served, batch=True)
+        if cid in self.answered:
+            return True
+        problem = answer_problem(line.endpoint, body, call.body)
+        try:
+            if problem is not None:
+                raise ValueError(problem)
+            self.results[line.index] = call.read(body, False, None)
+        except HookError:
+            raise
+        except _MALFORMED as error:
+            self._fail(cid, f"malformed answer ({type(error).__name__}: {error})", "malformed")
+            return True
+        self.answered.add(cid)
+        self.failures.pop(cid, None)
+        if line.cache_key:  # paid for: stored before the batch's record goes
+            self._unwritten.append((line.cache_key, json.dumps(body, ensure_ascii=False).encode(), usage or Usage()))
             if len(self._unwritten) >= _CHUNK:
                 self._write()
+        return True
 
     def _write(self) -> None:
         """Hand the answers read so far to a writer thread."""

@@ -53,6 +53,12 @@ class Submission:
     def partitions(self) -> list[str]:
         return list(dict.fromkeys(pk for _, pk in self.lines.values() if pk is not None))
 
+    @property
+    def span(self) -> str:
+        """``first...last`` of its partitions (one: its key; none: empty)."""
+        keys = self.partitions
+        return f"{keys[0]}...{keys[-1]}" if len(keys) > 1 else "".join(keys)
+
 
 def _folder(asset: str) -> str:
     return asset.replace("/", "__")
@@ -71,9 +77,15 @@ class SubmissionStore:
         """Write ``record`` durably (atomic rename after fsync, or one PUT)."""
         self._cache(record.asset).put(record.fingerprint, json.dumps(asdict(record)).encode())
 
-    def exists(self, record: Submission) -> bool:
-        """Whether a record file of ``record``'s fingerprint is there (readable or not)."""
-        return self._cache(record.asset).path(record.fingerprint).exists()
+    def written_at(self, record: Submission) -> float | None:
+        """When the record file of ``record``'s fingerprint was last written (readable or
+        not), or ``None`` when there is none."""
+        try:
+            stat = self._cache(record.asset).path(record.fingerprint).stat()
+        except (FileNotFoundError, NotImplementedError):
+            return None
+        modified = getattr(stat, "st_mtime", None)
+        return float(modified) if isinstance(modified, int | float) else record.created - 30 * 86_400
 
     def remove(self, record: Submission) -> None:
         path = self._cache(record.asset).path(record.fingerprint)

@@ -16,7 +16,7 @@ Example:
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -25,7 +25,7 @@ import openai
 from llm_assets.accounting.limits import estimate_tokens
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import API_PREFIX, BatchLine, batch_lines, fingerprint, split_lines
-from llm_assets.batch.outcome import BatchOutcome
+from llm_assets.batch.outcome import BatchOutcome, batch_problem
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.engine.calls import Call, ErrorPolicy, GovernanceError, LLMRequestError
@@ -58,6 +58,7 @@ class BatchRunner:
         settings: BatchSettings,
         on_error: ErrorPolicy,
         describe: Callable[[str], str],
+        reads: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -67,7 +68,7 @@ class BatchRunner:
                 "OpenAIResource(cache=True) (the default) and a writable cache_dir, or use run config mode: LIVE."
             )
         self.session, self.context, self.settings, self.on_error = session, context, settings, on_error
-        self.describe, self.sleep, self.clock = describe, sleep, clock
+        self.describe, self.sleep, self.clock, self.reads = describe, sleep, clock, reads
         self.store = SubmissionStore(session.cache.root)
         self.asset = context.asset_key.to_user_string()
 
@@ -83,6 +84,7 @@ class BatchRunner:
         lines = batch_lines(self.asset, calls, pending, keys)
         outcome = BatchOutcome(self.session, calls, lines, usages, results)
         self.created: list[_Job] = []
+        self.creating: Submission | None = None  # recorded, its create maybe sent, its id not yet known
         with closing(self.session.client(None)) as client:
             try:
                 self._api(lambda: client.batches.list(limit=1), "/batches")  # is there a Batch API?
@@ -94,7 +96,7 @@ class BatchRunner:
                 jobs += [self._submit(client, chunk, n, len(chunks)) for n, chunk in enumerate(chunks, 1)]
                 self._wait(client, jobs, outcome)
             except (KeyboardInterrupt, SystemExit, dg.DagsterExecutionInterruptedError):  # the step is terminated
-                self._cancel(client, [job for job in self.created if job.batch.status not in DONE], outcome)
+                self._cancel(client, self._created_batches(client), outcome)
                 raise
             finally:
                 outcome.release()
@@ -126,8 +128,9 @@ class BatchRunner:
             {line.custom_id: [line.cache_key, line.partition_key] for line in chunk},
             self.context.run.run_id,
         )
-        if self.store.exists(record):  # a damaged record of the same requests: was its batch created?
-            found = self.store.find_batch(client, record)
+        written = self.store.written_at(record)
+        if written is not None:  # a damaged record of the same requests: was its batch created?
+            found = self.store.find_batch(client, replace(record, created=written))
             if found is not None:
                 self.context.log.warning(f"Re-attached to batch {found.id} through its fingerprint (damaged record).")
                 return _Job(record, found, created_here=False)
@@ -136,14 +139,14 @@ class BatchRunner:
         upload = self._api(lambda: client.files.create(file=jsonl, purpose="batch"), "/files")
         record.input_file_id = upload.id
         self.store.save(record)
-        partitions = record.partitions
         metadata = {
             FINGERPRINT: record.fingerprint,
             "llm_assets_asset": self.asset[:512],
-            "llm_assets_partitions": _span(partitions)[:512],
+            "llm_assets_partitions": record.span[:512],
             "llm_assets_part": f"{part}/{parts}",
             "dagster_run_id": self.context.run.run_id,
         }
+        self.creating = record
         batch = self._api(
             lambda: client.batches.create(
                 input_file_id=upload.id,
@@ -155,11 +158,12 @@ class BatchRunner:
         )
         job = _Job(record, batch, created_here=True)
         self.created.append(job)  # first: a termination from here on cancels it
+        self.creating = None
         record.batch_id = batch.id
         self.store.save(record)
         self.context.log.info(
             f"Submitted batch {batch.id} ({part}/{parts}): {len(chunk)} request{'s' * (len(chunk) > 1)} of {self.asset}"
-            f"{' for ' + metadata['llm_assets_partitions'] if partitions else ''}."
+            f"{' for ' + record.span if record.span else ''}."
         )
         return job
 
@@ -218,7 +222,7 @@ class BatchRunner:
         while waiting:
             elapsed = self.clock() - started
             if elapsed >= self.settings.max_wait_seconds:
-                raise StillRunningError(self._still_running(waiting, elapsed))
+                raise StillRunningError("\n".join([*outcome.problems, self._still_running(waiting, elapsed)]))
             self.sleep(min(delay, max(0.0, self.settings.max_wait_seconds - elapsed)))
             delay = min(delay * 1.5, self.settings.max_poll_seconds)
             for job in waiting:
@@ -229,27 +233,40 @@ class BatchRunner:
                 self._collect(client, job, outcome, waited=True)
 
     def _collect(self, client: openai.OpenAI, job: _Job, outcome: BatchOutcome, waited: bool) -> None:
-        """Read a finished batch's files into ``outcome``; then its record goes."""
+        """Read a finished batch's files into ``outcome``. A batch this step waited for that
+        did not complete is a problem (one found finished is logged, and what it did not
+        answer is submitted again). Then its record goes, unless it answered requests of
+        partitions this run does not materialize: those stay for the run that does."""
         batch, record = job.batch, job.record
+        unclaimed: set[str] = set()
         if batch.output_file_id:
             with client.files.with_streaming_response.content(batch.output_file_id) as response:
-                outcome.read_output(response.iter_lines(), record)
+                unclaimed = outcome.read_output(response.iter_lines(), record)
         if batch.error_file_id:
             with client.files.with_streaming_response.content(batch.error_file_id) as response:
-                outcome.read_errors(response.iter_lines())
-        counts = batch.request_counts
-        done = f"{counts.completed} of {counts.total} requests completed" if counts else "its completed requests"
-        if batch.status == "failed":
-            errors = (batch.errors.data if batch.errors else None) or []
-            reasons = "; ".join(f"line {e.line}: {e.message}" if e.line is not None else str(e.message) for e in errors)
-            outcome.problems.append(f"Batch {batch.id} failed: {reasons or 'no reason given'}.")
-        elif batch.status in ("expired", "cancelled") and waited and not record.cancel_requested:
-            outcome.problems.append(
-                f"Batch {batch.id} {batch.status} with {done}: those are kept (cached), and re-materializing "
-                "submits only the others."
-            )
-        outcome.flush()  # the record goes only once its answers are safe in the cache
-        self.store.remove(record)
+                outcome.read_errors(response.iter_lines(), record)
+        problem = batch_problem(batch, self.reads)
+        if problem and waited and not record.cancel_requested:
+            outcome.problems.append(problem)
+        elif problem:
+            self.context.log.warning(f"{problem.split(':')[0]}; its other requests are submitted again.")
+        outcome.flush()  # the record changes only once its answers are safe in the cache
+        remaining = {cid: record.lines[cid] for cid in unclaimed if cid in record.lines}
+        if remaining:
+            record.lines = remaining
+            self.store.save(record)
+        else:
+            self.store.remove(record)
+
+    def _created_batches(self, client: openai.OpenAI) -> list[_Job]:
+        """The unfinished batches this step created, including one whose ``create`` was
+        interrupted before it answered (found through its fingerprint)."""
+        jobs = [job for job in self.created if job.batch.status not in DONE]
+        if self.creating is not None:
+            batch = self.store.find_batch(client, self.creating)
+            if batch is not None and batch.status not in DONE:
+                jobs.append(_Job(self.creating, batch, created_here=True))
+        return jobs
 
     def _cancel(self, client: openai.OpenAI, jobs: list[_Job], outcome: BatchOutcome) -> None:
         """Cancel ``jobs`` (the step is being terminated); the records stay, so the next
@@ -281,10 +298,3 @@ class BatchRunner:
             f"{self.settings.max_wait_seconds:g}). Nothing is lost: re-materializing (or build_batch_sensor) "
             "collects it without submitting again."
         )
-
-
-def _span(partitions: list[str]) -> str:
-    """``first...last`` of the partitions (one: its key; none: empty)."""
-    if len(partitions) > 1:
-        return f"{partitions[0]}...{partitions[-1]}"
-    return partitions[0] if partitions else ""

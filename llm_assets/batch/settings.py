@@ -24,7 +24,9 @@ class RequestMode(enum.Enum):
 class BatchSettings(dg.Config):
     """The Batch API's limits and how long and how often a step waits for a batch."""
 
-    completion_window: str = pydantic.Field(default="24h", description="Time the server may take per batch.")
+    completion_window: str = pydantic.Field(
+        default="24h", pattern=r"^[1-9][0-9]*[hd]$", description="Time the server may take per batch (OpenAI: 24h)."
+    )
     poll_seconds: float = pydantic.Field(
         default=30.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds between the first polls."
     )

@@ -128,7 +128,9 @@ class Engine:
                 keys = self._cache_keys(calls)
                 pending = runner.run(self._answer_from_cache(calls, keys, usages, results, progress))
                 if pending and self.mode is RequestMode.BATCH:  # polls in this thread: a termination reaches it
-                    batch = BatchRunner(self.session, self.context, self.session.batch, self.on_error, self._text)
+                    batch = BatchRunner(
+                        self.session, self.context, self.session.batch, self.on_error, self._text, self.cache.reads
+                    )
                     batch.run(calls, pending, keys, usages, results)
                 elif pending:
                     runner.run(self._send(calls, pending, usages, results, progress))
@@ -137,8 +139,9 @@ class Engine:
             self.seconds = time.perf_counter() - started
 
     def _cache_keys(self, calls: Sequence[Call[Any]]) -> list[str | None]:
-        """The cache keys of ``calls`` where the run reads them (or stores batch results)."""
-        if self.cache.reads or (self.mode is RequestMode.BATCH and self.cache.writes):
+        """The cache keys of ``calls`` where the run reads them; in batch mode always (a
+        batch's answers are paid for: they are stored whatever the cache mode)."""
+        if self.cache.reads or self.mode is RequestMode.BATCH:
             return [self.session.cache_keys.key(call.endpoint, call.body) for call in calls]
         return [None] * len(calls)
 

@@ -31,6 +31,18 @@ def _error(status: int, message: str) -> Any:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": "invalid_request_error"}})
 
 
+def _not_run(raw: bytes, code: str) -> bytes:
+    """The error-file line of a request the batch never ran."""
+    try:
+        custom_id = json.loads(raw).get("custom_id")
+    except (ValueError, AttributeError):
+        custom_id = None
+    error = {"code": code, "message": f"This request was not executed ({code})."}
+    return json.dumps(
+        {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": None, "error": error}
+    ).encode()
+
+
 @dataclass
 class _Batch:
     id: str
@@ -71,10 +83,15 @@ class BatchStore:
     """Files and batches of this server process, and the batches' workers.
 
     ``expire_after``: a batch expires after answering that many lines (tests of partial
-    output); ``finalizing_polls``: retrieves that still show ``finalizing`` once done."""
+    output); ``finalizing_polls``: retrieves that still show ``finalizing`` once done;
+    ``fail_batches``: batches fail validation. Lines a batch never ran are listed in its
+    error file as ``batch_expired`` / ``batch_cancelled``, as OpenAI does."""
 
-    def __init__(self, answer: Answer, expire_after: int | None = None, finalizing_polls: int = 0) -> None:
+    def __init__(
+        self, answer: Answer, expire_after: int | None = None, finalizing_polls: int = 0, fail_batches: bool = False
+    ) -> None:
         self.answer, self.expire_after, self.finalizing_polls = answer, expire_after, finalizing_polls
+        self.fail_batches = fail_batches  # every batch fails validation (line 1), answering nothing
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.batches: dict[str, _Batch] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -95,12 +112,18 @@ class BatchStore:
     async def run(self, batch: _Batch) -> None:
         """Answer each line, in order."""
         lines = [line for line in self.files[batch.input_file_id][1].splitlines() if line.strip()]
+        if self.fail_batches:
+            batch.status, batch.errors = "failed", [{"code": "invalid_request", "line": 1, "message": "Scripted."}]
+            batch.times["failed_at"] = int(time.time())
+            return
         batch.total, batch.status = len(lines), "in_progress"
         batch.times["in_progress_at"] = int(time.time())
         outputs: list[bytes] = []
         failures: list[bytes] = []
         for number, raw in enumerate(lines, 1):
             if batch.status == "cancelling" or number - 1 == self.expire_after:
+                code = "batch_cancelled" if batch.status == "cancelling" else "batch_expired"
+                failures += [_not_run(line, code) for line in lines[number - 1 :]]
                 break
             answer, failed = await self._answer(batch, number, raw)
             (failures if failed else outputs).append(json.dumps(answer).encode())

@@ -22,8 +22,9 @@ from llm_assets.local.batches import BatchStore, add_batch_routes
 from llm_assets.testing.script import count_tokens, scripted_answer, text_of, usage_payload
 from llm_assets.testing.server import ScriptedOpenAIServer
 
-#: ``fail_line(url, body)``: ``(status, message)`` to answer a line with an error, else ``None``.
-FailLine = Callable[[str, Any], tuple[int, str] | None]
+#: ``fail_line(url, body)``: ``(status, message or error body)`` to answer a line with an
+#: error, else ``None``.
+FailLine = Callable[[str, Any], tuple[int, Any] | None]
 
 
 class ScriptedBatchServer:
@@ -89,7 +90,9 @@ class ScriptedBatchServer:
         failure = self.fail_line(url, body) if self.fail_line else None
         if failure is not None:
             status, message = failure
-            return status, {"error": {"message": message, "type": "invalid_request_error"}}
+            if isinstance(message, str):
+                return status, {"error": {"message": message, "type": "invalid_request_error"}}
+            return status, message
         reply = await self._client.post(url, json=body)
         return reply.status_code, reply.json()
 
