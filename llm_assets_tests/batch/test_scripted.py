@@ -163,3 +163,12 @@ def test_embedding_requests_split_at_the_inputs_per_file_limit():
     lines = batch_lines("emb", calls, range(len(calls)), [None] * len(calls))
     chunks = split_lines(lines, BatchSettings(max_inputs_per_file=8))
     assert [[line.items for line in chunk] for chunk in chunks] == [[4, 4], [2, 4, 1]]
+
+
+def test_batch_rates_can_be_set_per_model(server, batch_server, instance, tmp_path):
+    prices = {"gpt-4o-mini": {"input": 1.0, "output": 2.0, "batch_input": 0.1, "batch_output": 0.3}}
+    openai = job.resource(batch_server.base_url, cache_dir=str(tmp_path), prices=prices)
+    result = job.materialize(openai, instance)
+    for recorded in answers_by_partition(result).values():
+        expected = (recorded["openai.prompt_tokens"] * 0.1 + recorded["openai.completion_tokens"] * 0.3) / 1e6
+        assert recorded["openai.cost_usd"] == pytest.approx(expected, abs=1e-9)
