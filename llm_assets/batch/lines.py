@@ -4,9 +4,10 @@ for good, split into files at the API's limits.
 Example:
     >>> from llm_assets.engine.calls import Call
     >>> call = Call("Kirk", "/chat/completions", {"model": "m", "messages": []}, "row 0", lambda *a: a)
-    >>> (line,) = batch_lines("captains/answers", [call], [0], ["k0"])
-    >>> line.custom_id == batch_lines("captains/answers", [call], [0], ["k0"])[0].custom_id
+    >>> ids = custom_ids("captains/answers", [call, call])
+    >>> ids[1] == ids[0] + "-2"
     True
+    >>> (line,) = batch_lines(ids, [call, call], [0], ["k0", "k0"])
     >>> from llm_assets.batch.settings import BatchSettings
     >>> [len(chunk) for chunk in split_lines([line] * 5, BatchSettings(max_requests_per_file=2))]
     [2, 2, 1]
@@ -47,14 +48,26 @@ def custom_id(asset: str, call: Any) -> str:
     return "llm-" + hashlib.sha256(named.encode()).hexdigest()[:40]
 
 
+def custom_ids(asset: str, calls: Sequence[Any]) -> list[str]:
+    """The ``custom_id`` of each call; a repeat of the same request in the same place (same
+    partition, row and body) gets its occurrence appended, so every line has its own."""
+    seen: dict[str, int] = {}
+    ids = []
+    for call in calls:
+        cid = custom_id(asset, call)
+        seen[cid] = seen.get(cid, 0) + 1
+        ids.append(cid if seen[cid] == 1 else f"{cid}-{seen[cid]}")
+    return ids
+
+
 def batch_lines(
-    asset: str, calls: Sequence[Any], indices: Iterable[int], cache_keys: Sequence[str | None]
+    ids: Sequence[str], calls: Sequence[Any], indices: Iterable[int], cache_keys: Sequence[str | None]
 ) -> list[BatchLine]:
-    """The lines of ``calls[i]`` for ``i`` in ``indices``."""
+    """The lines of ``calls[i]`` for ``i`` in ``indices``, with their ``ids[i]``."""
     lines = []
     for index in indices:
         call = calls[index]
-        cid = custom_id(asset, call)
+        cid = ids[index]
         line = {"custom_id": cid, "method": "POST", "url": API_PREFIX + call.endpoint, "body": call.body}
         data = json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
         lines.append(BatchLine(index, cid, cache_keys[index], call.partition_key, call.endpoint, call.items, data))

@@ -63,7 +63,8 @@ def _message(body: Any) -> str:
 
 class BatchOutcome:
     """The results of the requests ``lines`` stands for (``calls[line.index]``), filled in
-    ``results`` as their batches' files are read."""
+    ``results`` as their batches' files are read; ``ids`` are the ``custom_id`` of all
+    ``calls`` (those the cache answered too)."""
 
     def __init__(
         self,
@@ -72,9 +73,11 @@ class BatchOutcome:
         lines: Sequence[BatchLine],
         usages: Mapping[str | None, Usage],
         results: list[Any],
+        ids: Sequence[str] = (),
     ) -> None:
         self.session, self.calls, self.usages, self.results = session, calls, usages, results
         self.wanted = {line.custom_id: line for line in lines}
+        self.known = set(ids) | set(self.wanted)  # every request of the run, the cached ones too
         self.answered: set[str] = set()
         self.failures: dict[str, str] = {}
         self.problems: list[str] = []  # whole batches that failed, expired or were cancelled
@@ -142,8 +145,8 @@ class BatchOutcome:
         its request (another run's partitions: left in the record, for the run that
         materializes them to collect and account for)."""
         line = self.wanted.get(cid) if isinstance(cid, str) else None
-        if line is None:
-            return False
+        if line is None:  # answered from the cache this run (its record can go), or another run's
+            return cid in self.known
         call = self.calls[line.index]
         served, reported = body.get("model"), body.get("usage")
         usage = self.usages.get(line.partition_key)

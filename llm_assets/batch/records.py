@@ -17,6 +17,7 @@ Example:
 """
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from llm_assets.cache import RequestCache
 _FOLDER = "batches"
 #: Metadata key of the fingerprint on every batch this library creates.
 FINGERPRINT = "llm_assets_fingerprint"
-_LOOKBACK_SECONDS = 3600  # how long before its record's creation a batch is searched for
+_CLOCK_SKEW = 300  # seconds a server's clock may differ from ours
 
 
 @dataclass
@@ -44,10 +45,17 @@ class Submission:
     endpoint: str
     lines: dict[str, list[str | None]]
     run_id: str
+    backend: str = ""  # the request cache's identity of the server it was sent to
     created: float = field(default_factory=time.time)
     input_file_id: str | None = None
     batch_id: str | None = None
     cancel_requested: bool = False  # the run that created it was terminated and cancelled it
+
+    @property
+    def key(self) -> str:
+        """Its file's name: the fingerprint for the server it was sent to (the same requests
+        sent to two servers are two batches)."""
+        return hashlib.sha256(f"{self.backend}\n{self.fingerprint}".encode()).hexdigest()
 
     @property
     def partitions(self) -> list[str]:
@@ -75,39 +83,40 @@ class SubmissionStore:
 
     def save(self, record: Submission) -> None:
         """Write ``record`` durably (atomic rename after fsync, or one PUT)."""
-        self._cache(record.asset).put(record.fingerprint, json.dumps(asdict(record)).encode())
+        self._cache(record.asset).put(record.key, json.dumps(asdict(record)).encode())
 
     def written_at(self, record: Submission) -> float | None:
         """When the record file of ``record``'s fingerprint was last written (readable or
         not), or ``None`` when there is none."""
         try:
-            stat = self._cache(record.asset).path(record.fingerprint).stat()
+            stat = self._cache(record.asset).path(record.key).stat()
         except (FileNotFoundError, NotImplementedError):
             return None
         modified = getattr(stat, "st_mtime", None)
         return float(modified) if isinstance(modified, int | float) else record.created - 30 * 86_400
 
     def remove(self, record: Submission) -> None:
-        path = self._cache(record.asset).path(record.fingerprint)
+        path = self._cache(record.asset).path(record.key)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
     def find_batch(self, client: Any, record: Submission) -> Any:
         """The record's batch (``openai.types.Batch``): by id, or (no id yet: the process
-        died in ``create``) by the fingerprint in the batch metadata, through
-        ``batches.list`` (newest first); ``None`` when the server has no such batch."""
+        died in ``create``) by the fingerprint in the batch metadata among the batches
+        made since the record was written, through ``batches.list`` (newest first);
+        ``None`` when the server has no such batch."""
         if record.batch_id is not None:
             try:
                 return client.batches.retrieve(record.batch_id)
             except openai.NotFoundError:
                 return None
         for batch in client.batches.list(limit=100):
+            if batch.created_at < record.created - _CLOCK_SKEW:
+                break  # made before the record was written: not its batch (nor any older one)
             if (batch.metadata or {}).get(FINGERPRINT) == record.fingerprint:
                 record.batch_id = batch.id
                 self.save(record)
                 return batch
-            if batch.created_at < record.created - _LOOKBACK_SECONDS:
-                break
         return None
 
     def open(self, asset: str | None = None) -> list[Submission]:

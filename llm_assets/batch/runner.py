@@ -16,36 +16,26 @@ Example:
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import openai
 
-from llm_assets.accounting.limits import estimate_tokens
 from llm_assets.accounting.usage import Usage
-from llm_assets.batch.lines import API_PREFIX, BatchLine, batch_lines, fingerprint, split_lines
+from llm_assets.batch.lines import batch_lines, custom_ids, split_lines
 from llm_assets.batch.outcome import BatchOutcome, batch_problem
-from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
+from llm_assets.batch.records import Submission, SubmissionStore
 from llm_assets.batch.settings import BatchSettings
-from llm_assets.engine.calls import Call, ErrorPolicy, GovernanceError, LLMRequestError
+from llm_assets.batch.submit import DONE, Job, Submitter
+from llm_assets.engine.calls import Call, ErrorPolicy, LLMRequestError
 from llm_assets.errors import LLMAssetsError
 
 if TYPE_CHECKING:
     from llm_assets.session import RunSession
 
-DONE = ("completed", "failed", "expired", "cancelled")
-
 
 class StillRunningError(LLMRequestError):
     """The batches outlived ``max_wait_seconds``; re-materializing collects them."""
-
-
-@dataclass
-class _Job:
-    record: Submission
-    batch: Any  # openai.types.Batch
-    created_here: bool
 
 
 class BatchRunner:
@@ -71,6 +61,7 @@ class BatchRunner:
         self.describe, self.sleep, self.clock, self.reads = describe, sleep, clock, reads
         self.store = SubmissionStore(session.cache.root)
         self.asset = context.asset_key.to_user_string()
+        self.backend = session.cache_keys.identity  # records of another backend are not this run's to touch
 
     def run(
         self,
@@ -80,114 +71,39 @@ class BatchRunner:
         usages: Mapping[str | None, Usage],
         results: list[Any],
     ) -> None:
-        """Answer ``calls[i]`` for ``i`` in ``pending`` into ``results``."""
-        lines = batch_lines(self.asset, calls, pending, keys)
-        outcome = BatchOutcome(self.session, calls, lines, usages, results)
-        self.created: list[_Job] = []
-        self.creating: Submission | None = None  # recorded, its create maybe sent, its id not yet known
+        """Answer ``calls[i]`` for ``i`` in ``pending`` into ``results`` (and collect the
+        earlier batches of this asset's requests, also when the cache answered them all)."""
+        records = [r for r in self.store.open(self.asset) if r.backend in ("", self.backend)]
+        if not pending and not records:
+            return
+        ids = custom_ids(self.asset, calls)
+        outcome = BatchOutcome(self.session, calls, batch_lines(ids, calls, pending, keys), usages, results, ids)
+        submitter = Submitter(self.session, self.context, self.settings, self.store)
         with closing(self.session.client(None)) as client:
             try:
-                self._api(lambda: client.batches.list(limit=1), "/batches")  # is there a Batch API?
-                jobs = self._attach(client, outcome)
+                submitter.api(lambda: client.batches.list(limit=1), "/batches")  # is there a Batch API?
+                jobs = self._attach(client, records, outcome)
                 covered = {cid for job in jobs for cid in job.record.lines}
                 new = [line for line in outcome.open if line.custom_id not in covered]
-                self._reserve(calls, new, outcome)
+                submitter.reserve(calls, new, outcome)
                 chunks = split_lines(new, self.settings)
-                jobs += [self._submit(client, chunk, n, len(chunks)) for n, chunk in enumerate(chunks, 1)]
+                jobs += [submitter.submit(client, chunk, n, len(chunks)) for n, chunk in enumerate(chunks, 1)]
                 self._wait(client, jobs, outcome)
             except (KeyboardInterrupt, SystemExit, dg.DagsterExecutionInterruptedError):  # the step is terminated
-                self._cancel(client, self._created_batches(client), outcome)
+                self._cancel(client, submitter.unfinished(client), outcome)
                 raise
             finally:
                 outcome.release()
         outcome.finish(self.on_error, self.describe)
 
-    # -- submitting -------------------------------------------------------------------------
+    # -- re-attaching -------------------------------------------------------------------------
 
-    def _reserve(self, calls: Sequence[Call[Any]], lines: Sequence[BatchLine], outcome: BatchOutcome) -> None:
-        """Reserve each new line's estimate with the governor; refuse the lot if one is refused."""
-        if not self.session.governor.active:
-            return
-        for line in lines:
-            body = calls[line.index].body
-            limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
-            estimate = estimate_tokens(line.data) + (limit if isinstance(limit, int) else 0)
-            reason = self.session.governor.refusal(body.get("model"), estimate)
-            if reason is not None:
-                raise GovernanceError(f"The batch was not submitted: {reason}")
-            outcome.estimates[line.custom_id] = estimate
-
-    def _submit(self, client: openai.OpenAI, chunk: list[BatchLine], part: int, parts: int) -> _Job:
-        """Record, upload, record, create, record: a crash at any point leaves a record
-        that the next attempt re-attaches through."""
-        endpoint = API_PREFIX + chunk[0].endpoint
-        record = Submission(
-            fingerprint(chunk),
-            self.asset,
-            endpoint,
-            {line.custom_id: [line.cache_key, line.partition_key] for line in chunk},
-            self.context.run.run_id,
-        )
-        written = self.store.written_at(record)
-        if written is not None:  # a damaged record of the same requests: was its batch created?
-            found = self.store.find_batch(client, replace(record, created=written))
-            if found is not None:
-                self.context.log.warning(f"Re-attached to batch {found.id} through its fingerprint (damaged record).")
-                return _Job(record, found, created_here=False)
-        self.store.save(record)
-        jsonl = (f"{record.fingerprint[:16]}.jsonl", b"".join(line.data for line in chunk))
-        upload = self._api(lambda: client.files.create(file=jsonl, purpose="batch"), "/files")
-        record.input_file_id = upload.id
-        self.store.save(record)
-        metadata = {
-            FINGERPRINT: record.fingerprint,
-            "llm_assets_asset": self.asset[:512],
-            "llm_assets_partitions": record.span[:512],
-            "llm_assets_part": f"{part}/{parts}",
-            "dagster_run_id": self.context.run.run_id,
-        }
-        self.creating = record
-        batch = self._api(
-            lambda: client.batches.create(
-                input_file_id=upload.id,
-                endpoint=endpoint,  # type: ignore[arg-type]
-                completion_window=self.settings.completion_window,  # type: ignore[arg-type]
-                metadata=metadata,
-            ),
-            "/batches",
-        )
-        job = _Job(record, batch, created_here=True)
-        self.created.append(job)  # first: a termination from here on cancels it
-        self.creating = None
-        record.batch_id = batch.id
-        self.store.save(record)
-        self.context.log.info(
-            f"Submitted batch {batch.id} ({part}/{parts}): {len(chunk)} request{'s' * (len(chunk) > 1)} of {self.asset}"
-            f"{' for ' + record.span if record.span else ''}."
-        )
-        return job
-
-    def _api(self, request: Callable[[], Any], path: str) -> Any:
-        """One Files/Batches call; a server without the Batch API is one clear error."""
-        try:
-            return request()
-        except openai.APIStatusError as error:
-            if error.status_code not in (404, 405, 501):
-                raise
-            raise LLMAssetsError(
-                f"The server at {self.session.cache_keys.base_url} has no Batch API (HTTP {error.status_code} on "
-                f"{path}): use run config mode: LIVE for it."
-            ) from None
-
-    # -- re-attaching -----------------------------------------------------------------------
-
-    def _attach(self, client: openai.OpenAI, outcome: BatchOutcome) -> list[_Job]:
+    def _attach(self, client: openai.OpenAI, records: list[Submission], outcome: BatchOutcome) -> list[Job]:
         """The jobs of earlier records that cover requests of this run, still running; the
         ones that finished meanwhile are collected now (their missing lines go out again)."""
         jobs = []
-        wanted = outcome.wanted
-        for record in self.store.open(self.asset):
-            if not any(cid in wanted for cid in record.lines):
+        for record in records:
+            if not any(cid in outcome.known for cid in record.lines):
                 continue  # another request set's batch: its own re-run (or the sensor) collects it
             batch = self.store.find_batch(client, record)
             if batch is None:
@@ -197,7 +113,7 @@ class BatchRunner:
                 )
                 self.store.remove(record)
                 continue
-            job = _Job(record, batch, created_here=False)
+            job = Job(record, batch, created_here=False)
             self.context.log.info(
                 f"Re-attached to batch {batch.id} ({batch.status}), submitted by run {record.run_id}."
             )
@@ -211,7 +127,7 @@ class BatchRunner:
 
     # -- waiting and collecting -------------------------------------------------------------
 
-    def _wait(self, client: openai.OpenAI, jobs: list[_Job], outcome: BatchOutcome) -> None:
+    def _wait(self, client: openai.OpenAI, jobs: list[Job], outcome: BatchOutcome) -> None:
         """Poll until every job is done (collecting each as it finishes), or fail after
         ``max_wait_seconds``."""
         started, delay = self.clock(), self.settings.poll_seconds
@@ -232,19 +148,27 @@ class BatchRunner:
                 waiting.remove(job)
                 self._collect(client, job, outcome, waited=True)
 
-    def _collect(self, client: openai.OpenAI, job: _Job, outcome: BatchOutcome, waited: bool) -> None:
+    def _collect(self, client: openai.OpenAI, job: Job, outcome: BatchOutcome, waited: bool) -> None:
         """Read a finished batch's files into ``outcome``. A batch this step waited for that
         did not complete is a problem (one found finished is logged, and what it did not
         answer is submitted again). Then its record goes, unless it answered requests of
         partitions this run does not materialize: those stay for the run that does."""
         batch, record = job.batch, job.record
         unclaimed: set[str] = set()
-        if batch.output_file_id:
-            with client.files.with_streaming_response.content(batch.output_file_id) as response:
-                unclaimed = outcome.read_output(response.iter_lines(), record)
-        if batch.error_file_id:
-            with client.files.with_streaming_response.content(batch.error_file_id) as response:
-                outcome.read_errors(response.iter_lines(), record)
+        try:
+            if batch.output_file_id:
+                with client.files.with_streaming_response.content(batch.output_file_id) as response:
+                    unclaimed = outcome.read_output(response.iter_lines(), record)
+            if batch.error_file_id:
+                with client.files.with_streaming_response.content(batch.error_file_id) as response:
+                    outcome.read_errors(response.iter_lines(), record)
+        except openai.NotFoundError:  # the server deleted its files: what they held goes out again
+            gone = f"The files of batch {batch.id} are gone from the server"
+            if waited:
+                outcome.problems.append(f"{gone}: re-materializing submits its requests again.")
+            else:
+                self.context.log.warning(f"{gone}: submitting its requests again.")
+            unclaimed = set()
         problem = batch_problem(batch, self.reads)
         if problem and waited and not record.cancel_requested:
             outcome.problems.append(problem)
@@ -258,17 +182,7 @@ class BatchRunner:
         else:
             self.store.remove(record)
 
-    def _created_batches(self, client: openai.OpenAI) -> list[_Job]:
-        """The unfinished batches this step created, including one whose ``create`` was
-        interrupted before it answered (found through its fingerprint)."""
-        jobs = [job for job in self.created if job.batch.status not in DONE]
-        if self.creating is not None:
-            batch = self.store.find_batch(client, self.creating)
-            if batch is not None and batch.status not in DONE:
-                jobs.append(_Job(self.creating, batch, created_here=True))
-        return jobs
-
-    def _cancel(self, client: openai.OpenAI, jobs: list[_Job], outcome: BatchOutcome) -> None:
+    def _cancel(self, client: openai.OpenAI, jobs: list[Job], outcome: BatchOutcome) -> None:
         """Cancel ``jobs`` (the step is being terminated); the records stay, so the next
         attempt collects what they completed and submits the rest."""
         for job in jobs:
@@ -282,7 +196,7 @@ class BatchRunner:
             except Exception as error:  # best effort: the step is going down anyway
                 self.context.log.warning(f"Could not cancel batch {job.batch.id}: {error}")
 
-    def _progress(self, jobs: list[_Job], elapsed: float) -> None:
+    def _progress(self, jobs: list[Job], elapsed: float) -> None:
         counts = [job.batch.request_counts for job in jobs if job.batch.request_counts]
         total = sum(len(job.record.lines) for job in jobs)
         done, failed = sum(c.completed for c in counts), sum(c.failed for c in counts)
@@ -291,7 +205,7 @@ class BatchRunner:
             f"Batch API: {done}/{total} requests completed, {failed} failed, {elapsed:.0f} s elapsed ({states})."
         )
 
-    def _still_running(self, jobs: list[_Job], elapsed: float) -> str:
+    def _still_running(self, jobs: list[Job], elapsed: float) -> str:
         ids = ", ".join(job.batch.id for job in jobs)
         return (
             f"Batch {ids} of {self.asset} is still running after {elapsed:.0f} s (BatchSettings.max_wait_seconds "

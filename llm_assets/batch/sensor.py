@@ -20,7 +20,7 @@ import dagster as dg
 import openai
 
 from llm_assets.batch.records import Submission, SubmissionStore
-from llm_assets.batch.runner import DONE
+from llm_assets.batch.submit import DONE
 from llm_assets.session import RunSession
 
 #: Run tags that say which partitions a run materialized.

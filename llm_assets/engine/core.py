@@ -127,7 +127,7 @@ class Engine:
                 results: list[Any] = [None] * len(calls)
                 keys = self._cache_keys(calls)
                 pending = runner.run(self._answer_from_cache(calls, keys, usages, results, progress))
-                if pending and self.mode is RequestMode.BATCH:  # polls in this thread: a termination reaches it
+                if self.mode is RequestMode.BATCH:  # polls in this thread: a termination reaches it
                     batch = BatchRunner(
                         self.session, self.context, self.session.batch, self.on_error, self._text, self.cache.reads
                     )

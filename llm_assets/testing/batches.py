@@ -35,6 +35,8 @@ class ScriptedBatchServer:
         finalizing_polls: polls that see ``finalizing`` before ``completed``.
         fail_line: answers chosen lines with an error instead.
         hold_create: ``batches.create`` creates the batch but never answers (until released).
+        lose_creates: the first that many ``batches.create`` create the batch, then answer 502
+            (a gateway that lost the answer).
     """
 
     def __init__(
@@ -44,8 +46,10 @@ class ScriptedBatchServer:
         finalizing_polls: int = 0,
         fail_line: FailLine | None = None,
         hold_create: bool = False,
+        lose_creates: int = 0,
     ) -> None:
         from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse
 
         self.upstream, self.fail_line = upstream, fail_line
         self.release = threading.Event()
@@ -53,6 +57,7 @@ class ScriptedBatchServer:
             self.release.set()
         self.creates = 0
         self.cancels = 0
+        self.lose_creates = lose_creates
         self._client = httpx.AsyncClient(base_url=upstream.base_url.removesuffix("/v1"), timeout=60)
         app = FastAPI()
 
@@ -66,6 +71,9 @@ class ScriptedBatchServer:
                     response = await call_next(request)
                     while not self.release.is_set():  # the batch exists; its creator never hears of it
                         await asyncio.sleep(0.05)
+                    if self.lose_creates > 0:
+                        self.lose_creates -= 1
+                        return JSONResponse({"error": {"message": "Bad gateway"}}, status_code=502)
                     return response
             return await call_next(request)
 

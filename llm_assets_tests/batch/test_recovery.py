@@ -9,7 +9,7 @@ import pytest
 
 from llm_assets import OpenAIResource, build_batch_sensor
 from llm_assets.accounting.usage import Usage
-from llm_assets.batch.lines import batch_lines
+from llm_assets.batch.lines import batch_lines, custom_ids
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.engine.chat import ChatRequest, chat_calls
 from llm_assets.testing.batches import ScriptedBatchServer
@@ -98,7 +98,7 @@ def test_a_renamed_model_gives_its_budget_reservation_back():
     session = OpenAIResource(base_url="http://127.0.0.1:9/v1", max_cost_usd_per_run=1.0).session
     request = ChatRequest("Kirk", 0, "Hi", ({"role": "user", "content": "Hi"},), {"model": "gpt-4o-mini"})
     calls = chat_calls([request])
-    (line,) = batch_lines("answers", calls, [0], [None])
+    (line,) = batch_lines(custom_ids("answers", calls), calls, [0], [None])
     outcome = BatchOutcome(session, calls, [line], {"Kirk": Usage()}, [None])
     assert session.governor.refusal("gpt-4o-mini", 1000) is None
     outcome.estimates[line.custom_id] = 1000
@@ -128,3 +128,65 @@ def test_the_sensor_leaves_terminated_and_unknown_runs_alone(batch_server, insta
     path.write_text(json.dumps({**record, "run_id": "not-a-run"}))
     tick = sensor_tick(instance, openai)
     assert not tick.run_requests and "not in this instance" in tick.skip_message
+
+
+def test_a_record_left_by_a_kill_after_caching_is_cleared_by_the_next_run(batch_server, instance, tmp_path):
+    batch_server.store.finalizing_polls = 1
+    impatient = job.resource(batch_server.base_url, cache_dir=str(tmp_path), batch=IMPATIENT)
+    job.materialize(impatient, instance, raise_on_error=False)
+    (path,) = tmp_path.glob("batches/answers/*/*.json")
+    record = path.read_bytes()
+    patient = job.resource(batch_server.base_url, cache_dir=str(tmp_path))
+    job.materialize(patient, instance)  # collects, caches, removes the record
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(record)  # as if killed after the answers were cached, before the record went
+    again = job.materialize(patient, instance)  # all from the cache; the record goes
+    assert all(u["openai.cache_hits"] == 1 for u in answers_usage(again).values())
+    assert not list(tmp_path.glob("batches/answers/*/*.json")) and batch_server.creates == 1
+    assert not sensor_tick(instance, patient).run_requests
+
+
+def test_a_lost_create_answer_is_looked_for_before_retrying(server, instance, tmp_path):
+    with ScriptedBatchServer(server, lose_creates=1) as gateway:
+        result = job.materialize(job.resource(gateway.base_url, cache_dir=str(tmp_path)), instance)
+        assert gateway.creates == 1 and len(gateway.store.batches) == 1  # found, not created again
+    assert result.asset_value("answers")["answer"].str.len().gt(0).all()
+
+
+def test_records_of_another_server_are_left_alone(server, batch_server, instance, tmp_path):
+    batch_server.store.finalizing_polls = 1000
+    on_a = job.resource(batch_server.base_url, cache_dir=str(tmp_path), batch=IMPATIENT)
+    job.materialize(on_a, instance, raise_on_error=False)
+    with ScriptedBatchServer(server) as other:
+        job.materialize(job.resource(other.base_url, cache_dir=str(tmp_path)), instance)
+        assert other.creates == 1
+    assert len(list(tmp_path.glob("batches/answers/*/*.json"))) == 1  # A's batch is still A's
+    batch_server.store.finalizing_polls = 0
+    job.materialize(job.resource(batch_server.base_url, cache_dir=str(tmp_path)), instance)
+    assert batch_server.creates == 1
+
+
+def test_a_batch_whose_files_are_gone_is_submitted_again(batch_server, instance, tmp_path):
+    impatient = job.resource(batch_server.base_url, cache_dir=str(tmp_path), batch=IMPATIENT)
+    job.materialize(impatient, instance, raise_on_error=False)
+    (batch,) = batch_server.store.batches.values()
+    batch_server.store.files.pop(batch.output_file_id or "", None)
+    batch.output_file_id = batch.output_file_id or "file-deleted"
+    result = job.materialize(job.resource(batch_server.base_url, cache_dir=str(tmp_path)), instance)
+    assert batch_server.creates == 2 and result.asset_value("answers")["answer"].str.len().gt(0).all()
+
+
+def test_repeated_identical_requests_each_get_an_answer(batch_server, instance, tmp_path):
+    from llm_assets import ChatRequest, Engine, RequestMode
+
+    request = ChatRequest(None, 0, "Again?", ({"role": "user", "content": "Again?"},), {"model": "gpt-4o-mini"})
+
+    @dg.asset
+    def repeated(context: dg.AssetExecutionContext, openai: OpenAIResource) -> list:
+        rows = Engine(openai, context, mode=RequestMode.BATCH).chat([request] * 3)
+        return [row.answer for row in rows]
+
+    openai = job.resource(batch_server.base_url, cache_dir=str(tmp_path))
+    result = dg.materialize([repeated], resources={"openai": openai}, instance=instance)
+    assert len(result.output_for_node("repeated")) == 3 and all(result.output_for_node("repeated"))
+    assert [b.total for b in batch_server.store.batches.values()] == [3]

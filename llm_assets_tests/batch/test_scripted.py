@@ -154,13 +154,13 @@ def test_a_damaged_record_is_matched_to_its_batch_through_the_fingerprint(batch_
 
 
 def test_embedding_requests_split_at_the_inputs_per_file_limit():
-    from llm_assets.batch.lines import batch_lines, split_lines
+    from llm_assets.batch.lines import batch_lines, custom_ids, split_lines
     from llm_assets.batch.settings import BatchSettings
     from llm_assets.engine.embeddings import EmbeddingPlan
 
     plan = EmbeddingPlan({"a": ["x"] * 10, "b": ["y"] * 5}, {"model": "m"}, max_inputs=4, max_tokens=10**6)
     calls = plan.calls()  # a: 4 + 4 + 2 inputs, b: 4 + 1
-    lines = batch_lines("emb", calls, range(len(calls)), [None] * len(calls))
+    lines = batch_lines(custom_ids("emb", calls), calls, range(len(calls)), [None] * len(calls))
     chunks = split_lines(lines, BatchSettings(max_inputs_per_file=8))
     assert [[line.items for line in chunk] for chunk in chunks] == [[4, 4], [2, 4, 1]]
 

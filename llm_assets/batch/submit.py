@@ -1,0 +1,162 @@
+"""Submitting a batch so that it is never paid twice: the budget reserved first, then
+record, upload, record, ``create``, record (:mod:`~llm_assets.batch.records`), and a lost
+``create`` answer looked for by fingerprint before it is retried.
+
+Example:
+    >>> submitter = Submitter(session, context, BatchSettings(), store)  # doctest: +SKIP
+    >>> job = submitter.submit(client, lines, part=1, parts=1)  # doctest: +SKIP
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+import openai
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from llm_assets.accounting.limits import estimate_tokens
+from llm_assets.batch.lines import API_PREFIX, BatchLine, fingerprint
+from llm_assets.batch.outcome import BatchOutcome
+from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
+from llm_assets.batch.settings import BatchSettings
+from llm_assets.engine.calls import Call, GovernanceError
+from llm_assets.errors import LLMAssetsError
+
+if TYPE_CHECKING:
+    from llm_assets.session import RunSession
+
+DONE = ("completed", "failed", "expired", "cancelled")
+#: Failures of ``batches.create`` that are retried (as the SDK would), after a lookup.
+_RETRIED = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError, openai.ConflictError)
+
+
+@dataclass
+class Job:
+    """A batch being waited for: its record, its latest state, and whether this step made it."""
+
+    record: Submission
+    batch: Any  # openai.types.Batch
+    created_here: bool
+
+
+class Submitter:
+    """Submits one materialization's new lines (see the module docstring), and knows the
+    batches it created, for a termination to cancel."""
+
+    def __init__(
+        self, session: "RunSession", context: dg.AssetExecutionContext, settings: BatchSettings, store: SubmissionStore
+    ) -> None:
+        self.session, self.context, self.settings, self.store = session, context, settings, store
+        self.asset = context.asset_key.to_user_string()
+        self.backend = session.cache_keys.identity
+        self.created: list[Job] = []
+        self.creating: Submission | None = None  # recorded, its create maybe sent, its id not yet known
+
+    def reserve(self, calls: Sequence[Call[Any]], lines: Sequence[BatchLine], outcome: BatchOutcome) -> None:
+        """Reserve each new line's estimate with the governor; refuse the lot if one is refused."""
+        if not self.session.governor.active:
+            return
+        for line in lines:
+            body = calls[line.index].body
+            limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+            estimate = estimate_tokens(line.data) + (limit if isinstance(limit, int) else 0)
+            reason = self.session.governor.refusal(body.get("model"), estimate)
+            if reason is not None:
+                raise GovernanceError(f"The batch was not submitted: {reason}")
+            outcome.estimates[line.custom_id] = estimate
+
+    def submit(self, client: openai.OpenAI, chunk: list[BatchLine], part: int, parts: int) -> Job:
+        """Record, upload, record, create, record: a crash at any point leaves a record
+        that the next attempt re-attaches through."""
+        endpoint = API_PREFIX + chunk[0].endpoint
+        record = Submission(
+            fingerprint(chunk),
+            self.asset,
+            endpoint,
+            {line.custom_id: [line.cache_key, line.partition_key] for line in chunk},
+            self.context.run.run_id,
+            backend=self.backend,
+        )
+        written = self.store.written_at(record)
+        if written is not None:  # a damaged record of the same requests: was its batch created?
+            since = written - 2 * 86_400  # rewritten (batch id, cancel) up to a completion window after create
+            found = self.store.find_batch(client, replace(record, created=since))
+            if found is not None:
+                self.context.log.warning(f"Re-attached to batch {found.id} through its fingerprint (damaged record).")
+                return Job(record, found, created_here=False)
+        self.store.save(record)
+        jsonl = (f"{record.fingerprint[:16]}.jsonl", b"".join(line.data for line in chunk))
+        upload = self.api(lambda: client.files.create(file=jsonl, purpose="batch"), "/files")
+        record.input_file_id = upload.id
+        self.store.save(record)
+        metadata = {
+            FINGERPRINT: record.fingerprint,
+            "llm_assets_asset": self.asset[:512],
+            "llm_assets_partitions": record.span[:512],
+            "llm_assets_part": f"{part}/{parts}",
+            "dagster_run_id": self.context.run.run_id,
+        }
+        self.creating = record
+        batch = self.api(lambda: self._create(client, record, upload.id, metadata), "/batches")
+        job = Job(record, batch, created_here=True)
+        self.created.append(job)  # first: a termination from here on cancels it
+        self.creating = None
+        record.batch_id = batch.id
+        self.store.save(record)
+        self.context.log.info(
+            f"Submitted batch {batch.id} ({part}/{parts}): {len(chunk)} request{'s' * (len(chunk) > 1)} of {self.asset}"
+            f"{' for ' + record.span if record.span else ''}."
+        )
+        return job
+
+    def _create(self, client: openai.OpenAI, record: Submission, file_id: str, metadata: dict[str, str]) -> Any:
+        """``batches.create``, retried like the SDK would, except that before each retry the
+        batch is looked for by its fingerprint: a create whose answer was lost (a 502, a
+        timeout) may have made it, and must not be paid twice."""
+        once = client.with_options(max_retries=0)
+        sent = False
+
+        def create() -> Any:
+            nonlocal sent
+            if sent and record.batch_id is None and (found := self.store.find_batch(client, record)):
+                return found
+            sent = True
+            return once.batches.create(
+                input_file_id=file_id,
+                endpoint=record.endpoint,  # type: ignore[arg-type]
+                completion_window=self.settings.completion_window,  # type: ignore[arg-type]
+                metadata=metadata,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_RETRIED),
+            stop=stop_after_attempt(self.session.max_retries + 1),
+            wait=wait_exponential_jitter(multiplier=0.5, max=8),
+            reraise=True,
+        )
+        return retrying(create)
+
+    def api(self, request: Callable[[], Any], path: str) -> Any:
+        """One Files/Batches call; a server without the Batch API is one clear error."""
+        try:
+            return request()
+        except openai.APIStatusError as error:
+            if error.status_code not in (404, 405, 501):
+                raise
+            raise LLMAssetsError(
+                f"The server at {self.session.cache_keys.base_url} has no Batch API (HTTP {error.status_code} on "
+                f"{path}): use run config mode: LIVE for it."
+            ) from None
+
+    # -- re-attaching -----------------------------------------------------------------------
+
+    def unfinished(self, client: openai.OpenAI) -> list[Job]:
+        """The unfinished batches this step created, including one whose ``create`` was
+        interrupted before it answered (found through its fingerprint)."""
+        jobs = [job for job in self.created if job.batch.status not in DONE]
+        if self.creating is not None:
+            batch = self.store.find_batch(client, self.creating)
+            if batch is not None and batch.status not in DONE:
+                jobs.append(Job(self.creating, batch, created_here=True))
+        return jobs
