@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_assets.testing.batches import ScriptedBatchServer
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,6 +31,13 @@ def llmock(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         yield server
     batch._batches.clear()
     batch._files.clear()
+
+
+@pytest.fixture
+def batch_server(server):
+    """The scripted Batch API in front of the scripted server."""
+    with ScriptedBatchServer(server) as batch_server:
+        yield batch_server
 
 
 def llmock_batches() -> list[dict]:

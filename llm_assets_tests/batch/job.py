@@ -19,6 +19,7 @@ answers = build_chat_answers_asset(
     mode=RequestMode.BATCH,
 )
 embeddings = build_embeddings_asset(key="embeddings", upstream=answers, mode=RequestMode.BATCH)
+IMPATIENT = {"max_wait_seconds": 0}  # batch settings: submit, then fail saying the batch still runs
 EVERYONE = {"dagster/asset_partition_range_start": CAPTAINS[0], "dagster/asset_partition_range_end": CAPTAINS[-1]}
 
 

@@ -14,15 +14,8 @@ from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.engine.chat import ChatRequest, chat_calls
 from llm_assets.testing.batches import ScriptedBatchServer
 from llm_assets_tests.batch import job
+from llm_assets_tests.batch.job import IMPATIENT
 from llm_assets_tests.conftest import failure_message, usage_metadata
-
-IMPATIENT = {"max_wait_seconds": 0}  # submit, then fail saying the batch still runs
-
-
-@pytest.fixture
-def batch_server(server):
-    with ScriptedBatchServer(server) as batch_server:
-        yield batch_server
 
 
 def answers_usage(result) -> dict[str, dict]:

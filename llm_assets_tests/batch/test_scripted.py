@@ -24,12 +24,6 @@ def answers_by_partition(result):
     return {e.partition: usage_metadata(e) for e in result.get_asset_materialization_events()}
 
 
-@pytest.fixture
-def batch_server(server):
-    with ScriptedBatchServer(server) as batch_server:
-        yield batch_server
-
-
 def test_usage_per_partition_equals_the_servers_totals(server, batch_server, instance, tmp_path):
     result = job.materialize(job.resource(batch_server.base_url, cache_dir=str(tmp_path)), instance)
     for captain, recorded in answers_by_partition(result).items():
