@@ -22,12 +22,20 @@ Example:
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def estimate_tokens(text: str | bytes) -> int:
     """A conservative token estimate (about 3 characters per token) for packing and limits."""
     return len(text) // 3 + 1
+
+
+def request_estimate(content: bytes, body: Mapping[str, Any]) -> int:
+    """What a request may spend: its JSON ``content`` estimated, plus the most tokens its
+    ``body`` lets the model answer (``max_tokens`` or ``max_completion_tokens``)."""
+    limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    return estimate_tokens(content) + (limit if isinstance(limit, int) else 0)
 
 
 class Pacer:

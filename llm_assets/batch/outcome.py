@@ -21,14 +21,12 @@ import dagster as dg
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import BatchLine
 from llm_assets.batch.records import Submission
-from llm_assets.engine.calls import Call, ErrorPolicy, HookError, LLMRequestError
+from llm_assets.engine.calls import MALFORMED, Call, ErrorPolicy, HookError, LLMRequestError
 from llm_assets.http.answers import answer_problem
 
 if TYPE_CHECKING:
     from llm_assets.session import RunSession
 
-#: What a reader raises on a body that is JSON but not the endpoint's answer.
-_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
 _SHOWN = 5  # failed rows named in an error
 _WRITERS = 8  # threads storing cache entries (file I/O releases the GIL)
 _CHUNK = 256  # entries each thread task stores
@@ -163,7 +161,7 @@ class BatchOutcome:
             self.results[line.index] = call.read(body, False, None)
         except HookError:
             raise
-        except _MALFORMED as error:
+        except MALFORMED as error:
             self._fail(cid, f"malformed answer ({type(error).__name__}: {error})", "malformed")
             return True
         self.answered.add(cid)

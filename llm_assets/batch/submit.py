@@ -15,7 +15,7 @@ import dagster as dg
 import openai
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from llm_assets.accounting.limits import estimate_tokens
+from llm_assets.accounting.limits import request_estimate
 from llm_assets.batch.lines import API_PREFIX, BatchLine, fingerprint
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
@@ -59,8 +59,7 @@ class Submitter:
             return
         for line in lines:
             body = calls[line.index].body
-            limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
-            estimate = estimate_tokens(line.data) + (limit if isinstance(limit, int) else 0)
+            estimate = request_estimate(line.data, body)
             reason = self.session.governor.refusal(body.get("model"), estimate)
             if reason is not None:
                 raise GovernanceError(f"The batch was not submitted: {reason}")

@@ -15,6 +15,9 @@ from llm_assets.errors import LLMAssetsError
 
 T = TypeVar("T")
 
+#: What a reader raises on a body that is JSON but not the endpoint's answer.
+MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
+
 #: ``read(json_body, cached, latency_seconds)``: a call's answer as the caller's result.
 Reader = Callable[[dict[str, Any], bool, float], T]
 

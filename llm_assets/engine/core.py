@@ -33,6 +33,7 @@ from llm_assets.batch.runner import BatchRunner
 from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
 from llm_assets.engine.calls import (
+    MALFORMED,
     Call,
     ErrorPolicy,
     GovernanceError,
@@ -58,9 +59,6 @@ if TYPE_CHECKING:
     from llm_assets.resource import OpenAIResource
 
 T = TypeVar("T")
-
-#: What a reader raises on a body that is JSON but not the endpoint's answer.
-_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
 
 
 class Engine:
@@ -198,7 +196,7 @@ class Engine:
                     results[index] = call.read(answer.payload, True, 0.0)
                 except HookError:
                     raise
-                except _MALFORMED as error:  # damaged in a way only the reader sees: ask again
+                except MALFORMED as error:  # damaged in a way only the reader sees: ask again
                     self.session.discard(key, f"{type(error).__name__}: {error}")
                 else:
                     usages[call.partition_key].add_cache_hit(answer.model)
@@ -234,7 +232,7 @@ class Engine:
                 return call.read(body, False, time.perf_counter() - sent)
             except HookError:
                 raise
-            except _MALFORMED as error:
+            except MALFORMED as error:
                 usage.add_failed_attempt("malformed")
                 raise MalformedResponseError(f"malformed response body ({type(error).__name__}: {error})") from error
 

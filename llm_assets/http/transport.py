@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from llm_assets.accounting.governance import REFUSAL_CODE
-from llm_assets.accounting.limits import estimate_tokens
+from llm_assets.accounting.limits import request_estimate
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
 from llm_assets.cache import CacheMode
 from llm_assets.http.answers import answer_problem
@@ -66,8 +66,7 @@ class _Exchange:
         if isinstance(payload, dict):
             self.payload = payload
             self.model = payload.get("model")
-            limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 0
-            self.estimate = estimate_tokens(request.content) + (limit if isinstance(limit, int) else 0)
+            self.estimate = request_estimate(request.content, payload)
         if mode.writes:  # OFF when the session has no cache (see RunSession.cache_mode)
             self.key = session.cache_keys.key_of(request, payload)
         self.reads = self.key is not None and mode.reads and not scope.looked_up
