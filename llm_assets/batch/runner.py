@@ -113,7 +113,7 @@ class BatchRunner:
                 )
                 self.store.remove(record)
                 continue
-            job = Job(record, batch, created_here=False)
+            job = Job(record, batch)
             self.context.log.info(
                 f"Re-attached to batch {batch.id} ({batch.status}), submitted by run {record.run_id}."
             )
@@ -131,11 +131,13 @@ class BatchRunner:
         """Poll until every job is done (collecting each as it finishes), or fail after
         ``max_wait_seconds``."""
         started, delay = self.clock(), self.settings.poll_seconds
-        waiting = [job for job in jobs if job.batch.status not in DONE]
-        for job in jobs:
-            if job.batch.status in DONE:
+        waiting = list(jobs)
+        while True:
+            for job in [job for job in waiting if job.batch.status in DONE]:
+                waiting.remove(job)
                 self._collect(client, job, outcome, waited=True)
-        while waiting:
+            if not waiting:
+                return
             elapsed = self.clock() - started
             if elapsed >= self.settings.max_wait_seconds:
                 raise StillRunningError("\n".join([*outcome.problems, self._still_running(waiting, elapsed)]))
@@ -144,9 +146,6 @@ class BatchRunner:
             for job in waiting:
                 job.batch = client.batches.retrieve(job.batch.id)
             self._progress(jobs, self.clock() - started)
-            for job in [job for job in waiting if job.batch.status in DONE]:
-                waiting.remove(job)
-                self._collect(client, job, outcome, waited=True)
 
     def _collect(self, client: openai.OpenAI, job: Job, outcome: BatchOutcome, waited: bool) -> None:
         """Read a finished batch's files into ``outcome``. A batch this step waited for that

@@ -33,11 +33,10 @@ _RETRIED = (openai.APIConnectionError, openai.InternalServerError, openai.RateLi
 
 @dataclass
 class Job:
-    """A batch being waited for: its record, its latest state, and whether this step made it."""
+    """A batch being waited for: its record and its latest state."""
 
     record: Submission
     batch: Any  # openai.types.Batch
-    created_here: bool
 
 
 class Submitter:
@@ -83,7 +82,7 @@ class Submitter:
             found = self.store.find_batch(client, replace(record, created=since))
             if found is not None:
                 self.context.log.warning(f"Re-attached to batch {found.id} through its fingerprint (damaged record).")
-                return Job(record, found, created_here=False)
+                return Job(record, found)
         self.store.save(record)
         jsonl = (f"{record.fingerprint[:16]}.jsonl", b"".join(line.data for line in chunk))
         upload = self.api(lambda: client.files.create(file=jsonl, purpose="batch"), "/files")
@@ -98,7 +97,7 @@ class Submitter:
         }
         self.creating = record
         batch = self.api(lambda: self._create(client, record, upload.id, metadata), "/batches")
-        job = Job(record, batch, created_here=True)
+        job = Job(record, batch)
         self.created.append(job)  # first: a termination from here on cancels it
         self.creating = None
         record.batch_id = batch.id
@@ -148,7 +147,7 @@ class Submitter:
                 f"{path}): use run config mode: LIVE for it."
             ) from None
 
-    # -- re-attaching -----------------------------------------------------------------------
+    # -- termination ------------------------------------------------------------------------
 
     def unfinished(self, client: openai.OpenAI) -> list[Job]:
         """The unfinished batches this step created, including one whose ``create`` was
@@ -157,5 +156,5 @@ class Submitter:
         if self.creating is not None:
             batch = self.store.find_batch(client, self.creating)
             if batch is not None and batch.status not in DONE:
-                jobs.append(Job(self.creating, batch, created_here=True))
+                jobs.append(Job(self.creating, batch))
         return jobs
