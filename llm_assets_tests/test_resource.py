@@ -267,3 +267,12 @@ def test_get_client_for_a_partition_outside_the_run_fails_before_sending(server,
     )
     assert "partition_key 'z' is not a partition of this run (['a'])" in failure_message(result)
     assert server.stats.requests == []
+
+
+def test_the_embedded_models_batches_are_polled_often_by_default():
+    from llm_assets import BatchSettings
+    from llm_assets.local import LocalOpenAIResource
+
+    # its batches finish in seconds; OpenAI's take minutes (the default)
+    assert LocalOpenAIResource().batch == BatchSettings(poll_seconds=0.5, max_poll_seconds=5)
+    assert OpenAIResource(base_url="http://127.0.0.1:9/v1").batch == BatchSettings()
