@@ -30,6 +30,7 @@ import dagster_openai
 import openai
 from pydantic import Field, PrivateAttr
 
+from llm_assets.accounting.budgets import SharedBudget, instance_budget_url
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.cache import CacheMode
 from llm_assets.errors import LLMAssetsError
@@ -87,14 +88,19 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         default=None,
         ge=1,
         le=10**9,
-        description="Client-side cap on requests per minute, paced evenly and shared by all clients of one "
-        "session (the run on the in-process executor, one step on the multiprocess executor).",
+        description="Ceiling on requests per minute of each process (step), paced evenly; the provider's own "
+        "limits, read from its response headers, lower it (see follow_provider_limits).",
     )
     tokens_per_minute: int | None = Field(
         default=None,
         ge=1,
         le=10**12,
-        description="Client-side cap on (estimated) tokens per minute, shared like requests_per_minute.",
+        description="Ceiling on (estimated) tokens per minute of each process, like requests_per_minute.",
+    )
+    follow_provider_limits: bool = Field(
+        default=True,
+        description="Pace requests by the provider's x-ratelimit-* headers and Retry-After, so processes "
+        "sharing one key (steps, runs, machines) settle at the key's limit together, without 429s.",
     )
     cache: bool = Field(
         default=True,
@@ -122,14 +128,21 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         default=None,
         ge=1,
         le=10**15,
-        description="Tokens one session may spend (the run on the in-process executor, each step on the "
-        "multiprocess executor, which sets the resource up per step); the request that would exceed it is not sent.",
+        description="Tokens one run may spend, over all its steps and processes (kept in the Dagster instance's "
+        "database, or budget_url); the request that would exceed it is not sent.",
     )
     max_cost_usd_per_run: float | None = Field(
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="Estimated USD one session may spend (see prices); scoped and enforced like max_tokens_per_run.",
+        description="Estimated USD one run may spend (see prices); scoped and enforced like max_tokens_per_run.",
+    )
+    budget_url: str | None = Field(
+        default=None,
+        repr=False,
+        description="SQLAlchemy URL of the database that keeps run-wide budgets (sqlite:///path or "
+        "postgresql://...), for every process of a run to share. Defaults to the Dagster instance's own "
+        "storage (SQLite or Postgres); use dg.EnvVar if it holds a password.",
     )
     prices: dict[str, dict[str, float]] | None = Field(
         default=None,
@@ -151,8 +164,34 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     # -- set-up -----------------------------------------------------------------------------
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        storage = context.instance.storage_directory() if context.instance is not None else None
-        self._session = RunSession(self, storage)
+        instance = context.instance
+        storage = instance.storage_directory() if instance is not None else None
+        run_id = context.run.run_id if context.run is not None else None
+        self._session = RunSession(self, storage, self._budget(instance, run_id))
+
+    def _budget(self, instance: dg.DagsterInstance | None, run_id: str | None) -> SharedBudget | None:
+        """Where this run's spending is kept: ``None`` (this process) without a budget or a
+        run, or without a database all the run's processes reach (said once, at set-up)."""
+        if (self.max_tokens_per_run is None and self.max_cost_usd_per_run is None) or not run_id:
+            return None
+        url = self.budget_url or instance_budget_url(instance)
+        if url is None:
+            if instance is not None and not instance.is_ephemeral:
+                dg.get_dagster_logger("llm_assets").warning(
+                    "max_tokens_per_run / max_cost_usd_per_run hold per step here: this Dagster instance's storage "
+                    "is neither SQLite nor Postgres. Set OpenAIResource(budget_url=...) to a database every step "
+                    "reaches to make them hold for the whole run."
+                )
+            return None
+        ttl = self.timeout * (self.max_retries + 1) + 60  # no request stays in flight longer
+        try:
+            return SharedBudget(url, scope=f"run:{run_id}", ttl=ttl)
+        except Exception as error:  # SQLAlchemy's errors: name the field, never the URL (it may hold a password)
+            field = "budget_url" if self.budget_url else "the Dagster instance's storage"
+            raise LLMAssetsError(
+                f"The run's budget can't be kept in {field} ({type(error).__name__}): check that the database is "
+                "reachable, or set OpenAIResource(budget_url=...) to one that is."
+            ) from None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._session is not None:

@@ -9,13 +9,14 @@ work through it.
 Scope: Dagster calls ``setup_for_execution`` once per *process that runs steps*: once
 for a whole run on the in-process executor (``materialize(...)``), once per step on the
 multiprocess executor (the default of ``dagster dev`` and ``dagster asset materialize``).
-So "per run" budgets and rate limits are per step there; the ledger and the governor
-are the seams where shared, cross-process state plugs in.
+What must hold for the whole run lives outside the process: the budgets in a
+:class:`~llm_assets.accounting.budgets.SharedBudget` (the instance's database), the
+provider's rate limits in the provider itself (read from its response headers).
 
 Example:
     >>> from llm_assets import OpenAIResource
     >>> session = RunSession(OpenAIResource(base_url="http://127.0.0.1:9/v1"), storage_dir=None)
-    >>> session.cache is None, session.limits.active
+    >>> session.cache is None, session.governor.budget.shared
     (True, False)
     >>> session.close()
 """
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import openai
 
+from llm_assets.accounting.budgets import LocalBudget, SharedBudget
 from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.ledger import LedgerKey, UsageLedger
 from llm_assets.accounting.limits import RateLimits
@@ -71,9 +73,12 @@ class RunSession:
         resource: the configuration.
         storage_dir: the Dagster instance's storage directory; the request cache defaults
             to ``<storage_dir>/llm_assets/request_cache``.
+        budget: where the run's spending is kept (default: in this process).
     """
 
-    def __init__(self, resource: "OpenAIResource", storage_dir: str | None) -> None:
+    def __init__(
+        self, resource: "OpenAIResource", storage_dir: str | None, budget: LocalBudget | SharedBudget | None = None
+    ) -> None:
         self.client_kwargs = resource.client_kwargs()  # fails here, before any asset runs, on bad config
         self.max_concurrency = resource.max_concurrency
         self.max_retries = resource.max_retries
@@ -81,9 +86,11 @@ class RunSession:
         self.batch = resource.batch
         self.prices: dict[str, ModelPrice] = price_table(resource.prices)
         self.governor = Governor(
-            resource.allowed_models, resource.max_tokens_per_run, resource.max_cost_usd_per_run, self.prices
+            resource.allowed_models, resource.max_tokens_per_run, resource.max_cost_usd_per_run, self.prices, budget
         )
-        self.limits = RateLimits(resource.requests_per_minute, resource.tokens_per_minute)
+        self.limits = RateLimits(
+            resource.requests_per_minute, resource.tokens_per_minute, resource.follow_provider_limits
+        )
         self.ledger = UsageLedger()
         self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL, resource.cache_identity())
         root = resource.cache_dir
@@ -125,6 +132,7 @@ class RunSession:
             await client.close()  # closes the transport, and so its pool
 
     def close(self) -> None:
+        self.governor.close()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -249,4 +257,5 @@ class RunSession:
         try:
             yield usage
         finally:
+            self.governor.flush()
             self.report(context, key, usage)

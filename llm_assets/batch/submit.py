@@ -53,16 +53,15 @@ class Submitter:
         self.creating: Submission | None = None  # recorded, its create maybe sent, its id not yet known
 
     def reserve(self, calls: Sequence[Call[Any]], lines: Sequence[BatchLine], outcome: BatchOutcome) -> None:
-        """Reserve each new line's estimate with the governor; refuse the lot if one is refused."""
+        """Reserve every new line's estimate with the governor at once, or refuse the lot."""
         if not self.session.governor.active:
             return
-        for line in lines:
-            body = calls[line.index].body
-            estimate = request_estimate(line.data, body)
-            reason = self.session.governor.refusal(body.get("model"), estimate)
-            if reason is not None:
-                raise GovernanceError(f"The batch was not submitted: {reason}")
-            outcome.estimates[line.custom_id] = estimate
+        models = [calls[line.index].body.get("model") for line in lines]
+        estimates = [request_estimate(line.data, calls[line.index].body) for line in lines]
+        reason = self.session.governor.refusal_of_all(list(zip(models, estimates, strict=True)))
+        if reason is not None:
+            raise GovernanceError(f"The batch was not submitted: {reason}")
+        outcome.estimates.update((line.custom_id, estimate) for line, estimate in zip(lines, estimates, strict=True))
 
     def submit(self, client: openai.OpenAI, chunk: list[BatchLine], part: int, parts: int) -> Job:
         """Record, upload, record, create, record: a crash at any point leaves a record

@@ -97,7 +97,8 @@ def test_a_renamed_model_gives_its_budget_reservation_back():
     outcome.estimates[line.custom_id] = 1000
     body = {"model": "openai/gpt-4o-mini", "choices": [{"message": {"content": "Hello"}, "finish_reason": "stop"}]}
     outcome._answer(line.custom_id, body)
-    assert session.governor._reserved_tokens == 0 and session.governor._reserved_cost == pytest.approx(0)
+    totals = session.governor.budget.totals()
+    assert totals.reserved_tokens == 0 and totals.reserved_cost == pytest.approx(0)
     outcome.release()
 
 

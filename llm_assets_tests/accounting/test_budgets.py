@@ -1,0 +1,98 @@
+"""A run's budget shared by processes: atomic reservations, exact totals, dead holders released."""
+
+import multiprocessing
+import os
+import signal
+
+import pytest
+import sqlalchemy as sa
+
+from llm_assets.accounting.budgets import LocalBudget, SharedBudget, Spending
+from llm_assets.accounting.governance import Governor
+
+LIMIT = 1_000
+
+
+def fits(total: Spending, tokens: int = 7) -> str | None:
+    return None if total.tokens + total.reserved_tokens + tokens <= LIMIT else "over"
+
+
+def grab(url: str, results: "multiprocessing.Queue[int]") -> None:
+    """Reserve 7 tokens at a time until refused; settle each as 7 spent; report the count."""
+    budget = SharedBudget(url, scope="run:race", ttl=600)
+    granted = 0
+    while budget.reserve(7, 0.0, fits) is None:
+        granted += 1
+        budget.settle(7, 0.0, spent_tokens=7, spent_cost=0.0)
+    budget.close()
+    results.put(granted)
+
+
+def test_processes_racing_for_one_budget_never_take_more_than_it_together(tmp_path):
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    SharedBudget(url, scope="run:race", ttl=600).close()  # creates the table before the race
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    workers = [spawn.Process(target=grab, args=(url, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    granted = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join()
+    assert sum(granted) == LIMIT // 7  # every grant fit, and the last one was taken: 142 of 7 tokens
+    assert SharedBudget(url, scope="run:race", ttl=600).totals() == Spending(tokens=LIMIT // 7 * 7)
+
+
+def test_a_killed_holders_reservations_stop_counting_but_its_spending_stays(tmp_path):
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Event()
+    holder = spawn.Process(target=hold, args=(url, ready))
+    holder.start()
+    assert ready.wait(60)
+    budget = SharedBudget(url, scope="run:1", ttl=10**9)  # a TTL that never ends: only the process decides
+    assert budget.totals() == Spending(tokens=100, reserved_tokens=800)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    assert budget.totals() == Spending(tokens=100)  # the killed step's reservations are free again
+    assert budget.reserve(900, 0.0, lambda total: fits(total, 900)) is None
+
+
+def hold(url: str, ready) -> None:
+    budget = SharedBudget(url, scope="run:1", ttl=600)
+    budget.reserve(900, 0.0, fits)
+    budget.settle(100, 0.0, spent_tokens=100, spent_cost=0.0)
+    budget.flush()
+    ready.set()
+    signal.pause()
+
+
+def test_another_hosts_reservations_expire_after_the_ttl(tmp_path):
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    now = [1_000.0]
+    budget = SharedBudget(url, scope="run:1", ttl=300, clock=lambda: now[0])
+    with sa.create_engine(url).begin() as conn:  # a step on another machine: alive is unknowable from here
+        conn.execute(
+            sa.text("INSERT INTO llm_assets_budget VALUES ('run:1', 'h2:1:x', 'elsewhere', 1, 50, 0.5, 400, 4.0, 990)")
+        )
+    assert budget.totals() == Spending(50, 0.5, 400, 4.0)
+    now[0] = 1_291.0
+    assert budget.totals() == Spending(50, 0.5, 0, 0.0)
+
+
+def test_runs_and_scopes_do_not_see_each_other(tmp_path):
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    first, second = SharedBudget(url, "run:a", ttl=600), SharedBudget(url, "run:b", ttl=600)
+    first.reserve(600, 0.0, fits)
+    assert second.reserve(600, 0.0, fits) is None
+    assert first.totals().reserved_tokens == second.totals().reserved_tokens == 600
+
+
+@pytest.mark.parametrize("make", [LocalBudget, lambda: SharedBudget("sqlite://", "run:1", ttl=600)])
+def test_the_governor_counts_the_same_with_either_budget(make):
+    governor = Governor(None, max_tokens=100, max_cost_usd=None, prices={}, budget=make())
+    assert governor.refusal("m", 60) is None
+    assert "max_tokens_per_run 100 would be exceeded: 0 tokens spent" in governor.refusal("m", 60)
+    governor.settle("m", 60, {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}, "m")
+    assert governor.refusal("m", 60) is None
+    assert governor.tokens == 25 and governor.budget.totals().reserved_tokens == 60
