@@ -10,8 +10,9 @@ one :class:`_Exchange`:
 1. whose usage it is (:mod:`llm_assets.http.attribution`; none is an error),
 2. answered from the cache, if the cache mode reads and nobody looked it up already,
 3. refused by the governor (an HTTP 403 that never left the machine), or
-4. paced by the rate limits, sent, and its body read as it streams to the SDK: usage
-   counted once, the governor's reservation settled, a complete JSON body stored.
+4. paced by the rate limits, sent, its rate-limit headers read, and its body read as it
+   streams to the SDK: usage counted once, the governor's reservation settled, a
+   complete JSON body stored.
 
 Example (what ``RunSession.client`` does):
     >>> import openai
@@ -85,6 +86,8 @@ class _Exchange:
     def failed(self, kind: str) -> None:
         """An error response (``kind``: its status) or a connection failure
         (:func:`failure_kind`): nothing billed, maybe retried."""
+        if self.paced and not kind.isdigit():
+            self.session.limits.unanswered()
         self.usage.add_failed_attempt(kind)
         self._settle(None, None)
 
@@ -113,6 +116,8 @@ class _Exchange:
         return httpx.Response(200, headers={"content-type": "application/json"}, content=answer.body, request=request)
 
     def meter(self, response: httpx.Response, stream_class: type) -> httpx.Response:
+        if self.paced:
+            self.session.limits.observe(response.status_code, response.headers)
         if not 200 <= response.status_code < 300:
             self.failed(str(response.status_code))
             return response

@@ -218,7 +218,8 @@ def server_stats(server: ScriptedOpenAIServer) -> Reply:
     """Not OpenAI: the server's own counters."""
     stats = server.stats
     counters = {"requests": len(stats.requests), "max_in_flight": stats.max_in_flight}
-    return Reply(200, {**counters, "usage": stats.usage.to_metadata()})
+    limits = server.provider_limits.stats() if server.provider_limits is not None else None
+    return Reply(200, {**counters, "usage": stats.usage.to_metadata(), "provider_limits": limits})
 
 
 # -- routing ------------------------------------------------------------------------------

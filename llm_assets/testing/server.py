@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from llm_assets.accounting.usage import Usage
-from llm_assets.testing import encoding, endpoints
+from llm_assets.testing import encoding, endpoints, ratelimits
+from llm_assets.testing.ratelimits import ProviderLimits
 from llm_assets.testing.script import usage_payload
 
 POLL_INTERVAL = 0.05  # seconds serve_forever waits between shutdown checks, so stop() is quick
@@ -54,6 +55,8 @@ class ScriptedOpenAIServer:
             ``"deflate-raw"`` (a bare deflate stream, sent as ``content-encoding: deflate``)
             or None. When set and the request's ``Accept-Encoding`` allows it, JSON replies
             and event streams (flushed per event) are compressed, like OpenAI's own.
+        provider_limits: per-API-key RPM and TPM limits, enforced like OpenAI's (429s and
+            ``x-ratelimit-*`` headers; see :mod:`llm_assets.testing.ratelimits`).
 
     Each setting is an attribute of the same name that a test may change while the server
     runs; :meth:`reset` puts them all back to the values given here.
@@ -69,6 +72,7 @@ class ScriptedOpenAIServer:
         embedding_dimensions: int = 16,
         fault: Callable[[BaseHTTPRequestHandler, dict[str, Any]], bool] | None = None,
         compression: str | None = None,
+        provider_limits: ProviderLimits | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -79,6 +83,7 @@ class ScriptedOpenAIServer:
         self.embedding_dimensions = embedding_dimensions
         self.fault = fault
         self.compression = compression
+        self.provider_limits = provider_limits
         self._defaults = self._settings()
         self.stats = ServerStats()
         self._httpd = _Server((host, port), _Handler, self)
@@ -101,15 +106,19 @@ class ScriptedOpenAIServer:
             "embedding_dimensions": self.embedding_dimensions,
             "fault": self.fault,
             "compression": self.compression,
+            "provider_limits": self.provider_limits,
         }
 
     def reset(self) -> None:
         """Fresh stats and the constructor's settings: ``served_models`` (a copy),
-        ``usage_null``, ``report_details``, ``latency``, ``embedding_dimensions``, ``fault``
-        and ``compression``. The socket (host and port) stays, so ``base_url`` is unchanged."""
+        ``usage_null``, ``report_details``, ``latency``, ``embedding_dimensions``, ``fault``,
+        ``compression`` and ``provider_limits`` (its buckets full, its stats empty). The
+        socket (host and port) stays, so ``base_url`` is unchanged."""
         self.stats = ServerStats()
         for name, value in self._defaults.items():
             setattr(self, name, dict(value) if name == "served_models" else value)
+        if self.provider_limits is not None:
+            self.provider_limits.reset()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -200,12 +209,17 @@ class _Handler(BaseHTTPRequestHandler):
         stats = scripted.stats
         self._arrive(stats, body)
         try:
+            limits = scripted.provider_limits
+            decision = limits.admit(self.path, self.headers.get("authorization"), body) if limits else None
+            if decision is not None and decision.rejected:
+                self._json(decision.status, decision.payload, decision.headers)
+                return
             delay = scripted.latency(body) if callable(scripted.latency) else scripted.latency
             if delay:
                 time.sleep(delay)
             if scripted.fault is not None and scripted.fault(self, body):
                 return
-            self._reply(endpoints.route_post(scripted, self.path, body))
+            self._reply(endpoints.route_post(scripted, self.path, body), decision.headers if decision else None)
         finally:
             with stats.lock:
                 stats.in_flight -= 1
@@ -220,37 +234,39 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- wire -----------------------------------------------------------------------------
 
-    def _reply(self, reply: endpoints.Reply) -> None:
+    def _reply(self, reply: endpoints.Reply, headers: dict[str, str] | None = None) -> None:
         if reply.events is not None:
-            self._sse(reply.events, reply.event_names)
+            self._sse(reply.events, reply.event_names, headers)
         else:
-            self._json(reply.status, reply.payload)
+            self._json(reply.status, reply.payload, headers)
 
     def _compression(self) -> str | None:
         """The server's compression if this request accepts it, else None."""
         compression = self.server.scripted.compression
         return compression if encoding.accepts(self.headers.get("accept-encoding"), compression) else None
 
-    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+    def _start(self, status: int, content_type: str, headers: dict[str, str] | None) -> str | None:
+        """Status line, extra ``headers``, content type and encoding; returns the compression."""
         compression = self._compression()
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", content_type)
+        if compression:
+            self.send_header("content-encoding", encoding.content_encoding(compression))
+        return compression
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        compression = self._start(status, "application/json", headers)
         if compression:
             data = encoding.compress(compression, data)
-            self.send_header("content-encoding", encoding.content_encoding(compression))
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
-    def _sse(self, payloads: list[str], events: list[str] | None = None) -> None:
-        compression = self._compression()
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        if compression:
-            self.send_header("content-encoding", encoding.content_encoding(compression))
+    def _sse(self, payloads: list[str], events: list[str] | None = None, headers: dict[str, str] | None = None) -> None:
+        compression = self._start(200, "text/event-stream", headers)
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         for piece in encoding.event_stream(payloads, events, compression):
@@ -269,10 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compression", choices=encoding.COMPRESSIONS, default=None, help="content-encoding of replies"
     )
+    ratelimits.add_arguments(parser)
     args = parser.parse_args(argv)
-    server = ScriptedOpenAIServer(
-        port=args.port, latency=args.latency, embedding_dimensions=args.dimensions, compression=args.compression
-    )
+    options = {"latency": args.latency, "embedding_dimensions": args.dimensions, "compression": args.compression}
+    server = ScriptedOpenAIServer(port=args.port, provider_limits=ratelimits.from_args(args), **options)
     # an explicit handler: a parent may have left SIGTERM ignored, and that is inherited
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     print(server.base_url, flush=True)

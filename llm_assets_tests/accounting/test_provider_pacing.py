@@ -1,0 +1,103 @@
+"""Processes sharing one key converge on the provider's limit from its headers alone:
+proven on a simulated provider and fake clock (counts, never timing), then on the wire."""
+
+import math
+
+import pytest
+
+from llm_assets import OpenAIResource
+from llm_assets.accounting.limits import RateLimits
+from llm_assets.accounting.provider_limits import Bucket, parse_duration, retry_after
+from llm_assets.accounting.usage import Usage
+from llm_assets.testing import ScriptedOpenAIServer
+from llm_assets.testing.ratelimits import ProviderLimits
+from llm_assets_tests.accounting.simulated_provider import Provider, simulate
+
+LIMIT = 1200  # requests per minute: 20 a second
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_processes_sharing_a_key_sustain_its_limit_with_almost_no_429s(processes):
+    provider = simulate(processes, Provider(LIMIT, window_seconds=1), seconds=60)
+    sent = len(provider.accepted) + provider.refused
+    steady = [t for t in provider.accepted if t >= 5]  # after the first seconds of finding out
+    assert len(steady) >= 0.95 * LIMIT / 60 * 55  # ≥ 95% of the limit
+    assert provider.refused <= 0.01 * sent  # ≤ 1% 429s
+    assert len(provider.accepted) <= LIMIT + LIMIT / 60  # never above it (the bucket starts full)
+
+
+def test_without_the_headers_the_same_processes_mostly_get_429s():
+    provider = simulate(4, Provider(LIMIT, window_seconds=1), seconds=60, follow=False)
+    assert provider.refused > len(provider.accepted)  # the SDK's retries alone: a 429 storm
+
+
+def test_a_full_minute_bucket_is_used_then_shared_at_the_refill_rate():
+    provider = simulate(4, Provider(LIMIT, window_seconds=60), seconds=120)
+    assert provider.refused == 0
+    last_minute = [t for t in provider.accepted if t >= 60]
+    assert 0.95 * LIMIT <= len(last_minute) <= 1.05 * LIMIT
+
+
+def test_ceilings_still_hold_and_the_provider_only_lowers_them():
+    clock = [0.0]
+    limits = RateLimits(600, None, follow_provider=True, clock=lambda: clock[0])
+    assert limits.rate("requests") == 10
+    full = {"x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "6000"}
+    limits.observe(200, {**full, "x-ratelimit-reset-requests": "0s"})
+    assert limits.rate("requests") == 10  # the provider allows 100/s: the configured ceiling stays
+    empty = {**full, "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m0s"}
+    limits.observe(429, {**empty, "retry-after-ms": "1500"})
+    assert limits.rate("requests") == pytest.approx(100 / 64)  # an empty bucket: the lowest share
+    assert limits.reserve(1) == pytest.approx(1.5)  # everyone waits out the Retry-After
+    unlimited = RateLimits(None, None, follow_provider=True, clock=lambda: clock[0])
+    unlimited.observe(200, {**full, "x-ratelimit-reset-requests": "0s"})
+    assert unlimited.rate("requests") == 100  # raised to the provider's limit
+
+
+def test_one_request_probes_before_the_rest_go():
+    clock = [0.0]
+    limits = RateLimits(None, None, follow_provider=True, clock=lambda: clock[0])
+    assert limits._place(1, 0.25) == (0.0, True)  # the probe
+    assert limits._place(1, 0.25)[1] is False  # the others wait for its answer
+    limits.unanswered()  # it failed without a response: the next one probes
+    assert limits._place(1, 0.25) == (0.0, True)
+    limits.observe(200, {})  # no rate-limit headers (a local server): nothing paces
+    assert [limits._place(1, 0.25) for _ in range(3)] == [(0.0, True)] * 3
+    assert limits.rate("requests") is None
+
+
+def test_headers_are_read_as_openai_writes_them():
+    assert [parse_duration(t) for t in ("6m0s", "1.5s", "20ms", "1h2m3s", "0s", "7", "soon")] == [
+        360,
+        1.5,
+        0.02,
+        3723,
+        0,
+        7,
+        None,
+    ]
+    assert retry_after({"retry-after": "2"}) == 2 and retry_after({"retry-after": "Wed, 21 Oct 2026"}) is None
+    bucket = Bucket.parse(
+        {
+            "x-ratelimit-limit-tokens": "60000",
+            "x-ratelimit-remaining-tokens": "59000",
+            "x-ratelimit-reset-tokens": "1s",
+        },
+        "tokens",
+    )
+    assert (bucket.rate, bucket.capacity, bucket.fill) == (1000, 60000, pytest.approx(59 / 60))
+    assert Bucket.parse({"x-ratelimit-limit-tokens": "x"}, "tokens") is None
+
+
+def test_the_sdk_client_learns_the_limit_from_the_servers_headers():
+    clock = [0.0]
+    limits = ProviderLimits(requests_per_minute=LIMIT, tokens_per_minute=None, window_seconds=1, clock=lambda: clock[0])
+    with ScriptedOpenAIServer(provider_limits=limits) as server:
+        session = OpenAIResource(base_url=server.base_url, api_key="k1").session
+        with session.client(Usage()) as client:
+            for _ in range(5):
+                client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        bucket = session.limits.provider["requests"]
+        assert (bucket.limit, bucket.remaining, bucket.capacity) == (LIMIT, 15, 20)
+        assert session.limits.rate("requests") == pytest.approx(20 * min(1, (0.75 / 0.8) ** 4))
+        assert math.isclose(session.limits.provider["requests"].fill, 0.75)
