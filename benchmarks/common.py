@@ -22,14 +22,17 @@ def report(name: str, value: str, target: str = "") -> None:
 class Server:
     """``python -m llm_assets.testing`` in its own process (so it doesn't share our GIL)."""
 
-    def __init__(self, latency: float, dimensions: int = 16) -> None:
-        command = [sys.executable, "-m", "llm_assets.testing", "--latency", str(latency)]
+    def __init__(self, latency: float, dimensions: int = 16, *options: str) -> None:
+        command = [sys.executable, "-m", "llm_assets.testing", "--latency", str(latency), *options]
         self.process = subprocess.Popen([*command, "--dimensions", str(dimensions)], stdout=subprocess.PIPE, text=True)
         self.base_url = self.process.stdout.readline().strip()
 
-    def requests(self) -> int:
+    def stats(self) -> dict:
         with urllib.request.urlopen(f"{self.base_url}/_stats") as response:
-            return json.load(response)["requests"]
+            return json.load(response)
+
+    def requests(self) -> int:
+        return self.stats()["requests"]
 
     def close(self) -> None:
         self.process.terminate()

@@ -16,17 +16,20 @@ Example:
 Modules: :mod:`~llm_assets.testing.server` (the server, its stats and ``main``),
 :mod:`~llm_assets.testing.endpoints` (what each endpoint answers),
 :mod:`~llm_assets.testing.script` (the scripted tokenizer, answers and vectors),
-:mod:`~llm_assets.testing.encoding` (gzip and deflate replies, event-stream framing) and
-:mod:`~llm_assets.testing.faults` (fault injection).
+:mod:`~llm_assets.testing.encoding` (gzip and deflate replies, event-stream framing),
+:mod:`~llm_assets.testing.faults` (fault injection) and
+:mod:`~llm_assets.testing.ratelimits` (RPM / TPM per API key, enforced like OpenAI's).
 """
 
 from llm_assets.testing.faults import FAULTS, FaultInjector, first_attempts, inject_fault
+from llm_assets.testing.ratelimits import ProviderLimits
 from llm_assets.testing.script import count_tokens, scripted_answer, scripted_vector
 from llm_assets.testing.server import ScriptedOpenAIServer, ServerStats, main
 
 __all__ = [
     "FAULTS",
     "FaultInjector",
+    "ProviderLimits",
     "ScriptedOpenAIServer",
     "ServerStats",
     "count_tokens",
