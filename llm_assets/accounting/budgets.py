@@ -126,6 +126,7 @@ class SharedBudget:
         self._flushed_at = 0.0
         self._lock = threading.Lock()
         with self._engine.begin() as conn:
+            _advisory_lock(conn, _TABLE)  # Postgres: concurrent CREATE TABLE IF NOT EXISTS can collide
             conn.exec_driver_sql(_CREATE)
             conn.execute(
                 sa.text(f"DELETE FROM {_TABLE} WHERE touched < :before"), {"before": clock() - _FORGET_SECONDS}
@@ -140,7 +141,7 @@ class SharedBudget:
         """Atomically across processes: reserve ``tokens`` and ``cost`` unless ``admit``
         refuses the scope's current total."""
         with self._lock, self._engine.begin() as conn:
-            self._lock_scope(conn)
+            _advisory_lock(conn, self.scope)
             refusal = admit(self._others(conn) + self._mine)
             if refusal is None:
                 self._mine += Spending(reserved_tokens=tokens, reserved_cost=cost)
@@ -168,12 +169,6 @@ class SharedBudget:
         self._engine.dispose()
 
     # -- SQL --------------------------------------------------------------------------------
-
-    def _lock_scope(self, conn: sa.Connection) -> None:
-        """SQLite: the transaction began with BEGIN IMMEDIATE (the database's write lock)."""
-        if conn.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(self.scope.encode()).digest()[:8], "big", signed=True)
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     def _others(self, conn: sa.Connection) -> Spending:
         total, now = Spending(), self._clock()
@@ -217,6 +212,14 @@ def instance_budget_url(instance: object | None) -> str | None:
         os.makedirs(folder, exist_ok=True)
         return f"sqlite:///{os.path.join(folder, 'budgets.db')}"
     return None
+
+
+def _advisory_lock(conn: sa.Connection, name: str) -> None:
+    """Hold a lock on ``name`` until the transaction ends: Postgres's advisory lock; on
+    SQLite the transaction already holds the database's write lock (BEGIN IMMEDIATE)."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _engine(url: str) -> sa.Engine:
