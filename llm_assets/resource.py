@@ -30,7 +30,7 @@ import dagster_openai
 import openai
 from pydantic import Field, PrivateAttr
 
-from llm_assets.accounting.budgets import SharedBudget, instance_budget_url
+from llm_assets.accounting.run_budget import run_budget
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.cache import CacheMode
 from llm_assets.errors import LLMAssetsError
@@ -166,32 +166,15 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         instance = context.instance
         storage = instance.storage_directory() if instance is not None else None
-        run_id = context.run.run_id if context.run is not None else None
-        self._session = RunSession(self, storage, self._budget(instance, run_id))
-
-    def _budget(self, instance: dg.DagsterInstance | None, run_id: str | None) -> SharedBudget | None:
-        """Where this run's spending is kept: ``None`` (this process) without a budget or a
-        run, or without a database all the run's processes reach (said once, at set-up)."""
-        if (self.max_tokens_per_run is None and self.max_cost_usd_per_run is None) or not run_id:
-            return None
-        url = self.budget_url or instance_budget_url(instance)
-        if url is None:
-            if instance is not None and not instance.is_ephemeral:
-                dg.get_dagster_logger("llm_assets").warning(
-                    "max_tokens_per_run / max_cost_usd_per_run hold per step here: this Dagster instance's storage "
-                    "is neither SQLite nor Postgres. Set OpenAIResource(budget_url=...) to a database every step "
-                    "reaches to make them hold for the whole run."
-                )
-            return None
-        ttl = self.timeout * (self.max_retries + 1) + 60  # no request stays in flight longer
-        try:
-            return SharedBudget(url, scope=f"run:{run_id}", ttl=ttl)
-        except Exception as error:  # SQLAlchemy's errors: name the field, never the URL (it may hold a password)
-            field = "budget_url" if self.budget_url else "the Dagster instance's storage"
-            raise LLMAssetsError(
-                f"The run's budget can't be kept in {field} ({type(error).__name__}): check that the database is "
-                "reachable, or set OpenAIResource(budget_url=...) to one that is."
-            ) from None
+        budget = run_budget(
+            budget_url=self.budget_url,
+            instance=instance,
+            run_id=context.run.run_id if context.run is not None else None,
+            limits=(self.max_tokens_per_run, self.max_cost_usd_per_run),
+            backend=self.cache_identity() or self.resolved_base_url() or "openai",
+            ttl=self.timeout * (self.max_retries + 1) + 60,  # no request stays in flight longer
+        )
+        self._session = RunSession(self, storage, budget)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._session is not None:

@@ -132,10 +132,12 @@ class RunSession:
             await client.close()  # closes the transport, and so its pool
 
     def close(self) -> None:
-        self.governor.close()
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        try:
+            self.governor.close()
+        finally:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
 
     # -- the request cache ------------------------------------------------------------------
 
@@ -257,5 +259,5 @@ class RunSession:
         try:
             yield usage
         finally:
-            self.governor.flush()
             self.report(context, key, usage)
+            self.governor.flush()

@@ -14,6 +14,7 @@ DEFS_YAML = {
         "prompt": "{question}",
         "question": "Why explore?",
         "max_tokens": 9,
+        "pool": "openai",
     },
 }
 
@@ -25,8 +26,8 @@ def test_yaml_component_loads_and_materializes(server, materialize):
         (folder / "defs.yaml").write_text(yaml.safe_dump(DEFS_YAML))
         with sandbox.load_component_and_build_defs(defs_path=folder) as (component, defs):
             assert isinstance(component, LLMPipelineComponent)
-            keys = {a.key.to_user_string() for a in defs.assets}
-            assert keys == {"crew/answers", "crew/embeddings", "crew/answer_map"}
+            pools = {a.key.to_user_string(): a.op.pool for a in defs.assets}
+            assert pools == {"crew/answers": "openai", "crew/embeddings": "openai", "crew/answer_map": None}
             assets = list(defs.assets)
     materialize(assets, selection=["crew/answers", "crew/embeddings"], partitions=["Kirk", "Janeway"])
     assert materialize(assets, selection=["crew/answer_map"]).success

@@ -10,9 +10,11 @@ the sum of all rows and recorded in one transaction under a lock on the run
 (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on Postgres), so two processes can never
 both take the last of a budget.
 
-A killed step leaves its row behind: what it spent still counts, but its reservations
-stop counting as soon as its process is gone (same host) or its row has not been touched
-for ``ttl`` seconds (another host), so they never block the budget for good.
+A killed step leaves its row behind: what it spent (up to its last write, at most
+:data:`FLUSH_SECONDS` before) still counts, but its reservations stop counting as soon as
+its process is gone (same host, :mod:`~llm_assets.accounting.holders`) or its row has not
+been touched for ``ttl`` seconds (another host; a live holder touches it while it has
+reservations open), so they never block the budget for good.
 
 Example:
     >>> budget = SharedBudget("sqlite://", scope="run:1", ttl=600)  # in-memory database
@@ -23,17 +25,18 @@ Example:
 """
 
 import hashlib
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 
+import dagster as dg
 import sqlalchemy as sa
 
-#: How often a holder writes settled spending at the latest (reservations are written at once).
+from llm_assets.accounting.holders import Holder
+from llm_assets.errors import LLMAssetsError
+
+#: How often a holder's settled spending is written, at the latest (reservations: at once).
 FLUSH_SECONDS = 0.25
 
 
@@ -103,7 +106,7 @@ _WRITE = sa.text(
     "touched = excluded.touched"
 )
 _OTHERS = sa.text(
-    f"SELECT host, pid, tokens, cost, reserved_tokens, reserved_cost, touched FROM {_TABLE} "
+    f"SELECT holder, tokens, cost, reserved_tokens, reserved_cost, touched FROM {_TABLE} "
     "WHERE scope = :scope AND holder != :holder"
 )
 #: rows of runs nobody has touched for this long are deleted when a holder starts
@@ -112,19 +115,25 @@ _FORGET_SECONDS = 30 * 86_400
 
 class SharedBudget:
     """A run's spending across processes, in the SQL database at ``url`` (see the module
-    docstring). ``scope`` names what the budget is for (``run:<run id>``)."""
+    docstring). ``scope`` names what the budget is for (``run:<run id>:<resource>``).
+
+    A reservation is written at once, in the transaction that checks it; settled spending
+    is written by a background thread within :data:`FLUSH_SECONDS` (and at :meth:`flush`),
+    which also touches the row while reservations are open, so other hosts see it live."""
 
     shared = True
 
     def __init__(self, url: str, scope: str, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self.url, self.scope, self.ttl, self._clock = url, scope, ttl, clock
-        self._host, self._pid = socket.gethostname(), os.getpid()
-        self.holder = f"{self._host}:{self._pid}:{uuid.uuid4().hex[:8]}"
+        self.holder = Holder.current()
         self._engine = _engine(url)
-        self._mine = Spending()
-        self._written = self._mine
-        self._flushed_at = 0.0
-        self._lock = threading.Lock()
+        self._mine = self._written = Spending()
+        self._touched = 0.0
+        self._state = threading.Lock()  # guards the figures above (held briefly, never across I/O)
+        self._db = threading.Lock()  # one transaction of this holder at a time
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._warned = False
         with self._engine.begin() as conn:
             _advisory_lock(conn, _TABLE)  # Postgres: concurrent CREATE TABLE IF NOT EXISTS can collide
             conn.exec_driver_sql(_CREATE)
@@ -134,84 +143,109 @@ class SharedBudget:
 
     def totals(self) -> Spending:
         """This scope's spending over every holder (reservations of live ones only)."""
-        with self._lock, self._engine.begin() as conn:
-            return self._others(conn) + self._mine
+        with self._db, self._engine.begin() as conn:
+            others = self._others(conn)
+        with self._state:
+            return others + self._mine
 
     def reserve(self, tokens: int, cost: float, admit: Admission) -> str | None:
         """Atomically across processes: reserve ``tokens`` and ``cost`` unless ``admit``
-        refuses the scope's current total."""
-        with self._lock, self._engine.begin() as conn:
-            _advisory_lock(conn, self.scope)
-            refusal = admit(self._others(conn) + self._mine)
+        refuses the scope's current total. If the database fails, nothing is reserved and
+        the error says so: a budget that can't be checked lets nothing through."""
+        reservation = Spending(reserved_tokens=tokens, reserved_cost=cost)
+        try:
+            with self._db, self._engine.begin() as conn:
+                _advisory_lock(conn, self.scope)
+                others = self._others(conn)
+                with self._state:
+                    mine = self._mine
+                refusal = admit(others + mine)
+                written = mine if refusal is not None else mine + reservation
+                self._write(conn, written)
+        except sa.exc.SQLAlchemyError as error:
+            raise LLMAssetsError(
+                f"The run's budget can't be checked: its database failed ({type(error).__name__}: "
+                f"{getattr(error, 'orig', None) or error}). Nothing more is sent; answers so far are kept (cached)."
+            ) from None
+        with self._state:
             if refusal is None:
-                self._mine += Spending(reserved_tokens=tokens, reserved_cost=cost)
-            self._write(conn)
-            return refusal
+                self._mine += reservation
+            self._written = written
+        self._start_writer()
+        return refusal
 
     def settle(self, reserved_tokens: int, reserved_cost: float, spent_tokens: int, spent_cost: float) -> None:
-        """Give back a reservation and add what was spent; written within :data:`FLUSH_SECONDS`
-        (until then the row still shows the reservation, the more cautious figure)."""
-        with self._lock:
+        """Give back a reservation and add what was spent (in memory: never waits on the
+        database; the writer thread writes it)."""
+        with self._state:
             self._mine += Spending(spent_tokens, spent_cost, -reserved_tokens, -reserved_cost)
-            if self._clock() - self._flushed_at >= FLUSH_SECONDS:
-                with self._engine.begin() as conn:
-                    self._write(conn)
 
     def flush(self) -> None:
         """Write what is not written yet (at the end of each block of work)."""
-        with self._lock:
-            if self._mine != self._written:
-                with self._engine.begin() as conn:
-                    self._write(conn)
+        with self._state:
+            due = self._mine != self._written
+        if due:
+            self._write_now()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join()
         self.flush()
         self._engine.dispose()
 
-    # -- SQL --------------------------------------------------------------------------------
+    # -- writing ------------------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        with self._state:
+            if self._writer is not None or self._stop.is_set():
+                return
+            self._writer = threading.Thread(target=self._write_periodically, name="llm_assets-budget", daemon=True)
+        self._writer.start()
+
+    def _write_periodically(self) -> None:
+        while not self._stop.wait(FLUSH_SECONDS):
+            with self._state:
+                open_ = self._mine.reserved_tokens > 0 or self._mine.reserved_cost > 0
+                due = self._mine != self._written or (open_ and self._clock() - self._touched >= self.ttl / 4)
+            if due:
+                self._write_now()
+
+    def _write_now(self) -> None:
+        """Write this holder's row; a failure is logged once, and the next write catches up."""
+        try:
+            with self._db, self._engine.begin() as conn:
+                with self._state:
+                    mine = self._mine
+                self._write(conn, mine)
+        except sa.exc.SQLAlchemyError as error:
+            if not self._warned:
+                self._warned = True
+                dg.get_dagster_logger("llm_assets").warning(
+                    f"Could not write this step's spending to the run's budget database ({type(error).__name__}); "
+                    "it is kept in memory and written again shortly."
+                )
+            return
+        with self._state:
+            self._written = mine
+
+    def _write(self, conn: sa.Connection, mine: Spending) -> None:
+        now = self._clock()
+        values = {"scope": self.scope, "holder": self.holder.name, "host": self.holder.host}
+        values |= {"pid": self.holder.pid, "touched": now, **asdict(mine)}
+        conn.execute(_WRITE, values)
+        self._touched = now
 
     def _others(self, conn: sa.Connection) -> Spending:
+        """The other holders' spending (and, of those that live, reservations)."""
         total, now = Spending(), self._clock()
-        for host, pid, tokens, cost, reserved_tokens, reserved_cost, touched in conn.execute(
-            _OTHERS, {"scope": self.scope, "holder": self.holder}
+        for holder, tokens, cost, reserved_tokens, reserved_cost, touched in conn.execute(
+            _OTHERS, {"scope": self.scope, "holder": self.holder.name}
         ):
-            live = _process_alive(pid) if host == self._host else now - touched < self.ttl
+            alive = Holder.parse(holder).alive(self.holder) if holder.count(":") >= 3 else None
+            live = now - touched < self.ttl if alive is None else alive
             total += Spending(tokens, cost, *((reserved_tokens, reserved_cost) if live else (0, 0.0)))
         return total
-
-    def _write(self, conn: sa.Connection) -> None:
-        mine = self._mine
-        conn.execute(
-            _WRITE,
-            {
-                "scope": self.scope,
-                "holder": self.holder,
-                "host": self._host,
-                "pid": self._pid,
-                "tokens": mine.tokens,
-                "cost": mine.cost,
-                "reserved_tokens": mine.reserved_tokens,
-                "reserved_cost": mine.reserved_cost,
-                "touched": self._clock(),
-            },
-        )
-        self._written, self._flushed_at = replace(mine), self._clock()
-
-
-def instance_budget_url(instance: object | None) -> str | None:
-    """The database a Dagster instance's steps all reach: its Postgres storage, or a SQLite
-    file next to its SQLite storage; ``None`` for an in-memory (ephemeral) instance or a
-    storage without SQL access (Dagster+), where a budget can only be per process."""
-    if instance is None or getattr(instance, "is_ephemeral", True):
-        return None
-    storage = getattr(instance, "run_storage", None)
-    if (postgres_url := getattr(storage, "postgres_url", None)) is not None:
-        return postgres_url
-    if type(storage).__name__ == "SqliteRunStorage":
-        folder = os.path.join(instance.storage_directory(), "llm_assets")  # type: ignore[attr-defined]
-        os.makedirs(folder, exist_ok=True)
-        return f"sqlite:///{os.path.join(folder, 'budgets.db')}"
-    return None
 
 
 def _advisory_lock(conn: sa.Connection, name: str) -> None:
@@ -225,9 +259,11 @@ def _advisory_lock(conn: sa.Connection, name: str) -> None:
 def _engine(url: str) -> sa.Engine:
     """An engine for ``url``; on SQLite every transaction takes the write lock when it
     begins (``BEGIN IMMEDIATE``), which serialises reservations across processes."""
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    if not url.startswith("sqlite"):  # one connection per process, as a rule: many pods share the database
+        return sa.create_engine(url, pool_size=1, max_overflow=2, pool_recycle=300, pool_pre_ping=True)
+    in_memory = url in ("sqlite://", "sqlite:///:memory:")  # one database for every thread, not one each
+    pool = {"poolclass": sa.pool.StaticPool} if in_memory else {}
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
@@ -240,18 +276,3 @@ def _engine(url: str) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host still runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True

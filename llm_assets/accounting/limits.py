@@ -4,20 +4,22 @@ provider's own limits.
 One :class:`RateLimits` serves every client of a session, sync and async, on any thread
 or event loop: each request that goes out (retries included, cache hits never) takes its
 place with :meth:`RateLimits.acquire`, which waits until it may go. Places are handed out
-by the generic cell rate algorithm (GCRA): requests are spaced evenly; tokens may burst,
-then refill. The clock is injectable, so pacing is tested by counting grants on a fake
-clock, not by timing.
+by token buckets (:class:`~llm_assets.accounting.pacer.Pacer`): requests are spaced
+evenly; tokens may burst, then refill; a request bigger than the burst waits for all it
+needs. The clock is injectable, so pacing is tested by counting grants on a fake clock,
+not by timing.
 
 Two sources set the rates:
 
-- ``requests_per_minute`` / ``tokens_per_minute``, configured: ceilings never exceeded;
-- the provider's rate-limit headers, read from every response
+- ``requests_per_minute`` / ``tokens_per_minute``, configured: ceilings for the process;
+- the provider's rate-limit headers, read from every response, per model
   (:mod:`llm_assets.accounting.provider_limits`): each process sends at the provider's
-  refill rate scaled by how full the provider's bucket is (``rate * min(1, (fill / 0.8) ** 4)``). Processes
-  that share a key see the same bucket, so together they settle where their rates add
-  up to the provider's, with the bucket part full: no 429s, no idle capacity, and no
-  state shared among them. Until the first response says whether the provider reports
-  limits, one request goes at a time; a 429 pauses every request for its ``Retry-After``.
+  refill rate scaled by how full the provider's bucket is. Processes that share a key
+  see the same bucket, so together they settle where their rates add up to the
+  provider's, with the bucket part full: no idle capacity, few or no 429s, and no state
+  shared among them. Until the first response says whether the provider reports limits,
+  one request of the model goes at a time; a 429 pauses the model's requests for its
+  ``Retry-After`` and halves the process's rate on it.
 
 (aiolimiter, used before, keeps one limiter per event loop by design and has no sync
 side; the engine, user asyncio code and sync clients of one step run on different loops
@@ -36,7 +38,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from llm_assets.accounting.provider_limits import Bucket, retry_after
+from llm_assets.accounting.pacer import Pacer
+from llm_assets.accounting.provider_limits import ModelPace, Ticket
 
 
 def estimate_tokens(text: str | bytes) -> int:
@@ -56,50 +59,11 @@ def request_estimate(content: bytes, body: Mapping[str, Any]) -> int:
 HORIZON_SECONDS = 0.25
 #: How often requests waiting for the first answer (the probe) check again.
 PROBE_POLL_SECONDS = 0.02
-#: The lowest share of the provider's rate one process keeps (its bucket empty).
-MIN_SHARE = 1 / 64
-#: From this fill of the provider's bucket up, one process may take the provider's whole rate.
-FULL_ENOUGH = 0.8
-
-
-class Pacer:
-    """A token bucket of ``rate`` units per second holding at most ``burst`` units, that
-    may go into debt: a place promised ahead is paid for now, so the next waits longer.
-    Waits are computed at the current rate, which may change at any time (not thread-safe
-    by itself: :class:`RateLimits` holds the lock)."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.set(rate, burst)
-        self._level, self._updated = self.burst, float("-inf")
-
-    def set(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, max(1.0, burst)
-
-    def plan(self, now: float, units: float) -> tuple[float, float]:
-        """(the level after taking ``units``, capped at ``burst``, and the seconds to wait)."""
-        level = min(self.burst, self._level + max(0.0, now - self._updated) * self.rate)
-        level -= min(max(units, 1.0), self.burst)
-        return level, max(0.0, -level / self.rate)
-
-    def take(self, now: float, level: float) -> None:
-        self._level, self._updated = level, now
-
-    def reserve(self, now: float, units: float) -> float:
-        """Reserve ``units``; returns the seconds to wait first."""
-        level, wait = self.plan(now, units)
-        self.take(now, level)
-        return wait
-
-
-def provider_share(fill: float) -> float:
-    """The share of the provider's rate one process takes when its bucket is ``fill``
-    full: all of it from 80% up, a sixteenth at 40%, at least :data:`MIN_SHARE`."""
-    return min(1.0, max(MIN_SHARE, (fill / FULL_ENOUGH) ** 4))
 
 
 class RateLimits:
     """Requests- and tokens-per-minute limits shared by every client of a session: the
-    configured ceilings, lowered to follow the provider's headers (``follow_provider``)."""
+    configured ceilings, lowered per model to follow the provider's headers (``follow_provider``)."""
 
     def __init__(
         self,
@@ -108,113 +72,103 @@ class RateLimits:
         follow_provider: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ceilings = {"requests": requests_per_minute, "tokens": tokens_per_minute}
-        self._pacers: dict[str, Pacer] = {}
+        self.ceilings = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        self._pacers = {kind: _ceiling(kind, limit) for kind, limit in self.ceilings.items() if limit}
         self.follow_provider = follow_provider
-        self.provider: dict[str, Bucket] = {}  # the latest of each kind the provider reported
-        self._seen: dict[str, float] = {}  # when
-        self._sent = {kind: 0.0 for kind in self._ceilings}  # units sent since
+        self._paces: dict[str | None, ModelPace] = {}
         self._clock = clock
         self._lock = threading.Lock()
-        self._probe = "unknown" if follow_provider else "known"  # -> "in flight" -> "known"
-        self._paused_until = float("-inf")
         self.granted = 0  # places given: one per request sent
-        for kind in self._ceilings:
-            self._set_rate(kind)
 
     @property
     def active(self) -> bool:
-        return self.follow_provider or any(self._ceilings.values())
+        return self.follow_provider or bool(self._pacers)
 
-    def _set_rate(self, kind: str, now: float | None = None) -> None:
-        ceiling = (self._ceilings[kind] or 0) / 60 or None
-        rate, burst = ceiling, (ceiling or 0) * 10 if kind == "tokens" else 1.0  # tokens: 10 s worth
-        if (bucket := self.provider.get(kind)) is not None:
-            # since it was seen, the bucket refilled, and this process took what it sent
-            seen, sent = self._seen[kind], self._sent[kind]
-            fill = bucket.fill if now is None else bucket.fill_after(max(0.0, now - seen), sent)
-            followed = bucket.rate * provider_share(fill)
-            if rate is None or followed < rate:
-                rate, burst = followed, (followed if kind == "tokens" else 1)
-        if rate is None:
-            self._pacers.pop(kind, None)
-        elif kind in self._pacers:
-            self._pacers[kind].set(rate, burst)
-        else:
-            self._pacers[kind] = Pacer(rate, burst)
+    def pace(self, model: str | None) -> ModelPace:
+        """What the provider said about ``model``'s limits."""
+        with self._lock:
+            return self._paces.setdefault(model, ModelPace())
 
-    def rate(self, kind: str) -> float | None:
-        """The current rate of ``kind`` (``requests`` or ``tokens``) per second, if limited."""
-        pacer = self._pacers.get(kind)
-        return pacer.rate if pacer is not None else None
+    def rate(self, kind: str, model: str | None = None) -> float | None:
+        """Requests or tokens (``kind``) per second ``model``'s requests may go at now."""
+        with self._lock:
+            rates = [pacer.rate for k, pacer in self._pacers_for(model, self._clock()) if k == kind]
+        return min(rates, default=None)
+
+    def _pacers_for(self, model: str | None, now: float) -> list[tuple[str, Pacer]]:
+        pacers = list(self._pacers.items())
+        if self.follow_provider:
+            pacers += self._paces.setdefault(model, ModelPace()).pacers_at(now).items()
+        return pacers
 
     # -- what responses say -----------------------------------------------------------------
 
-    def observe(self, status: int, headers: Mapping[str, str]) -> None:
-        """Learn from a response: the provider's buckets, and a 429's ``Retry-After``."""
-        with self._lock:
-            self._probe = "known"
-            if not self.follow_provider:
-                return
-            for kind in self._ceilings:
-                if (bucket := Bucket.parse(headers, kind)) is not None:
-                    self.provider[kind], self._seen[kind], self._sent[kind] = bucket, self._clock(), 0.0
-                    self._set_rate(kind)
-            if status == 429 and (pause := retry_after(headers)) is not None:
-                self._paused_until = max(self._paused_until, self._clock() + pause)
+    def observe(self, status: int, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+        """Learn from the response to ``ticket``'s request: the provider's buckets for its
+        model, and a 429's ``Retry-After``."""
+        if self.follow_provider and ticket is not None:
+            with self._lock:
+                self._paces[ticket.model].learn(ticket, status, headers, self._clock())
 
-    def unanswered(self) -> None:
-        """A request got no response: if it was the probe, the next request probes again."""
-        with self._lock:
-            if self._probe == "in flight":
-                self._probe = "unknown"
+    def abandoned(self, ticket: Ticket | None) -> None:
+        """``ticket``'s request got no response (a connection error, a cancellation)."""
+        if self.follow_provider and ticket is not None:
+            with self._lock:
+                self._paces[ticket.model].abandoned(ticket)
 
     # -- places -----------------------------------------------------------------------------
 
-    def reserve(self, tokens: int) -> float:
-        """Reserve one request of about ``tokens`` tokens; returns the seconds to wait."""
-        return self._place(tokens, horizon=float("inf"))[0]
+    def reserve(self, tokens: int, model: str | None = None) -> float:
+        """Reserve one request of about ``tokens`` tokens now; returns the seconds to wait."""
+        return self._place(tokens, model, horizon=float("inf"))[0]
 
-    def _place(self, tokens: int, horizon: float) -> tuple[float, bool]:
-        """(seconds to wait, whether a place was taken): a place is taken if it comes
+    def _place(self, tokens: int, model: str | None, horizon: float) -> tuple[float, Ticket | None]:
+        """(seconds to wait, the ticket if a place was taken): a place is taken if it comes
         within ``horizon``; otherwise the wait is how long until to ask again."""
         with self._lock:
-            if self._probe == "in flight":
-                return PROBE_POLL_SECONDS, False
+            pace = self._paces.setdefault(model, ModelPace()) if self.follow_provider else None
+            if pace is not None and pace.probe == "in flight":
+                return PROBE_POLL_SECONDS, None
             now = self._clock()
-            for kind in self.provider:
-                self._set_rate(kind, now)
-            plans = [(p, p.plan(now, units)) for p, units in self._units(tokens)]
-            wait = max([self._paused_until - now] + [w for _, (_, w) in plans] + [0.0])
+            units = {"requests": 1, "tokens": tokens}
+            plans = [(pacer, pacer.plan(now, units[kind])) for kind, pacer in self._pacers_for(model, now)]
+            paused = pace.paused_until if pace is not None else now
+            wait = max([paused - now, 0.0] + [w for _, (_, w) in plans])
             if wait > horizon:
-                return wait - horizon / 2, False  # then it is (rates unchanged) half the horizon away
+                return wait - horizon / 2, None  # then it is (rates unchanged) half the horizon away
             for pacer, (level, _) in plans:
                 pacer.take(now, level)
-            self._sent["requests"] += 1
-            self._sent["tokens"] += tokens
-            if self._probe == "unknown":
-                self._probe = "in flight"
             self.granted += 1
-            return wait, True
+            return wait, pace.took(model, tokens, now + wait) if pace is not None else Ticket(model)
 
-    def _units(self, tokens: int) -> list[tuple[Pacer, float]]:
-        units = {"requests": 1, "tokens": tokens}
-        return [(pacer, units[kind]) for kind, pacer in self._pacers.items()]
-
-    async def acquire(self, tokens: int) -> None:
+    async def acquire(self, tokens: int, model: str | None = None) -> Ticket:
         """Wait (without blocking the event loop) until a request of ``tokens`` may go."""
         while True:
-            wait, placed = self._place(tokens, HORIZON_SECONDS)
+            wait, ticket = self._place(tokens, model, HORIZON_SECONDS)
             if wait:
-                await asyncio.sleep(wait)
-            if placed:
-                return
+                try:
+                    await asyncio.sleep(wait)
+                except BaseException:  # cancelled while waiting for its turn: it never went
+                    self.abandoned(ticket)
+                    raise
+            if ticket is not None:
+                return ticket
 
-    def acquire_blocking(self, tokens: int) -> None:
+    def acquire_blocking(self, tokens: int, model: str | None = None) -> Ticket:
         """Wait (blocking this thread) until a request of ``tokens`` may go."""
         while True:
-            wait, placed = self._place(tokens, HORIZON_SECONDS)
+            wait, ticket = self._place(tokens, model, HORIZON_SECONDS)
             if wait:
-                time.sleep(wait)
-            if placed:
-                return
+                try:
+                    time.sleep(wait)
+                except BaseException:
+                    self.abandoned(ticket)
+                    raise
+            if ticket is not None:
+                return ticket
+
+
+def _ceiling(kind: str, per_minute: int) -> Pacer:
+    """A configured limit: requests evenly spaced; tokens in bursts of 10 seconds' worth."""
+    rate = per_minute / 60
+    return Pacer(rate, rate * 10 if kind == "tokens" else 1.0)

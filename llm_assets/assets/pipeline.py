@@ -49,7 +49,8 @@ def build_llm_pipeline_assets(
 ) -> LLMPipeline:
     """Answers per partition (keys ``answers``, ``embeddings``, ``answer_map`` under
     ``key_prefix``); the arguments are those of the three factories (``mode`` is the
-    default of both requesting assets), ``options`` apply to all three."""
+    default of both requesting assets), ``options`` apply to all three but ``pool``, which
+    only the two requesting assets take (the map sends nothing)."""
     answers = build_chat_answers_asset(
         key="answers",
         prompt=prompt,
@@ -65,5 +66,6 @@ def build_llm_pipeline_assets(
     embeddings = build_embeddings_asset(
         key="embeddings", upstream=answers, embedding_model=embedding_model, mode=mode, **options
     )
-    plot = build_pca_plot_asset(key="answer_map", upstream=embeddings, **options)
+    plot_options: AssetOptions = {name: value for name, value in options.items() if name != "pool"}  # type: ignore[assignment]
+    plot = build_pca_plot_asset(key="answer_map", upstream=embeddings, **plot_options)
     return LLMPipeline(answers=answers, embeddings=embeddings, plot=plot)

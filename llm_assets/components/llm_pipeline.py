@@ -10,6 +10,7 @@
       prompt: "{question} Answer in at most three sentences."
       question: What is the most important quality of a starship captain?
       mode: BATCH          # optional: the OpenAI Batch API by default (LIVE otherwise)
+      pool: openai         # optional: a Dagster pool for the two requesting steps
 
 The assets need an ``openai`` resource (and, for single-run backfills, an
 ``io_manager`` that is a ``PartitionedFilesystemIOManager``) bound in the project's
@@ -45,6 +46,11 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     mode: Literal["LIVE", "BATCH"] | None = pydantic.Field(
         default=None, description="Default of the run config `mode`: LIVE requests, or the OpenAI Batch API."
     )
+    pool: str | None = pydantic.Field(
+        default=None,
+        description="Dagster concurrency pool of the answers and embeddings steps; limit it with "
+        "`dagster instance concurrency set <pool> <n>`.",
+    )
     resource_key: str | None = pydantic.Field(default=None, description="Key of the OpenAIResource (openai).")
     io_manager_key: str | None = pydantic.Field(default=None, description="Key of the I/O manager (io_manager).")
 
@@ -61,6 +67,7 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             mode=RequestMode[self.mode] if self.mode else None,
+            pool=self.pool,
             resource_key=self.resource_key,
             io_manager_key=self.io_manager_key,
         )

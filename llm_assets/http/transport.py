@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_assets.accounting.governance import REFUSAL_CODE
 from llm_assets.accounting.limits import request_estimate
+from llm_assets.accounting.provider_limits import Ticket
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
 from llm_assets.cache import CacheMode
 from llm_assets.http.answers import answer_problem
@@ -58,6 +59,7 @@ class _Exchange:
         self.model: str | None = None
         self.endpoint, self.payload = request.url.path, None
         self.estimate, self.key, self.reads, self._reserved = 0, None, False, False
+        self.ticket: Ticket | None = None  # its place with the rate limits, once it has one
         if mode is CacheMode.OFF and not self.governed and not self.paced:
             return  # nothing reads the body: don't parse it
         try:
@@ -66,7 +68,8 @@ class _Exchange:
             return
         if isinstance(payload, dict):
             self.payload = payload
-            self.model = payload.get("model")
+            model = payload.get("model")
+            self.model = model if isinstance(model, str) else None
             self.estimate = request_estimate(request.content, payload)
         if mode.writes:  # OFF when the session has no cache (see RunSession.cache_mode)
             self.key = session.cache_keys.key_of(request, payload)
@@ -86,9 +89,14 @@ class _Exchange:
     def failed(self, kind: str) -> None:
         """An error response (``kind``: its status) or a connection failure
         (:func:`failure_kind`): nothing billed, maybe retried."""
-        if self.paced and not kind.isdigit():
-            self.session.limits.unanswered()
+        if not kind.isdigit():
+            self.session.limits.abandoned(self.ticket)
         self.usage.add_failed_attempt(kind)
+        self._settle(None, None)
+
+    def abandoned(self) -> None:
+        """Cancelled (or interrupted) before its response: give back its place and budget."""
+        self.session.limits.abandoned(self.ticket)
         self._settle(None, None)
 
     def finished(self, reader: BodyReader, complete: bool) -> bytes | None:
@@ -116,8 +124,7 @@ class _Exchange:
         return httpx.Response(200, headers={"content-type": "application/json"}, content=answer.body, request=request)
 
     def meter(self, response: httpx.Response, stream_class: type) -> httpx.Response:
-        if self.paced:
-            self.session.limits.observe(response.status_code, response.headers)
+        self.session.limits.observe(response.status_code, response.headers, self.ticket)
         if not 200 <= response.status_code < 300:
             self.failed(str(response.status_code))
             return response
@@ -208,12 +215,15 @@ class MeteredTransport(httpx.BaseTransport):
                 return hit
         if (refused := exchange.refusal(request)) is not None:
             return refused
-        if exchange.paced:
-            self._session.limits.acquire_blocking(exchange.estimate)
         try:
+            if exchange.paced:
+                exchange.ticket = self._session.limits.acquire_blocking(exchange.estimate, exchange.model)
             response = self._inner.handle_request(request)
         except httpx.TransportError as error:
             exchange.failed(failure_kind(error))
+            raise
+        except BaseException:
+            exchange.abandoned()
             raise
         return exchange.meter(response, _MeteredStream)
 
@@ -240,14 +250,20 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
             answer = (await asyncio.to_thread(self._session.cached, [exchange.key], requests))[0]
             if (hit := exchange.hit(request, answer)) is not None:
                 return hit
-        if (refused := exchange.refusal(request)) is not None:
+        # a budget shared across processes is checked in its database: off the event loop
+        shared = exchange.governed and self._session.governor.budget.shared
+        refused = await asyncio.to_thread(exchange.refusal, request) if shared else exchange.refusal(request)
+        if refused is not None:
             return refused
-        if exchange.paced:
-            await self._session.limits.acquire(exchange.estimate)
         try:
+            if exchange.paced:
+                exchange.ticket = await self._session.limits.acquire(exchange.estimate, exchange.model)
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError as error:
             exchange.failed(failure_kind(error))
+            raise
+        except BaseException:  # cancelled: the engine stopping after a failure, a timeout…
+            exchange.abandoned()
             raise
         return exchange.meter(response, _AsyncMeteredStream)
 

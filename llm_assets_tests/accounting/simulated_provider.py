@@ -69,12 +69,17 @@ def simulate(
             break
         clock[0] = now
         if what == "ask":
-            wait, placed = limits[p]._place(1, horizon=0.25)
-            then = now + wait + (latency if placed else 0)
-            heapq.heappush(events, (then, next(order), p, "arrive" if placed else "ask"))
-        elif what == "arrive":  # the response comes back now; the server saw it half a latency ago
-            status, headers = provider.answer(now - latency / 2)
-            limits[p].observe(status, headers)
+            wait, ticket = limits[p]._place(1, "m", horizon=0.25)
+            if ticket is None:
+                heapq.heappush(events, (now + wait, next(order), p, "ask"))
+            else:  # it arrives half a latency after it goes, and its answer half a latency later
+                heapq.heappush(events, (now + wait + latency / 2, next(order), p, ("serve", ticket)))
+        elif what[0] == "serve":
+            status, headers = provider.answer(now)
+            heapq.heappush(events, (now + latency / 2, next(order), p, ("answer", what[1], status, headers)))
+        else:  # the answer arrives
+            _, ticket, status, headers = what
+            limits[p].observe(status, headers, ticket)
             pause = int(headers.get("retry-after-ms", 0)) / 1000
             heapq.heappush(events, (now + pause, next(order), p, "ask"))
     return provider

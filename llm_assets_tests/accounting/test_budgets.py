@@ -3,12 +3,15 @@
 import multiprocessing
 import os
 import signal
+import time
 
 import pytest
 import sqlalchemy as sa
 
 from llm_assets.accounting.budgets import LocalBudget, SharedBudget, Spending
 from llm_assets.accounting.governance import Governor
+from llm_assets.accounting.holders import Holder
+from llm_assets.errors import LLMAssetsError
 
 LIMIT = 1_000
 RACES = [f"run:race{n}" for n in range(5)]  # an overshoot can only happen at each race's end: run several
@@ -104,3 +107,54 @@ def test_the_governor_counts_the_same_with_either_budget(make):
     governor.settle("m", 60, {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}, "m")
     assert governor.refusal("m", 60) is None
     assert governor.tokens == 25 and governor.budget.totals().reserved_tokens == 60
+
+
+def test_a_failing_database_lets_nothing_through_and_loses_nothing(tmp_path, caplog):
+    budget = SharedBudget(f"sqlite:///{tmp_path / 'budgets.db'}", "run:1", ttl=600)
+    assert budget.reserve(100, 0.0, fits) is None
+    good = budget._engine
+    budget._engine = sa.create_engine(f"sqlite:///{tmp_path / 'gone' / 'budgets.db'}")  # the database goes away
+    with pytest.raises(LLMAssetsError, match="The run's budget can't be checked: its database failed"):
+        budget.reserve(50, 0.0, fits)
+    budget.settle(100, 0.0, spent_tokens=40, spent_cost=0.0)  # in memory: never waits on the database
+    budget.flush()  # logged, not raised: the figures stay in memory
+    assert "Could not write this step's spending" in caplog.text
+    budget._engine = good
+    budget.flush()
+    assert budget.totals() == Spending(tokens=40)  # the failed reservation left nothing behind
+
+
+def test_a_live_holder_keeps_its_row_fresh_while_reservations_are_open(tmp_path):
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    now = [1_000.0]
+    holder = SharedBudget(url, "run:1", ttl=100, clock=lambda: now[0])
+    holder.reserve(500, 0.0, fits)  # a batch in flight, for hours
+    now[0] += 1_000  # far past the TTL: only the writer's touches keep it counting
+    for _ in range(200):  # wait for the writer thread's next tick (a poll, not a timing assert)
+        with sa.create_engine(url).begin() as conn:
+            touched = conn.exec_driver_sql("SELECT touched FROM llm_assets_budget").scalar_one()
+        if touched == now[0]:
+            break
+        time.sleep(0.05)
+    assert touched == now[0]
+    other = SharedBudget(url, "run:1", ttl=100, clock=lambda: now[0])
+    other.holder = Holder("another-host", 1, "", "x")  # on another machine: only the row's age tells
+    assert other.totals().reserved_tokens == 500
+    holder.close()
+
+
+def test_resources_with_other_budgets_in_one_run_keep_their_own(tmp_path):
+    from llm_assets.accounting.run_budget import run_budget
+
+    class Instance:  # a SQLite instance's shape
+        is_ephemeral = False
+        run_storage = type("SqliteRunStorage", (), {})()
+
+        def storage_directory(self) -> str:
+            return str(tmp_path)
+
+    common = {"budget_url": None, "instance": Instance(), "run_id": "r1", "backend": "b", "ttl": 60}
+    small, large = run_budget(limits=(100, None), **common), run_budget(limits=(10_000, None), **common)
+    same = run_budget(limits=(100, None), **common)
+    assert small.url == f"sqlite:///{tmp_path / 'llm_assets' / 'budgets.db'}"
+    assert small.scope == same.scope != large.scope and small.scope.startswith("run:r1:")

@@ -45,7 +45,7 @@ def test_tokens_burst_to_ten_seconds_worth_then_refill():
     limits = RateLimits(requests_per_minute=None, tokens_per_minute=6000, clock=clock)  # bucket 1,000, +100/s
     assert limits.reserve(1000) == 0.0  # a full bucket goes at once
     assert limits.reserve(100) == pytest.approx(1.0)  # then 100 tokens a second
-    assert limits.reserve(50_000) == pytest.approx(11.0)  # a request above the bucket waits for a full one
+    assert limits.reserve(50_000) == pytest.approx(501.0)  # a request above the bucket waits for all it needs
     clock.now = 1000.0
     assert limits.reserve(1000) == 0.0
 
