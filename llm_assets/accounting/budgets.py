@@ -153,24 +153,25 @@ class SharedBudget:
         refuses the scope's current total. If the database fails, nothing is reserved and
         the error says so: a budget that can't be checked lets nothing through."""
         reservation = Spending(reserved_tokens=tokens, reserved_cost=cost)
-        try:
-            with self._db, self._engine.begin() as conn:
-                _advisory_lock(conn, self.scope)
-                others = self._others(conn)
-                with self._state:
-                    mine = self._mine
-                refusal = admit(others + mine)
-                written = mine if refusal is not None else mine + reservation
-                self._write(conn, written)
-        except sa.exc.SQLAlchemyError as error:
-            raise LLMAssetsError(
-                f"The run's budget can't be checked: its database failed ({type(error).__name__}: "
-                f"{getattr(error, 'orig', None) or error}). Nothing more is sent; answers so far are kept (cached)."
-            ) from None
-        with self._state:
-            if refusal is None:
-                self._mine += reservation
-            self._written = written
+        with self._db:  # the figures change with the row, before the writer thread may write again
+            try:
+                with self._engine.begin() as conn:
+                    _advisory_lock(conn, self.scope)
+                    others = self._others(conn)
+                    with self._state:
+                        mine = self._mine
+                    refusal = admit(others + mine)
+                    written = mine if refusal is not None else mine + reservation
+                    self._write(conn, written)
+            except sa.exc.SQLAlchemyError as error:
+                raise LLMAssetsError(
+                    f"The run's budget can't be checked: its database failed ({type(error).__name__}: "
+                    f"{getattr(error, 'orig', None) or error}). Nothing more is sent; answers so far are kept (cached)."
+                ) from None
+            with self._state:
+                if refusal is None:
+                    self._mine += reservation
+                self._written = written
         self._start_writer()
         return refusal
 
@@ -198,10 +199,9 @@ class SharedBudget:
 
     def _start_writer(self) -> None:
         with self._state:
-            if self._writer is not None or self._stop.is_set():
-                return
-            self._writer = threading.Thread(target=self._write_periodically, name="llm_assets-budget", daemon=True)
-        self._writer.start()
+            if self._writer is None and not self._stop.is_set():
+                self._writer = threading.Thread(target=self._write_periodically, name="llm_assets-budget", daemon=True)
+                self._writer.start()
 
     def _write_periodically(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):
@@ -213,21 +213,22 @@ class SharedBudget:
 
     def _write_now(self) -> None:
         """Write this holder's row; a failure is logged once, and the next write catches up."""
-        try:
-            with self._db, self._engine.begin() as conn:
-                with self._state:
-                    mine = self._mine
-                self._write(conn, mine)
-        except sa.exc.SQLAlchemyError as error:
-            if not self._warned:
+        with self._db:
+            try:
+                with self._engine.begin() as conn:
+                    with self._state:
+                        mine = self._mine
+                    self._write(conn, mine)
+            except sa.exc.SQLAlchemyError as error:
+                if not self._warned:  # once per outage
+                    dg.get_dagster_logger("llm_assets").warning(
+                        f"Could not write this step's spending to the run's budget database "
+                        f"({type(error).__name__}); it is kept in memory and written again shortly."
+                    )
                 self._warned = True
-                dg.get_dagster_logger("llm_assets").warning(
-                    f"Could not write this step's spending to the run's budget database ({type(error).__name__}); "
-                    "it is kept in memory and written again shortly."
-                )
-            return
-        with self._state:
-            self._written = mine
+                return
+            with self._state:
+                self._written, self._warned = mine, False
 
     def _write(self, conn: sa.Connection, mine: Spending) -> None:
         now = self._clock()

@@ -2,8 +2,9 @@
 it still runs.
 
 A holder is ``<host>:<pid>:<start>:<nonce>``: the host is the machine's name and, on
-Linux, its PID namespace (containers sharing a hostname are different hosts); ``start``
-is when the process started (so a PID reused by another process is not mistaken for it).
+Linux, its boot id and PID namespace (two machines, or two containers, sharing a hostname
+are different hosts); ``start`` is when the process started (so a PID reused by another
+process is not mistaken for it).
 
 Example:
     >>> me = Holder.current()
@@ -17,9 +18,11 @@ import uuid
 from dataclasses import dataclass
 
 
-def _pid_namespace() -> str:
+def _machine() -> str:
+    """This boot of this machine, and this PID namespace in it (Linux; else "")."""
     try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()[:8]}/{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:
         return ""
 
@@ -51,8 +54,8 @@ class Holder:
     @classmethod
     def current(cls) -> "Holder":
         """This process (a new nonce each time: one holder per budget)."""
-        namespace = _pid_namespace()
-        host = socket.gethostname().replace(":", "_") + (f"/{namespace}" if namespace else "")
+        machine = _machine()
+        host = socket.gethostname().replace(":", "_") + (f"/{machine}" if machine else "")
         return cls(host, os.getpid(), process_start(os.getpid()) or "", uuid.uuid4().hex[:8])
 
     @classmethod

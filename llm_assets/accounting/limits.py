@@ -59,6 +59,8 @@ def request_estimate(content: bytes, body: Mapping[str, Any]) -> int:
 HORIZON_SECONDS = 0.25
 #: How often requests waiting for the first answer (the probe) check again.
 PROBE_POLL_SECONDS = 0.02
+#: A request turned away this many times waits in line: newcomers go after it.
+PATIENCE = 4
 
 
 class RateLimits:
@@ -76,6 +78,7 @@ class RateLimits:
         self._pacers = {kind: _ceiling(kind, limit) for kind, limit in self.ceilings.items() if limit}
         self.follow_provider = follow_provider
         self._paces: dict[str | None, ModelPace] = {}
+        self._starving: list[_Waiter] = []  # requests turned away PATIENCE times, oldest first
         self._clock = clock
         self._lock = threading.Lock()
         self.granted = 0  # places given: one per request sent
@@ -122,50 +125,82 @@ class RateLimits:
         """Reserve one request of about ``tokens`` tokens now; returns the seconds to wait."""
         return self._place(tokens, model, horizon=float("inf"))[0]
 
-    def _place(self, tokens: int, model: str | None, horizon: float) -> tuple[float, Ticket | None]:
-        """(seconds to wait, the ticket if a place was taken): a place is taken if it comes
-        within ``horizon``; otherwise the wait is how long until to ask again."""
+    def _place(
+        self, tokens: int, model: str | None, horizon: float, waiter: "_Waiter | None" = None
+    ) -> tuple[float, Ticket | None]:
+        """(seconds to wait, the ticket if a place was taken). A place is taken if it comes
+        within ``horizon``, or if nothing but the request's own size keeps it waiting (no
+        place is promised ahead): a request bigger than a burst is never starved by small
+        ones. A waiter turned away :data:`PATIENCE` times is served before any newcomer."""
         with self._lock:
             pace = self._paces.setdefault(model, ModelPace()) if self.follow_provider else None
             if pace is not None and pace.probe == "in flight":
                 return PROBE_POLL_SECONDS, None
+            if self._starving and horizon < float("inf") and waiter is not self._starving[0]:
+                return horizon, None  # the longest waiter goes first
             now = self._clock()
             units = {"requests": 1, "tokens": tokens}
-            plans = [(pacer, pacer.plan(now, units[kind])) for kind, pacer in self._pacers_for(model, now)]
+            plans = [(pacer, pacer.plan(now, units[kind]), units[kind]) for kind, pacer in self._pacers_for(model, now)]
             paused = pace.paused_until if pace is not None else now
-            wait = max([paused - now, 0.0] + [w for _, (_, w) in plans])
-            if wait > horizon:
+            wait = max([paused - now, 0.0] + [w for _, (_, w), _ in plans])
+            promised = any(level + need < 0 for _, (level, _), need in plans)  # places already handed out ahead
+            if wait > horizon and (promised or paused > now + horizon):
+                if waiter is not None and waiter.turned_away() and waiter not in self._starving:
+                    self._starving.append(waiter)
                 return wait - horizon / 2, None  # then it is (rates unchanged) half the horizon away
-            for pacer, (level, _) in plans:
+            for pacer, (level, _), _ in plans:
                 pacer.take(now, level)
+            if waiter in self._starving:
+                self._starving.remove(waiter)
             self.granted += 1
             return wait, pace.took(model, tokens, now + wait) if pace is not None else Ticket(model)
 
+    def _leave(self, waiter: "_Waiter") -> None:
+        with self._lock:
+            if waiter in self._starving:
+                self._starving.remove(waiter)
+
     async def acquire(self, tokens: int, model: str | None = None) -> Ticket:
         """Wait (without blocking the event loop) until a request of ``tokens`` may go."""
-        while True:
-            wait, ticket = self._place(tokens, model, HORIZON_SECONDS)
-            if wait:
-                try:
+        waiter, ticket = _Waiter(), None
+        try:
+            while True:
+                wait, ticket = self._place(tokens, model, HORIZON_SECONDS, waiter)
+                if wait:
                     await asyncio.sleep(wait)
-                except BaseException:  # cancelled while waiting for its turn: it never went
-                    self.abandoned(ticket)
-                    raise
-            if ticket is not None:
-                return ticket
+                if ticket is not None:
+                    return ticket
+        except BaseException:  # cancelled while waiting for its turn: it never went
+            self._leave(waiter)
+            self.abandoned(ticket)
+            raise
 
     def acquire_blocking(self, tokens: int, model: str | None = None) -> Ticket:
         """Wait (blocking this thread) until a request of ``tokens`` may go."""
-        while True:
-            wait, ticket = self._place(tokens, model, HORIZON_SECONDS)
-            if wait:
-                try:
+        waiter, ticket = _Waiter(), None
+        try:
+            while True:
+                wait, ticket = self._place(tokens, model, HORIZON_SECONDS, waiter)
+                if wait:
                     time.sleep(wait)
-                except BaseException:
-                    self.abandoned(ticket)
-                    raise
-            if ticket is not None:
-                return ticket
+                if ticket is not None:
+                    return ticket
+        except BaseException:
+            self._leave(waiter)
+            self.abandoned(ticket)
+            raise
+
+
+class _Waiter:
+    """One request waiting for its place; turned away often enough, it goes first."""
+
+    def __init__(self) -> None:
+        self.refusals = 0
+
+    def turned_away(self) -> bool:
+        """Count one refusal; whether it has now waited long enough to go first."""
+        self.refusals += 1
+        return self.refusals >= PATIENCE
 
 
 def _ceiling(kind: str, per_minute: int) -> Pacer:

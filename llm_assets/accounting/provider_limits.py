@@ -145,7 +145,8 @@ class ModelPace:
         self.round_trip = 0.0  # seconds from sending a request to reading its answer (average)
         self.backoff = 1.0  # halved by each 429 (once a round trip), regained a little by each answer
         self._halved_at = float("-inf")
-        self._sends: deque[Ticket] = deque()  # this process's sends since the one the buckets reflect
+        # this process's sends since the one the buckets reflect (bounded: answers trim it)
+        self._sends: deque[Ticket] = deque(maxlen=100_000)
         self._reflected = Ticket(None)  # the send whose answer the buckets are from
 
     def _gone(self, now: float) -> Ticket:
@@ -184,7 +185,8 @@ class ModelPace:
         if probe:
             self.probe = "in flight"
         ticket = Ticket(model, last.requests + 1, last.tokens + tokens, goes_at, probe)
-        self._sends.append(ticket)
+        if self.buckets or self.probe != "known":  # a provider without limit headers needs no record
+            self._sends.append(ticket)
         return ticket
 
     def learn(self, ticket: Ticket, status: int, headers: Mapping[str, str], now: float) -> None:
@@ -204,6 +206,8 @@ class ModelPace:
         if ticket.requests < self._reflected.requests:
             return
         buckets = {kind: bucket for kind in KINDS if (bucket := Bucket.parse(headers, kind)) is not None}
+        if not buckets and not self.buckets:
+            self._sends.clear()  # no limits to pace by: nothing to remember
         if buckets:
             self.buckets, self._reflected = buckets, ticket
             while self._sends and self._sends[0].requests <= ticket.requests:

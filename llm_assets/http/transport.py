@@ -60,6 +60,7 @@ class _Exchange:
         self.endpoint, self.payload = request.url.path, None
         self.estimate, self.key, self.reads, self._reserved = 0, None, False, False
         self.ticket: Ticket | None = None  # its place with the rate limits, once it has one
+        self.sent = False  # handed to the connection: the provider may bill it, answered or not
         if mode is CacheMode.OFF and not self.governed and not self.paced:
             return  # nothing reads the body: don't parse it
         try:
@@ -87,17 +88,21 @@ class _Exchange:
         return httpx.Response(403, json={"error": error}, request=request)
 
     def failed(self, kind: str) -> None:
-        """An error response (``kind``: its status) or a connection failure
-        (:func:`failure_kind`): nothing billed, maybe retried."""
-        if not kind.isdigit():
-            self.session.limits.abandoned(self.ticket)
+        """An error response (``kind``: its status: nothing billed) or a connection failure
+        (:func:`failure_kind`); maybe retried."""
         self.usage.add_failed_attempt(kind)
-        self._settle(None, None)
+        if kind.isdigit():
+            self._settle(None, None)
+        else:
+            self.abandoned()
 
     def abandoned(self) -> None:
-        """Cancelled (or interrupted) before its response: give back its place and budget."""
+        """No response (a connection failure, a cancellation): give back its place with the
+        rate limits; its budget reservation too if it was never sent, else it counts at its
+        estimate, since the provider may have answered and billed it."""
         self.session.limits.abandoned(self.ticket)
-        self._settle(None, None)
+        unknown = {"prompt_tokens": self.estimate, "total_tokens": self.estimate} if self.sent else None
+        self._settle(None, unknown, answered=self.sent)
 
     def finished(self, reader: BodyReader, complete: bool) -> bytes | None:
         """Count what the body reported; returns the body to store in the cache, if any."""
@@ -218,6 +223,7 @@ class MeteredTransport(httpx.BaseTransport):
         try:
             if exchange.paced:
                 exchange.ticket = self._session.limits.acquire_blocking(exchange.estimate, exchange.model)
+            exchange.sent = True
             response = self._inner.handle_request(request)
         except httpx.TransportError as error:
             exchange.failed(failure_kind(error))
@@ -250,14 +256,12 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
             answer = (await asyncio.to_thread(self._session.cached, [exchange.key], requests))[0]
             if (hit := exchange.hit(request, answer)) is not None:
                 return hit
-        # a budget shared across processes is checked in its database: off the event loop
-        shared = exchange.governed and self._session.governor.budget.shared
-        refused = await asyncio.to_thread(exchange.refusal, request) if shared else exchange.refusal(request)
-        if refused is not None:
+        if (refused := await self._refusal(exchange, request)) is not None:
             return refused
         try:
             if exchange.paced:
                 exchange.ticket = await self._session.limits.acquire(exchange.estimate, exchange.model)
+            exchange.sent = True
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError as error:
             exchange.failed(failure_kind(error))
@@ -266,6 +270,19 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
             exchange.abandoned()
             raise
         return exchange.meter(response, _AsyncMeteredStream)
+
+    async def _refusal(self, exchange: _Exchange, request: httpx.Request) -> httpx.Response | None:
+        """The governor's answer; a budget shared across processes is checked in its
+        database, off the event loop, and a cancellation meanwhile gives the reservation back."""
+        if not (exchange.governed and self._session.governor.budget.shared):
+            return exchange.refusal(request)
+        check = asyncio.ensure_future(asyncio.to_thread(exchange.refusal, request))
+        try:
+            return await asyncio.shield(check)
+        except asyncio.CancelledError:
+            if await check is None:  # the thread reserved it: this request never goes
+                exchange.abandoned()
+            raise
 
     async def aclose(self) -> None:
         await self._inner.aclose()

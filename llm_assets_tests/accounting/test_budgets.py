@@ -122,6 +122,7 @@ def test_a_failing_database_lets_nothing_through_and_loses_nothing(tmp_path, cap
     budget._engine = good
     budget.flush()
     assert budget.totals() == Spending(tokens=40)  # the failed reservation left nothing behind
+    budget.close()
 
 
 def test_a_live_holder_keeps_its_row_fresh_while_reservations_are_open(tmp_path):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from llm_assets import OpenAIResource, build_chat_answers_asset
-from llm_assets.accounting.limits import RateLimits
+from llm_assets.accounting.limits import RateLimits, _Waiter
 
 
 class FakeClock:
@@ -92,3 +92,39 @@ def test_sync_and_async_clients_of_a_step_share_one_budget(server, materialize):
 
     resource = OpenAIResource(base_url=server.base_url, requests_per_minute=600_000)
     assert materialize([both], resource).output_for_node("both") == 5 == len(server.stats.requests)
+
+
+def test_a_request_bigger_than_the_burst_gets_its_place_and_waits_for_all_it_needs():
+    clock = FakeClock()
+    limits = RateLimits(requests_per_minute=None, tokens_per_minute=60_000, clock=clock)  # 1,000/s, burst 10,000
+    wait, ticket = limits._place(25_000, "m", horizon=0.25, waiter=_Waiter())
+    assert ticket is not None and wait == pytest.approx(15.0)  # nothing promised ahead: it goes in debt
+    wait, ticket = limits._place(10, "m", horizon=0.25, waiter=_Waiter())
+    assert ticket is None  # the next one asks again later: 15 s of tokens are promised
+
+
+def test_a_big_request_is_not_starved_by_a_stream_of_small_ones():
+    clock = FakeClock()
+    limits = RateLimits(requests_per_minute=None, tokens_per_minute=60_000, clock=clock)
+    limits.reserve(10_000)  # the bucket is empty
+    big, placed_at = _Waiter(), None
+    for step in range(2_000):  # 8 small senders poll every 10 ms, the big one every time it is told
+        clock.now = step * 0.01
+        for _ in range(8):
+            limits._place(300, "m", 0.25, _Waiter())
+        if placed_at is None and limits._place(9_000, "m", 0.25, big)[1] is not None:
+            placed_at = clock.now
+    assert placed_at is not None and placed_at < 15  # 9 s of refill, then its turn: not starved for 20 s
+
+
+def test_a_request_turned_away_often_enough_goes_before_newcomers():
+    clock = FakeClock()
+    limits = RateLimits(requests_per_minute=None, tokens_per_minute=60_000, clock=clock)
+    limits.reserve(10_100)  # in debt: 100 tokens promised ahead
+    patient = _Waiter()
+    for _ in range(4):
+        assert limits._place(5_000, "m", 0.25, patient)[1] is None  # turned away: places are promised
+    clock.now = 0.2  # the debt is paid: a newcomer's small request would fit now…
+    assert limits._place(10, "m", 0.25, _Waiter())[1] is None  # …but the patient one goes first
+    assert limits._place(5_000, "m", 0.25, patient)[1] is not None
+    assert limits._place(10, "m", 0.25, _Waiter())[0] > 0.25  # then newcomers wait behind it

@@ -74,8 +74,8 @@ def test_one_request_probes_before_the_rest_go():
     wait, probe = limits._place(1, "m", 0.25)
     assert wait == 0 and probe.probe
     limits.observe(200, {}, probe)  # no rate-limit headers (a local server): nothing paces
-    assert [limits._place(1, "m", 0.25)[0] for _ in range(3)] == [0.0] * 3
-    assert limits.rate("requests", "m") is None
+    assert [limits._place(1, "m", 0.25)[0] for _ in range(1_000)] == [0.0] * 1_000
+    assert limits.rate("requests", "m") is None and not limits.pace("m")._sends  # nothing kept per request
 
 
 def test_headers_are_read_as_openai_writes_them():
@@ -140,4 +140,32 @@ def test_a_cancelled_first_request_neither_blocks_the_next_nor_keeps_its_budget(
 
         assert asyncio.run(first_cancelled_then_second())
         assert session.limits.pace("m").probe == "known"
+        spent = session.governor.budget.totals()
+        assert spent.reserved_tokens == 0
+        assert server.stats.paths["/v1/chat/completions"] == 2  # the server answered both…
+        assert spent.tokens >= server.usage.total_tokens  # …so the cancelled one counts (at its estimate)
+
+
+def test_a_request_cancelled_while_its_budget_is_checked_gives_the_reservation_back(tmp_path, monkeypatch):
+    import asyncio
+    import time
+
+    from llm_assets.accounting.budgets import SharedBudget
+    from llm_assets.session import RunSession
+
+    with ScriptedOpenAIServer() as server:
+        resource = OpenAIResource(base_url=server.base_url, max_tokens_per_run=10_000)
+        session = RunSession(resource, None, SharedBudget(f"sqlite:///{tmp_path / 'b.db'}", "run:1", ttl=600))
+        check = session.governor.refusal
+        monkeypatch.setattr(session.governor, "refusal", lambda *a: time.sleep(0.5) or check(*a))  # a slow database
+
+        async def cancelled_during_the_check() -> None:
+            async with session.async_client(Usage()) as client:
+                ask = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(ask, 0.05)
+
+        asyncio.run(cancelled_during_the_check())
         assert session.governor.budget.totals().reserved_tokens == 0
+        assert server.stats.requests == []
+        session.close()
