@@ -30,7 +30,6 @@ import dagster_openai
 import openai
 from pydantic import Field, PrivateAttr
 
-from llm_assets.accounting.run_budget import run_budget
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.cache import CacheMode
 from llm_assets.errors import LLMAssetsError
@@ -166,15 +165,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         instance = context.instance
         storage = instance.storage_directory() if instance is not None else None
-        budget = run_budget(
-            budget_url=self.budget_url,
-            instance=instance,
-            run_id=context.run.run_id if context.run is not None else None,
-            limits=(self.max_tokens_per_run, self.max_cost_usd_per_run),
-            backend=self.cache_identity() or self.resolved_base_url() or "openai",
-            ttl=self.timeout * (self.max_retries + 1) + 60,  # no request stays in flight longer
-        )
-        self._session = RunSession(self, storage, budget)
+        self._session = RunSession(self, storage, instance, context.run.run_id if context.run is not None else None)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._session is not None:

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import openai
 
-from llm_assets.accounting.budgets import LocalBudget, SharedBudget
 from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.ledger import LedgerKey, UsageLedger
 from llm_assets.accounting.limits import RateLimits
 from llm_assets.accounting.prices import ModelPrice, price_table
+from llm_assets.accounting.run_budget import run_budget
 from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheKeys, CacheMode, RequestCache
 from llm_assets.errors import LLMAssetsError
@@ -73,11 +73,17 @@ class RunSession:
         resource: the configuration.
         storage_dir: the Dagster instance's storage directory; the request cache defaults
             to ``<storage_dir>/llm_assets/request_cache``.
-        budget: where the run's spending is kept (default: in this process).
+        instance, run_id: the Dagster instance and run whose steps share the run's budget
+            (:func:`~llm_assets.accounting.run_budget.run_budget`); without them, this
+            process keeps it.
     """
 
     def __init__(
-        self, resource: "OpenAIResource", storage_dir: str | None, budget: LocalBudget | SharedBudget | None = None
+        self,
+        resource: "OpenAIResource",
+        storage_dir: str | None,
+        instance: dg.DagsterInstance | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.client_kwargs = resource.client_kwargs()  # fails here, before any asset runs, on bad config
         self.max_concurrency = resource.max_concurrency
@@ -85,6 +91,20 @@ class RunSession:
         self.redact_text = resource.redact_text
         self.batch = resource.batch
         self.prices: dict[str, ModelPrice] = price_table(resource.prices)
+        self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL, resource.cache_identity())
+        root = resource.cache_dir
+        if root is None and storage_dir:
+            root = os.path.join(storage_dir, "llm_assets", "request_cache")
+        # checked now: one clear error at set-up, not an answer lost mid-run
+        self.cache = RequestCache.checked(root) if resource.cache and root is not None else None
+        budget = run_budget(
+            budget_url=resource.budget_url,
+            instance=instance,
+            run_id=run_id,
+            limits=(resource.max_tokens_per_run, resource.max_cost_usd_per_run),
+            backend=self.cache_keys.identity,  # the same server, however its URL is written
+            ttl=resource.timeout * (resource.max_retries + 1) + 60,  # no request stays in flight longer
+        )
         self.governor = Governor(
             resource.allowed_models, resource.max_tokens_per_run, resource.max_cost_usd_per_run, self.prices, budget
         )
@@ -92,12 +112,6 @@ class RunSession:
             resource.requests_per_minute, resource.tokens_per_minute, resource.follow_provider_limits
         )
         self.ledger = UsageLedger()
-        self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL, resource.cache_identity())
-        root = resource.cache_dir
-        if root is None and storage_dir:
-            root = os.path.join(storage_dir, "llm_assets", "request_cache")
-        # checked now: one clear error at set-up, not an answer lost mid-run
-        self.cache = RequestCache.checked(root) if resource.cache and root is not None else None
         self._warned: set[str] = set()  # cache problems already logged (each once)
         self._warned_lock = threading.Lock()
         self._pool: httpx.BaseTransport | None = None

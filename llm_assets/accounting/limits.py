@@ -74,8 +74,8 @@ class RateLimits:
         follow_provider: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ceilings = {"requests": requests_per_minute, "tokens": tokens_per_minute}
-        self._pacers = {kind: _ceiling(kind, limit) for kind, limit in self.ceilings.items() if limit}
+        ceilings = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        self._pacers = {kind: _ceiling(kind, limit) for kind, limit in ceilings.items() if limit}
         self.follow_provider = follow_provider
         self._paces: dict[str | None, ModelPace] = {}
         self._starving: list[_Waiter] = []  # requests turned away PATIENCE times, oldest first
