@@ -24,14 +24,20 @@ def dagster_home(folder: Path, postgres_url: str | None = None) -> Path:
     return folder
 
 
+def dagster_environment(home: Path, env: dict[str, str]) -> dict[str, str]:
+    """The environment of a ``dagster`` process on ``home``: this one's, without any
+    ``OPENAI_*`` / ``SCALE_*`` it had, plus ``env``."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SCALE_"))}
+    return environment | {"DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO), **env}
+
+
 def materialize(
     home: Path, module: str, select: str, env: dict[str, str], *args: str, max_concurrent: int = 4
 ) -> subprocess.CompletedProcess:
     """``dagster asset materialize -m module --select select`` with the multiprocess
     executor running up to ``max_concurrent`` steps at once."""
     config = {"execution": {"config": {"multiprocess": {"max_concurrent": max_concurrent}}}}
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SCALE_"))}
-    environment.update(DAGSTER_HOME=str(home), PYTHONPATH=str(REPO), **env)
+    environment = dagster_environment(home, env)
     command = [str(DAGSTER), "asset", "materialize", "-m", module, "--select", select, *args]
     command += ["--config-json", json.dumps(config)]
     return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)

@@ -14,7 +14,14 @@ import dagster as dg
 import pytest
 
 from llm_assets.testing import ScriptedOpenAIServer
-from llm_assets_tests.scale.runs import DAGSTER, REPO, dagster_home, largest_estimate, step_processes
+from llm_assets_tests.scale.runs import (
+    DAGSTER,
+    REPO,
+    dagster_environment,
+    dagster_home,
+    largest_estimate,
+    step_processes,
+)
 
 BUDGET, ASSETS = 1_500, 3
 CONCURRENCY = 4  # max_concurrency of each step (steps.py)
@@ -31,8 +38,7 @@ def dagster_dev(home, env: dict[str, str]):
     """``dagster dev`` on the scale test definitions, its output in ``home/dev.log``; yields
     its port once it answers. Stopped by process group: SIGINT, then SIGKILL for the rest."""
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SCALE_"))}
-    environment.update(DAGSTER_HOME=str(home), PYTHONPATH=str(REPO), **env)
+    environment = dagster_environment(home, env)
     command = [str(DAGSTER), "dev", "-m", "llm_assets_tests.scale.steps", "-h", "127.0.0.1", "-p", str(port)]
     log = open(home / "dev.log", "wb")  # noqa: SIM115 (closed in finally)
     process = subprocess.Popen(
