@@ -23,6 +23,7 @@ from llm_assets.batch import BatchSettings, RequestMode
 from llm_assets.batch.sensor import build_batch_sensor
 from llm_assets.cache import CacheMode
 from llm_assets.engine import ChatRequest, Engine, LLMRequestError
+from llm_assets.engine.structured import OutputSchema, ResponseFormatStyle
 from llm_assets.errors import LLMAssetsError
 from llm_assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.resource import OpenAIResource
@@ -43,9 +44,11 @@ __all__ = [
     "LLMPipeline",
     "LLMRequestError",
     "OpenAIResource",
+    "OutputSchema",
     "PartitionedFilesystemIOManager",
     "PlotConfig",
     "RequestMode",
+    "ResponseFormatStyle",
     "RunSession",
     "Usage",
     "build_batch_sensor",

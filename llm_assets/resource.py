@@ -32,6 +32,7 @@ from pydantic import Field, PrivateAttr
 
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.cache import CacheMode
+from llm_assets.engine.structured import ResponseFormatStyle
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_base_url, check_header_name, check_header_value, check_model, is_openai
 from llm_assets.session import AnyContext, RunSession
@@ -80,6 +81,12 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     )
     chat_model: str = Field(default="gpt-4o-mini", description="Default model for chat answers.")
     embedding_model: str = Field(default="text-embedding-3-small", description="Default model for embeddings.")
+    response_format_style: ResponseFormatStyle = Field(
+        default=ResponseFormatStyle.JSON_SCHEMA,
+        description="How structured answers are asked for: JSON_SCHEMA (OpenAI's strict structured outputs) or "
+        "JSON_OBJECT (JSON mode with the schema alongside, for servers such as llama.cpp that reject "
+        "json_schema). Answers are validated either way.",
+    )
     max_concurrency: int = Field(
         default=8, ge=1, le=100_000, description="Requests in flight at once within one materialization."
     )

@@ -123,6 +123,7 @@ class Usage:
     models: dict[str, ModelUsage] = field(default_factory=lambda: defaultdict(ModelUsage))
     failures: Counter[str] = field(default_factory=Counter)
     cache_store_failures: int = 0
+    parse_retries: int = 0  # structured answers asked again because they did not validate
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_cache_hit(self, model: str | None) -> None:
@@ -135,6 +136,11 @@ class Usage:
         body is not the endpoint's JSON)."""
         with self._lock:
             self.failures[kind] += 1
+
+    def add_parse_retry(self) -> None:
+        """Count one structured answer asked again (its attempts are metered as usual)."""
+        with self._lock:
+            self.parse_retries += 1
 
     def add_cache_store_failure(self) -> None:
         with self._lock:
@@ -175,6 +181,7 @@ class Usage:
         with self._lock:
             self.failures.update(other.failures)
             self.cache_store_failures += other.cache_store_failures
+            self.parse_retries += other.parse_retries
             for model, counters in other.models.items():
                 self.models[model].merge(counters)
 
@@ -247,6 +254,8 @@ class Usage:
         metadata["openai.failed_attempts"] = self.failed_attempts
         for kind, count in sorted(self.failures.items()):
             metadata[f"openai.failed_attempts.{kind}"] = count
+        if self.parse_retries:
+            metadata["openai.parse_retries"] = self.parse_retries
         if self.cache_store_failures:
             metadata["openai.cache_store_failures"] = self.cache_store_failures
         if prices is not None:

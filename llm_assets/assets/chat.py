@@ -18,6 +18,7 @@ from typing import Any, Unpack
 
 import dagster as dg
 import pandas as pd
+import pydantic
 
 from llm_assets.assets.config import ChatConfig, config_class
 from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
@@ -42,6 +43,8 @@ from llm_assets.assets.upstream import (
 )
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
+from llm_assets.engine.rows import ColumnSpec
+from llm_assets.engine.structured import OutputSchema, check_columns
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_body, check_model, check_text
 
@@ -57,6 +60,12 @@ class ChatPrompts:
     system_prompt: PromptTemplate | None = None
     partitions_def: dg.PartitionsDefinition | None = None
     translator: ChatTranslator = field(default_factory=ChatTranslator)
+    schema: OutputSchema | None = None  # structured answers: their fields become columns
+
+    @property
+    def columns(self) -> dict[str, ColumnSpec]:
+        """The answers frame's columns: the documented ones, then the structured fields."""
+        return {**ANSWER_COLUMNS, **(self.schema.columns if self.schema else {})}
 
     @property
     def templates(self) -> dict[str, PromptTemplate]:
@@ -99,7 +108,7 @@ def plan_chat_requests(
                 {"messages": messages, **hook.get_params(params, filled)}, f"The request of {name} ({where})"
             )
             messages = body.pop("messages")
-            requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), body))
+            requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), body, prompts.schema))
     return requests
 
 
@@ -111,7 +120,11 @@ def upstream_rows(texts: Mapping[str | None, list[str]], one_request_per_row: bo
 
 
 def report_answers(
-    context: dg.AssetExecutionContext, rows: Sequence[AnswerRow], partition_keys: Sequence[str | None], redacted: bool
+    context: dg.AssetExecutionContext,
+    rows: Sequence[AnswerRow],
+    partition_keys: Sequence[str | None],
+    redacted: bool,
+    columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS,
 ) -> pd.DataFrame:
     """The answers frame, and each partition's row count, cache hits, failures and preview."""
     records = [row.to_record() for row in rows]
@@ -129,7 +142,7 @@ def report_answers(
             },
             partition_key=pk,
         )
-    return answers_frame(records)
+    return answers_frame(records, columns)
 
 
 def build_chat_answers_asset(
@@ -150,6 +163,8 @@ def build_chat_answers_asset(
     max_concurrency: int | None = None,
     translator: ChatTranslator | None = None,
     mode: RequestMode | None = None,
+    response_format: type[pydantic.BaseModel] | Mapping[str, Any] | None = None,
+    max_parse_retries: int | None = None,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """An asset of chat answers: one request per partition, or per upstream row.
@@ -162,7 +177,10 @@ def build_chat_answers_asset(
     ``max_tokens``, ``temperature``, ``chat_model``, ``variables`` and ``mode`` (LIVE or
     BATCH) are the defaults of the run config (:class:`ChatConfig`; ``None`` keeps its own). A ``translator``
     (:class:`ChatTranslator` subclass) customises the messages, parameters and rows.
-    ``options`` are Dagster's (:class:`AssetOptions`).
+    ``response_format`` (a Pydantic model class or a JSON Schema dict of an object) asks
+    for structured answers: each top-level field becomes a typed column, every answer is
+    validated and asked for again up to ``max_parse_retries`` times (run config; default 2)
+    when it does not match. ``options`` are Dagster's (:class:`AssetOptions`).
 
     Example:
         >>> answers = build_chat_answers_asset(
@@ -176,16 +194,27 @@ def build_chat_answers_asset(
     check_partitions(partitions_def, name)
     check_max_concurrency(max_concurrency, name)
     system = PromptTemplate(system_prompt) if system_prompt else None
-    prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator())
+    schema = OutputSchema.of(response_format, name.to_user_string()) if response_format is not None else None
+    if schema is not None:
+        check_columns(schema, AnswerRow, name.to_user_string())
+    hook = translator or ChatTranslator()
+    prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, hook, schema)
     prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
-    defaults = dict(question=question, max_tokens=max_tokens, temperature=temperature, chat_model=chat_model, mode=mode)
+    defaults = dict(
+        question=question,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        chat_model=chat_model,
+        mode=mode,
+        max_parse_retries=max_parse_retries,
+    )
     config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
     source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
     return define_asset(
         _answers(prompts, source, one_request_per_row, max_concurrency, options),
         key=name,
         config_class=config,
-        columns=ANSWER_COLUMNS,
+        columns=prompts.columns,
         ins={"upstream": source.asset_in} if source else {},
         partitions_def=partitions_def,
         options=options,
@@ -232,10 +261,11 @@ def _answers(
             cache=config.cache,
             on_error=config.on_error,
             mode=config.mode,
+            max_parse_retries=config.max_parse_retries,
         )
         rows_out = engine.chat(requests, prompts.translator.get_record)
         context.add_asset_metadata({"request_seconds": engine.seconds})
-        return report_answers(context, rows_out, list(rows), resource.redact_text)
+        return report_answers(context, rows_out, list(rows), resource.redact_text, prompts.columns)
 
     return answers
 
@@ -253,4 +283,7 @@ def _chat_params(prompts: ChatPrompts, config: ChatConfig, resource: Any) -> dic
     check_model(model, "chat_model", "run config chat_model, the factory's chat_model or the resource's")
     if (refused := resource.session.governor.model_refusal(model)) is not None:
         raise LLMAssetsError(f"{refused} (set by run config or factory `chat_model`, else the resource's).")
-    return {"model": model, "max_tokens": config.max_tokens, "temperature": config.temperature}
+    params = {"model": model, "max_tokens": config.max_tokens, "temperature": config.temperature}
+    if prompts.schema is not None:
+        params["response_format"] = prompts.schema.response_format(resource.response_format_style)
+    return params

@@ -48,6 +48,13 @@ class ChatConfig(dg.Config):
     )
     cache: CacheMode = pydantic.Field(default=CacheMode.USE, description=_CACHE)
     mode: RequestMode = pydantic.Field(default=RequestMode.LIVE, description=_MODE)
+    max_parse_retries: int = pydantic.Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Structured answers (response_format): times an answer that does not validate is asked "
+        "for again; then on_error applies. Each attempt is metered (openai.parse_retries counts them).",
+    )
     on_error: ErrorPolicy = pydantic.Field(
         default=ErrorPolicy.FAIL,
         description="A request that still fails after retries: FAIL the materialization (answers "

@@ -73,10 +73,13 @@ def typed_columns(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec]) -> pd.
     return frame.astype({name: dtype for name, (_, dtype, _) in columns.items() if dtype != "object"})
 
 
-def answers_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The answers frame of :meth:`AnswerRow.to_record` records."""
+def answers_frame(
+    records: Sequence[Mapping[str, Any]], columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS
+) -> pd.DataFrame:
+    """The answers frame of :meth:`AnswerRow.to_record` records (``columns``: the
+    documented ones, then a structured answer's typed fields)."""
     try:
-        return typed_frame(records, ANSWER_COLUMNS)
+        return typed_frame(records, columns)
     except (ValueError, TypeError, OverflowError) as error:  # only a translator's get_record can cause it
         raise LLMAssetsError(
             f"A column of the answers has values of the wrong type ({error}): check what the translator's "

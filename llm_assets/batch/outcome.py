@@ -22,6 +22,7 @@ from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import BatchLine
 from llm_assets.batch.records import Submission
 from llm_assets.engine.calls import MALFORMED, Call, ErrorPolicy, HookError, LLMRequestError
+from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError
 from llm_assets.http.answers import answer_problem
 
 if TYPE_CHECKING:
@@ -161,6 +162,9 @@ class BatchOutcome:
             self.results[line.index] = call.read(body, False, None)
         except HookError:
             raise
+        except InvalidOutputError as error:  # not asked again in a batch: a batch answers once
+            self._fail(cid, f"{INVALID_OUTPUT}: the answer {error}", "invalid_output")
+            return True
         except MALFORMED as error:
             self._fail(cid, f"malformed answer ({type(error).__name__}: {error})", "malformed")
             return True

@@ -14,6 +14,7 @@ from typing import Any
 
 from llm_assets.engine.calls import Call, HookError
 from llm_assets.engine.rows import AnswerRow
+from llm_assets.engine.structured import InvalidOutputError, OutputSchema
 
 #: ``translate(record, response_body) -> record``: a translator's hook on each row.
 Translate = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
@@ -36,31 +37,52 @@ class ChatRequest:
     prompt: str
     messages: tuple[Mapping[str, Any], ...]
     params: Mapping[str, Any] = field(default_factory=dict)
+    schema: OutputSchema | None = None  # a structured answer: its fields become columns
 
     def describe(self) -> str:
         where = f"partition {self.partition_key!r} " if self.partition_key is not None else ""
         return f"{where}row {self.row} (prompt {self.prompt[:60]!r})"
 
     def answered(self, body: Mapping[str, Any], cached: bool, latency: float) -> AnswerRow:
-        """The row of a successful response (a body without choices is malformed: retried)."""
+        """The row of a successful response (a body without choices is malformed: retried;
+        a structured answer that does not validate raises :class:`InvalidOutputError`)."""
         choice = body["choices"][0]
-        content = choice["message"].get("content")
+        message = choice["message"]
+        content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError(f"message.content is a {type(content).__name__}, not text")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        return AnswerRow(
+        refusal = message.get("refusal")
+        row = AnswerRow(
             partition_key=self.partition_key,
             row=self.row,
             prompt=self.prompt,
             answer=content or "",
             model=body["model"] if isinstance(body.get("model"), str) else None,
             finish_reason=choice["finish_reason"] if isinstance(choice.get("finish_reason"), str) else None,
+            refusal=refusal if isinstance(refusal, str) and refusal else None,
             prompt_tokens=token_count(usage.get("prompt_tokens")),
             completion_tokens=token_count(usage.get("completion_tokens")),
             total_tokens=token_count(usage.get("total_tokens")),
             latency_s=latency,
             cached=cached,
         )
+        if self.schema is not None and row.refusal is None and row.finish_reason != "content_filter":
+            row.extra.update(self._fields(row))
+        return row
+
+    def _fields(self, row: AnswerRow) -> dict[str, Any]:
+        """The structured answer's fields (a refusal has none: the checks count it)."""
+        assert self.schema is not None
+        try:
+            return self.schema.parse(row.answer or "")
+        except InvalidOutputError as error:
+            cut = (
+                " (cut at max_tokens, finish_reason 'length': raise max_tokens)"
+                if row.finish_reason == "length"
+                else ""
+            )
+            raise InvalidOutputError(f"does not match {self.schema.name}{cut}: {error}") from None
 
     def failed(self, message: str) -> AnswerRow:
         return AnswerRow(partition_key=self.partition_key, row=self.row, prompt=self.prompt, error=message)

@@ -50,6 +50,7 @@ from llm_assets.engine.embeddings import (
 )
 from llm_assets.engine.progress import Progress
 from llm_assets.engine.rows import AnswerRow
+from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError
 from llm_assets.http.attribution import billed_to
 from llm_assets.http.pools import httpx
 from llm_assets.redaction import mask_secrets, redact
@@ -73,6 +74,8 @@ class Engine:
         on_error: what a request that still fails after retries does.
         mode: LIVE (send each request) or BATCH (through the Batch API; see the resource's
             ``batch`` settings).
+        max_parse_retries: times a structured answer that does not validate is asked for
+            again (live mode; each attempt metered, counted as ``openai.parse_retries``).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class Engine:
         cache: CacheMode = CacheMode.USE,
         on_error: ErrorPolicy = ErrorPolicy.FAIL,
         mode: RequestMode = RequestMode.LIVE,
+        max_parse_retries: int = 2,
     ) -> None:
         self.session = session if isinstance(session, RunSession) else session.session
         self.context = context
@@ -91,6 +95,7 @@ class Engine:
         self.cache = self.session.cache_mode(cache)
         self.on_error = on_error
         self.mode = RequestMode(mode)
+        self.max_parse_retries = max_parse_retries
         self.seconds = 0.0  # wall time of the last batch of requests
 
     def chat(self, requests: Sequence[ChatRequest], translate: Translate | None = None) -> list[AnswerRow]:
@@ -216,6 +221,20 @@ class Engine:
             return call.failed(str(error))
 
     async def _send_one(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T:
+        """One call, asked again while its structured answer does not validate."""
+        for attempt in range(self.max_parse_retries + 1):
+            try:
+                return await self._send_once(client, call, usage)
+            except InvalidOutputError as error:
+                if attempt == self.max_parse_retries:
+                    raise LLMRequestError(
+                        f"Request for {self._text(call.description)} failed: {INVALID_OUTPUT} after "
+                        f"{attempt + 1} attempt(s): the answer {self._text(str(error))}"
+                    ) from None
+                usage.add_parse_retry()
+        raise AssertionError("unreachable")
+
+    async def _send_once(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T:
         """One call, with the SDK's retries for HTTP and connection errors and tenacity's
         (same count, exponential backoff with jitter) for malformed 2xx bodies."""
 
@@ -230,7 +249,7 @@ class Engine:
                 raise MalformedResponseError("malformed response body (not a JSON object)")
             try:
                 return call.read(body, False, time.perf_counter() - sent)
-            except HookError:
+            except (HookError, InvalidOutputError):
                 raise
             except MALFORMED as error:
                 usage.add_failed_attempt("malformed")
@@ -269,7 +288,19 @@ class Engine:
         message = (
             f"HTTP {error.status_code}: {error.message}" if isinstance(error, openai.APIStatusError) else str(error)
         )
-        return f"Request for {self._text(call.description)} failed: {mask_secrets(message, client.api_key)}"
+        hint = ""
+        response_format = call.body.get("response_format")
+        if (
+            isinstance(error, openai.APIStatusError)
+            and isinstance(response_format, dict)
+            and response_format.get("type") == "json_schema"
+            and "json_schema" in str(error.message)
+        ):
+            hint = (
+                " (this server rejects response_format json_schema: set OpenAIResource(response_format_style="
+                "ResponseFormatStyle.JSON_OBJECT), which sends the schema in JSON mode)"
+            )
+        return f"Request for {self._text(call.description)} failed: {mask_secrets(message, client.api_key)}{hint}"
 
     def _text(self, text: str) -> str:
         """Text about prompts as the library may log it (redacted when asked)."""

@@ -39,6 +39,9 @@ class AnswerRow:
     answer: str | None = column("string", "Text the model answered.", default=None)
     model: str | None = column("string", "Model that answered, as the server reported it.", default=None)
     finish_reason: str | None = column("string", "Why generation stopped: stop, length, content_filter…", default=None)
+    refusal: str | None = column(
+        "string", "The model's refusal (message.refusal), when it declined to answer.", default=None
+    )
     prompt_tokens: int | None = column(
         "int", "Prompt tokens the server reported for this request.", "Int64", default=None
     )

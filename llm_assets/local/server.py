@@ -148,9 +148,25 @@ def _embeddings_route(threads: int):
     return create_embedding
 
 
+def json_mode(response_format: Any) -> Any:
+    """OpenAI's ``json_schema`` response format as llama-cpp's server takes it: JSON mode
+    constrained by the schema (a grammar), since it rejects ``json_schema`` with a 500.
+
+    Example:
+        >>> json_mode({"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "object"}}})
+        {'type': 'json_object', 'schema': {'type': 'object'}}
+    """
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+            return {"type": "json_object", "schema": spec["schema"]}
+    return response_format
+
+
 class _AnswerWithLocalModel:
     """ASGI middleware: completion requests naming any model go to the local chat model
-    (llama-cpp would otherwise echo the requested name, e.g. ``gpt-4o-mini``)."""
+    (llama-cpp would otherwise echo the requested name, e.g. ``gpt-4o-mini``), and a
+    ``json_schema`` response format becomes the schema-constrained JSON mode it supports."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -168,6 +184,8 @@ class _AnswerWithLocalModel:
             payload = json.loads(body)
             if isinstance(payload, dict):
                 payload["model"] = CHAT_MODEL
+                if "response_format" in payload:
+                    payload["response_format"] = json_mode(payload["response_format"])
                 body = json.dumps(payload).encode()
         except ValueError:
             pass  # let the app answer 4xx for it

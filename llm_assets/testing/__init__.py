@@ -23,13 +23,14 @@ Modules: :mod:`~llm_assets.testing.server` (the server, its stats and ``main``),
 
 from llm_assets.testing.faults import FAULTS, FaultInjector, first_attempts, inject_fault
 from llm_assets.testing.ratelimits import ProviderLimits
-from llm_assets.testing.script import count_tokens, scripted_answer, scripted_vector
+from llm_assets.testing.script import Refusal, count_tokens, scripted_answer, scripted_vector
 from llm_assets.testing.server import ScriptedOpenAIServer, ServerStats, main
 
 __all__ = [
     "FAULTS",
     "FaultInjector",
     "ProviderLimits",
+    "Refusal",
     "ScriptedOpenAIServer",
     "ServerStats",
     "count_tokens",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llm_assets.testing.script import count_tokens, scripted_answer, scripted_vector, structured, text_of
+from llm_assets.testing.script import Refusal, count_tokens, scripted_answer, scripted_vector, structured, text_of
 
 if TYPE_CHECKING:
     from llm_assets.testing.server import ScriptedOpenAIServer
@@ -67,10 +67,7 @@ def chat_completion(server: ScriptedOpenAIServer, body: Body) -> Reply:
         return chat_completion_stream(server, body)
     model, answers, usage, finish = server.chat(body)
     server._bill(model, usage, body)
-    choices = [
-        {"index": i, "message": {"role": "assistant", "content": a}, "finish_reason": finish[i]}
-        for i, a in enumerate(answers)
-    ]
+    choices = [{"index": i, "message": _message(a), "finish_reason": finish[i]} for i, a in enumerate(answers)]
     return Reply(
         200,
         {
@@ -82,6 +79,12 @@ def chat_completion(server: ScriptedOpenAIServer, body: Body) -> Reply:
             "usage": usage,
         },
     )
+
+
+def _message(answer: str) -> dict[str, Any]:
+    if isinstance(answer, Refusal):
+        return {"role": "assistant", "content": None, "refusal": str(answer)}
+    return {"role": "assistant", "content": answer}
 
 
 def chat_completion_stream(server: ScriptedOpenAIServer, body: Body) -> Reply:

@@ -27,6 +27,11 @@ def text_of(content: Any) -> str:
     return ""
 
 
+class Refusal(str):
+    """An answer the scripted server gives as ``message.refusal`` (``content`` null), as
+    OpenAI does when a model declines a structured-output request."""
+
+
 def scripted_answer(prompt: str, max_tokens: int | None) -> str:
     """The answer the server gives to ``prompt``: deterministic, at most ``max_tokens`` words."""
     digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
@@ -42,11 +47,50 @@ def scripted_vector(text: str, dimensions: int) -> np.ndarray:
 
 
 def structured(response_format: Any, text: str) -> str:
-    """A JSON answer filling every string property when a JSON schema is requested."""
-    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+    """The answer to a request for structured output (``json_schema``, or ``json_object``
+    with a ``schema`` as llama.cpp takes it): JSON matching the schema, its strings ``text``
+    and its numbers drawn from ``text``'s hash; ``text`` itself otherwise."""
+    if not isinstance(response_format, dict):
         return text
-    schema = response_format.get("json_schema", {}).get("schema", {})
-    return json.dumps({name: text for name in schema.get("properties", {})})
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+    elif response_format.get("type") == "json_object":
+        schema = response_format.get("schema")
+    else:
+        schema = None
+    return json.dumps(_sample(schema, text, schema)) if isinstance(schema, dict) else text
+
+
+def _sample(spec: dict[str, Any], text: str, root: dict[str, Any]) -> Any:
+    """A value of JSON Schema ``spec`` (``$ref`` resolved in ``root``)."""
+    if "$ref" in spec:
+        target: Any = root
+        for part in spec["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        return _sample(target, text, root)
+    if "enum" in spec:
+        return spec["enum"][0]
+    options = spec.get("anyOf") or []
+    kind = spec.get("type") or ("object" if "properties" in spec else None)
+    if isinstance(kind, list):
+        options = [{**spec, "type": t} for t in kind]
+    if options:
+        real = [o for o in options if o.get("type") != "null"] or options
+        return _sample(real[0], text, root)
+    digest = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    if kind == "object":
+        return {name: _sample(sub, text, root) for name, sub in spec.get("properties", {}).items()}
+    if kind == "array":
+        return [_sample(spec.get("items") or {"type": "string"}, text, root)]
+    if kind == "integer":
+        return digest % 100
+    if kind == "number":
+        return round(digest / 0xFFFFFFFF, 4)
+    if kind == "boolean":
+        return digest % 2 == 0
+    if kind == "null":
+        return None
+    return text
 
 
 def usage_payload(

@@ -1,0 +1,170 @@
+"""Structured outputs: a chat answer as typed fields, validated on every row.
+
+An :class:`OutputSchema` is built once per asset from a Pydantic model or a JSON Schema
+dict. It gives the ``response_format`` to send (OpenAI's strict ``json_schema``, or
+``json_object`` with the schema alongside for servers such as llama.cpp that reject
+``json_schema``), one typed column per top-level field (nested objects and lists are kept
+as Python objects in an ``object`` column), and :meth:`OutputSchema.parse`, which raises
+:class:`InvalidOutputError` on an answer that does not validate: the engine then asks
+again, up to ``max_parse_retries`` times.
+
+Example:
+    >>> import pydantic
+    >>> class Verdict(pydantic.BaseModel):
+    ...     quality: str
+    ...     confidence: float
+    >>> schema = OutputSchema.of(Verdict, "answers")
+    >>> schema.parse('{"quality": "courage", "confidence": 0.9}')
+    {'quality': 'courage', 'confidence': 0.9}
+    >>> list(schema.columns)
+    ['quality', 'confidence']
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import pydantic
+from openai.lib._parsing import type_to_response_format_param
+
+from llm_assets.engine.rows import ColumnSpec, column_specs
+from llm_assets.errors import LLMAssetsError
+
+#: Every failed row's ``error`` names it so: the checks count invalid outputs by it.
+INVALID_OUTPUT = "Invalid output"
+
+#: (schema type, pandas dtype) of a top-level JSON Schema type; anything else is an object.
+_COLUMN_TYPES = {
+    "string": ("string", "object"),
+    "integer": ("int", "Int64"),
+    "number": ("float", "float64"),
+    "boolean": ("bool", "boolean"),
+}
+
+
+class ResponseFormatStyle(enum.Enum):
+    """How a structured answer is asked for; it is validated the same either way."""
+
+    JSON_SCHEMA = "json_schema"  # OpenAI's structured outputs, strict
+    JSON_OBJECT = "json_object"  # JSON mode, the schema alongside (llama.cpp constrains to it)
+
+
+class InvalidOutputError(ValueError):
+    """An answer that is not JSON matching the schema (the engine asks again)."""
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """What a structured answer must be: its name, its strict JSON Schema and, given a
+    Pydantic model, the model that validates it."""
+
+    name: str
+    schema: Mapping[str, Any]
+    model: type[pydantic.BaseModel] | None = None
+
+    @classmethod
+    def of(cls, response_format: Any, asset: str) -> OutputSchema:
+        """The schema of a factory's ``response_format``: a Pydantic model class or a JSON
+        Schema dict of an object; anything else is one clear error."""
+        if isinstance(response_format, type) and issubclass(response_format, pydantic.BaseModel):
+            param = type_to_response_format_param(response_format)
+            spec = param["json_schema"]  # type: ignore[index]
+            return cls(spec["name"], spec["schema"], response_format)
+        if isinstance(response_format, Mapping):
+            return cls(_name(asset), _checked(dict(response_format), asset))
+        raise LLMAssetsError(
+            f"response_format of {asset} is a {type(response_format).__name__}: give a Pydantic model class "
+            "(class Verdict(pydantic.BaseModel): ...) or a JSON Schema dict of an object."
+        )
+
+    @property
+    def columns(self) -> dict[str, ColumnSpec]:
+        """One column per top-level property: strings, whole numbers, numbers and booleans
+        typed; nested objects and lists kept as objects."""
+        columns = {}
+        for name, spec in self.schema.get("properties", {}).items():
+            kind, dtype = _COLUMN_TYPES.get(_json_type(spec), ("json", "object"))
+            columns[name] = (kind, dtype, spec.get("description") or f"Field {name!r} of the structured answer.")
+        return columns
+
+    def response_format(self, style: ResponseFormatStyle) -> dict[str, Any]:
+        """The ``response_format`` request parameter in ``style``."""
+        if style is ResponseFormatStyle.JSON_OBJECT:
+            return {"type": "json_object", "schema": dict(self.schema)}
+        return {"type": "json_schema", "json_schema": {"name": self.name, "schema": dict(self.schema), "strict": True}}
+
+    def parse(self, content: str) -> dict[str, Any]:
+        """The answer's fields, validated; :class:`InvalidOutputError` says why not."""
+        try:
+            if self.model is not None:
+                return self.model.model_validate_json(content).model_dump(mode="json")
+            value = json.loads(content)
+            jsonschema.validate(value, self.schema)
+            return value
+        except pydantic.ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "the answer"
+            raise InvalidOutputError(f"{where}: {first['msg']}") from None
+        except json.JSONDecodeError as error:
+            raise InvalidOutputError(f"not JSON ({error.msg} at character {error.pos})") from None
+        except jsonschema.ValidationError as error:
+            where = ".".join(map(str, error.absolute_path)) or "the answer"
+            raise InvalidOutputError(f"{where}: {error.message}") from None
+
+
+def check_columns(schema: OutputSchema, row_class: type, asset: str) -> None:
+    """Refuse a field whose column would overwrite one of the answers' own columns."""
+    taken = sorted(set(schema.columns) & set(column_specs(row_class)))
+    if taken:
+        raise LLMAssetsError(
+            f"The response_format of {asset} has field(s) {', '.join(taken)}, which the answers frame already "
+            "has as columns: rename them in the model or schema."
+        )
+
+
+def _name(asset: str) -> str:
+    """A valid ``json_schema.name`` (letters, digits, ``_`` and ``-``, at most 64)."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in asset)[:64] or "answer"
+
+
+def _json_type(spec: Mapping[str, Any]) -> str | None:
+    """The one non-null JSON type of a property (``["number", "null"]`` and
+    ``anyOf: [{number}, {null}]`` are numbers), else ``None``."""
+    types = spec.get("type")
+    if types is None and "anyOf" in spec:
+        types = [option.get("type") for option in spec["anyOf"]]
+    if isinstance(types, str):
+        return types
+    if isinstance(types, list):
+        real = [t for t in types if t != "null"]
+        return real[0] if len(real) == 1 and isinstance(real[0], str) else None
+    return None
+
+
+def _checked(schema: dict[str, Any], asset: str) -> dict[str, Any]:
+    """A JSON Schema dict checked to be a valid schema of an object that strict structured
+    outputs accept at the top level."""
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise LLMAssetsError(f"The response_format of {asset} is not a valid JSON Schema: {error.message}.") from None
+    properties = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(properties, dict) or not properties:
+        raise LLMAssetsError(
+            f"The response_format of {asset} must be the JSON Schema of an object: "
+            '{"type": "object", "properties": {...}, "required": [...], "additionalProperties": false}.'
+        )
+    optional = sorted(set(properties) - set(schema.get("required", [])))
+    if optional or schema.get("additionalProperties") is not False:
+        missing = f"list {', '.join(optional)} in 'required'" if optional else ""
+        closed = "set 'additionalProperties': false" if schema.get("additionalProperties") is not False else ""
+        raise LLMAssetsError(
+            f"The response_format of {asset} is not strict: {' and '.join(p for p in (missing, closed) if p)} "
+            "(OpenAI's strict structured outputs require both; make a field optional with a null type)."
+        )
+    return schema
