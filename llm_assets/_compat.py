@@ -10,6 +10,9 @@ of them moves, instead of a user finding out in production.
   ``_get_paths_for_partitions`` / ``_handle_transition_to_partitioned_asset``: what
   ``dg.FilesystemIOManager`` builds and how it lays out partition files, which
   :class:`~llm_assets.PartitionedFilesystemIOManager` must match byte for byte.
+- ``OutputContext.step_context.add_asset_metadata(..., partition_key=)``: how that I/O
+  manager gives each partition of a single-run backfill its own ``path`` (output metadata
+  would put one on all of them).
 """
 
 from typing import Any

@@ -35,7 +35,23 @@ class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
             self._handle_transition_to_partitioned_asset(context, path.parent)
             self.make_directory(path.parent)
             self.dump_to_path(context=context, obj=parts[partition_key], path=path)
+        report_paths(context, paths)
+
+
+def report_paths(context: dg.OutputContext, paths: dict[str, Any]) -> None:
+    """Each partition's materialization names its own file: output metadata would put one
+    path on all of them, so it goes through the step's per-partition asset metadata."""
+    try:
+        step = context.step_context
+    except (dg.DagsterInvariantViolationError, AttributeError, TypeError, ValueError):
+        step = None  # an OutputContext built outside a run (tests): one folder path
+    if step is None:
         context.add_output_metadata({"path": dg.MetadataValue.path(str(next(iter(paths.values())).parent))})
+        return
+    for partition_key, path in paths.items():
+        step.add_asset_metadata(
+            {"path": dg.MetadataValue.path(str(path))}, asset_key=context.asset_key, partition_key=partition_key
+        )
 
 
 class PartitionedFilesystemIOManager(dg.FilesystemIOManager):

@@ -187,6 +187,11 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             self._session = RunSession(self, storage_dir=None)
         return self._session
 
+    @property
+    def asset_kinds(self) -> set[str]:
+        """The kinds (UI icons) of the assets this backend answers: ``openai``, the API."""
+        return {"openai"}
+
     def resolved_base_url(self) -> str | None:
         """The base URL requests go to (``None`` means OpenAI's)."""
         return (self.base_url or os.environ.get("OPENAI_BASE_URL") or "").strip().rstrip("/") or None

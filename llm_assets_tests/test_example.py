@@ -4,6 +4,7 @@ import importlib
 import os
 import subprocess
 import sys
+import warnings
 
 import dagster as dg
 import pytest
@@ -24,6 +25,26 @@ def test_definitions_validate(monkeypatch, server):
     dg.Definitions.validate_loadable(example.defs)
     keys = {k.to_user_string() for k in example.defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"captains/answers", "captains/embeddings", "captains/answer_map"}
+
+
+def test_the_example_names_what_answers_and_loads_quietly(monkeypatch, capsys):
+    """With no key nor base URL the defaults, kinds and the terminal line name the local
+    model; a code server (which dagster dev runs at log level warning) prints the line;
+    the factories' deliberate beta parameter warns nothing."""
+    from llm_assets.local import CHAT_MODEL, EMBEDDING_MODEL
+
+    monkeypatch.setattr(sys, "argv", ["dagster", "api", "grpc", "--log-level", "warning"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        example = importlib.reload(importlib.import_module(MODULE))
+    assert not [w for w in caught if issubclass(w.category, dg.BetaWarning)]
+    line = capsys.readouterr().err
+    assert f"answering with the embedded local model ({CHAT_MODEL}, {EMBEDDING_MODEL})" in line
+    resource = example.defs.resources["openai"]
+    assert (resource.chat_model, resource.embedding_model) == (CHAT_MODEL, EMBEDDING_MODEL)
+    kinds = {a.key.to_user_string(): a.specs_by_key[a.key].kinds for a in example.pipeline}
+    assert kinds["captains/answers"] == {"local", "llama.cpp"} == kinds["captains/embeddings"]
+    assert kinds["captains/answer_map"] == {"scikitlearn", "matplotlib"}
 
 
 def test_all_captains_then_embeddings_then_plot(monkeypatch, server, env_home):

@@ -37,7 +37,13 @@ def test_io_manager_writes_where_the_default_one_reads(server, materialize, open
     def lengths(answers: pd.DataFrame) -> int:
         return int(answers["answer"].str.len().sum())
 
-    materialize([answers], partitions=CAPTAINS)
+    stored = materialize([answers], partitions=CAPTAINS)
+    for event in stored.get_asset_materialization_events():  # each partition names its own file
+        path = event.materialization.metadata["path"].value
+        assert (
+            path.endswith(f"/answers/{event.partition}")
+            and pd.read_pickle(path)["partition_key"].eq(event.partition).all()
+        )
     result = dg.materialize(
         [answers, lengths],
         selection=[lengths.key],

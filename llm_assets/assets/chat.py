@@ -20,6 +20,7 @@ import dagster as dg
 import pandas as pd
 import pydantic
 
+from llm_assets.assets.checks import CHAT_CHECKS, AssetChecks, ChecksOption, chat_results, checked
 from llm_assets.assets.config import ChatConfig, config_class
 from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
 from llm_assets.assets.options import (
@@ -32,6 +33,7 @@ from llm_assets.assets.options import (
     resolved,
 )
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
+from llm_assets.assets.reporting import latency_metadata, report_run
 from llm_assets.assets.translator import ChatTranslator
 from llm_assets.assets.upstream import (
     UpstreamAsset,
@@ -125,8 +127,10 @@ def report_answers(
     partition_keys: Sequence[str | None],
     redacted: bool,
     columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS,
+    question: str | None = None,
 ) -> pd.DataFrame:
-    """The answers frame, and each partition's row count, cache hits, failures and preview."""
+    """The answers frame, and each partition's own figures: rows, cache hits, failures,
+    latency percentiles, the question it answered and a preview."""
     records = [row.to_record() for row in rows]
     by_partition: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in partition_keys}
     for record in records:
@@ -137,6 +141,8 @@ def report_answers(
                 "dagster/row_count": len(part),
                 "answers_from_cache": sum(1 for r in part if r["cached"]),
                 "failed_requests": sum(1 for r in part if r["error"]),
+                **latency_metadata([r["latency_s"] for r in part if not r["cached"]]),
+                **({"question": question} if question is not None else {}),
                 "preview": dg.MetadataValue.md(preview(part, ["prompt", "answer"], redacted)),
                 **empty_metadata(len(part)),
             },
@@ -165,6 +171,7 @@ def build_chat_answers_asset(
     mode: RequestMode | None = None,
     response_format: type[pydantic.BaseModel] | Mapping[str, Any] | None = None,
     max_parse_retries: int | None = None,
+    checks: ChecksOption = True,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """An asset of chat answers: one request per partition, or per upstream row.
@@ -180,7 +187,9 @@ def build_chat_answers_asset(
     ``response_format`` (a Pydantic model class or a JSON Schema dict of an object) asks
     for structured answers: each top-level field becomes a typed column, every answer is
     validated and asked for again up to ``max_parse_retries`` times (run config; default 2)
-    when it does not match. ``options`` are Dagster's (:class:`AssetOptions`).
+    when it does not match. ``checks`` configures the generated asset checks
+    (:mod:`~llm_assets.assets.checks`; ``False``: none). ``options`` are Dagster's
+    (:class:`AssetOptions`).
 
     Example:
         >>> answers = build_chat_answers_asset(
@@ -210,8 +219,9 @@ def build_chat_answers_asset(
     )
     config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
     source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
+    asset_checks = AssetChecks(name, CHAT_CHECKS, checks, skip=["valid_structured_answers"] if schema is None else [])
     return define_asset(
-        _answers(prompts, source, one_request_per_row, max_concurrency, options),
+        _answers(prompts, source, one_request_per_row, max_concurrency, options, asset_checks),
         key=name,
         config_class=config,
         columns=prompts.columns,
@@ -220,6 +230,7 @@ def build_chat_answers_asset(
         options=options,
         description="Chat answers: one row per request, with model, finish reason, tokens and latency.",
         kinds={"openai"},
+        check_specs=asset_checks.specs,
     )
 
 
@@ -241,10 +252,13 @@ def _answers(
     one_request_per_row: bool,
     max_concurrency: int | None,
     options: AssetOptions,
-) -> Callable[..., pd.DataFrame]:
-    """The asset's body: plan, send through the engine, report."""
+    checks: AssetChecks,
+) -> Callable[..., dg.MaterializeResult]:
+    """The asset's body: plan, send through the engine, report, check."""
 
-    def answers(context: dg.AssetExecutionContext, config: ChatConfig, **inputs: Any) -> pd.DataFrame:
+    def answers(
+        context: dg.AssetExecutionContext, config: ChatConfig, **inputs: Any
+    ) -> dg.MaterializeResult[pd.DataFrame]:
         resource = getattr(context.resources, options["resource_key"])
         partition_keys = run_partitions(context, options["io_manager_key"])
         params = _chat_params(prompts, config, resource)
@@ -264,8 +278,10 @@ def _answers(
             max_parse_retries=config.max_parse_retries,
         )
         rows_out = engine.chat(requests, prompts.translator.get_record)
-        context.add_asset_metadata({"request_seconds": engine.seconds})
-        return report_answers(context, rows_out, list(rows), resource.redact_text, prompts.columns)
+        run = report_run(context, "chat requests", len(requests), len(rows), engine.seconds)
+        question = config.question if prompts.uses_question else None
+        frame = report_answers(context, rows_out, list(rows), resource.redact_text, prompts.columns, question)
+        return checked(frame, chat_results(checks, frame, len(requests), run))
 
     return answers
 

@@ -84,7 +84,10 @@ class EmbeddingConfig(dg.Config):
 class PlotConfig(dg.Config):
     """Run config of a PCA plot asset."""
 
-    title: str = pydantic.Field(default="", description="Plot title; defaults to the asset key.")
+    title: str = pydantic.Field(
+        default="",
+        description="Plot title; defaults to the question the answers answered (or that there were several).",
+    )
 
 
 def config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any]) -> type[dg.Config]:

@@ -15,6 +15,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from llm_assets.assets.checks import EMBEDDING_CHECKS, AssetChecks, ChecksOption, checked, embedding_results
 from llm_assets.assets.config import EmbeddingConfig, config_class
 from llm_assets.assets.frames import EMBEDDING_COLUMNS, embeddings_frame
 from llm_assets.assets.options import (
@@ -26,6 +27,7 @@ from llm_assets.assets.options import (
     define_asset,
     resolved,
 )
+from llm_assets.assets.reporting import report_run
 from llm_assets.assets.upstream import (
     UpstreamAsset,
     empty_metadata,
@@ -66,6 +68,19 @@ def report_embeddings(
     return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
 
+def recorded_dimensions(context: dg.AssetExecutionContext) -> dict[str, int]:
+    """The dimension of the asset's latest materialization on record, when it was of a
+    partition this run does not overwrite: its vectors share the asset with this run's."""
+    if not (context.has_partition_key or context.has_partition_key_range):
+        return {}
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    materialization = event.asset_materialization if event is not None else None
+    if materialization is None or materialization.partition in context.partition_keys:
+        return {}
+    recorded = materialization.metadata.get("dimensions")
+    return {str(materialization.partition): recorded.value} if isinstance(recorded, dg.IntMetadataValue) else {}
+
+
 def build_embeddings_asset(
     *,
     upstream: UpstreamAsset,
@@ -78,12 +93,14 @@ def build_embeddings_asset(
     partition_mapping: dg.PartitionMapping | None = None,
     max_concurrency: int | None = None,
     mode: RequestMode | None = None,
+    checks: ChecksOption = True,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """An asset embedding ``text_column`` of ``upstream``, per partition (partitions follow
     the upstream's unless given). Many texts go in one request; order is kept.
     ``embedding_model``, ``dimensions``, ``batch_size`` and ``mode`` are run config defaults
-    (:class:`EmbeddingConfig`); ``options`` are Dagster's (:class:`AssetOptions`).
+    (:class:`EmbeddingConfig`); ``checks`` configures the generated asset checks
+    (:mod:`~llm_assets.assets.checks`); ``options`` are Dagster's (:class:`AssetOptions`).
 
     Example:
         >>> embeddings = build_embeddings_asset(key="embeddings", upstream=answers)  # doctest: +SKIP
@@ -95,8 +112,9 @@ def build_embeddings_asset(
     partitions_def = partitions_def or upstream_partitions(upstream)
     check_partitions(partitions_def, name)
     check_max_concurrency(max_concurrency, name)
+    asset_checks = AssetChecks(name, EMBEDDING_CHECKS, checks)
     return define_asset(
-        _embeddings(source.key, text_column, max_concurrency, options),
+        _embeddings(source.key, text_column, max_concurrency, options, asset_checks),
         key=name,
         config_class=config_class(EmbeddingConfig, name.to_python_identifier(), defaults),
         columns=EMBEDDING_COLUMNS,
@@ -105,15 +123,16 @@ def build_embeddings_asset(
         options=options,
         description=f"Embeddings of {source.key.to_user_string()}.{text_column}, one float32 column per dimension.",
         kinds={"openai"},
+        check_specs=asset_checks.specs,
     )
 
 
 def _embeddings(
-    source: dg.AssetKey, text_column: str, max_concurrency: int | None, options: AssetOptions
-) -> Callable[..., pd.DataFrame]:
-    """The asset's body: load the texts, embed them through the engine, report."""
+    source: dg.AssetKey, text_column: str, max_concurrency: int | None, options: AssetOptions, checks: AssetChecks
+) -> Callable[..., dg.MaterializeResult]:
+    """The asset's body: load the texts, embed them through the engine, report, check."""
 
-    def embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, upstream: Any) -> pd.DataFrame:
+    def embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, upstream: Any) -> dg.MaterializeResult:
         resource = getattr(context.resources, options["resource_key"])
         partition_keys = run_partitions(context, options["io_manager_key"])
         texts = load_texts(context, upstream, partition_keys, text_column, source)
@@ -130,7 +149,10 @@ def _embeddings(
         results = engine.embed(
             {pk: t for pk, t in texts.items() if t}, params, config.batch_size, config.max_batch_tokens
         )
-        context.add_asset_metadata({"request_seconds": engine.seconds})
-        return report_embeddings(context, texts, results, params["model"])
+        count = sum(len(t) for t in texts.values())
+        run = report_run(context, "texts embedded", count, len(texts), engine.seconds)
+        frame = report_embeddings(context, texts, results, params["model"])
+        dimensions = {**recorded_dimensions(context), **{str(pk): r.vectors.shape[1] for pk, r in results.items()}}
+        return checked(frame, embedding_results(checks, frame, count, dimensions, run))
 
     return embeddings

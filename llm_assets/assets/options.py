@@ -9,6 +9,7 @@ Example:
     'captains/answers'
 """
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -107,26 +108,31 @@ def define_asset(
     description: str,
     kinds: set[str],
     uses_resource: bool = True,
+    check_specs: Sequence[dg.AssetCheckSpec] = (),
 ) -> dg.AssetsDefinition:
     """The ``@dg.asset`` of a factory: ``compute(context, config, **inputs)`` with the
-    factory's run config class, column schema and ``options``."""
+    factory's run config class, column schema, ``options`` and generated checks."""
     compute.__annotations__["config"] = config_class
+    compute.__annotations__.pop("return", None)  # Dagster would type the output (and checks) by it
     compute.__name__ = key.to_python_identifier()
     metadata = {"dagster/column_schema": column_schema(columns), "partition_expr": PARTITION_COLUMN}
     metadata.update(options.get("metadata") or {})
-    return dg.asset(
-        key=key,
-        ins=dict(ins),
-        description=options.get("description") or description,
-        partitions_def=partitions_def,
-        backfill_policy=options["backfill_policy"] if partitions_def is not None else None,
-        group_name=options.get("group_name"),
-        retry_policy=options.get("retry_policy"),
-        pool=options.get("pool"),
-        kinds=set(options.get("kinds") or kinds),
-        tags=options.get("tags"),
-        owners=options.get("owners"),
-        metadata=metadata,
-        required_resource_keys={options["resource_key"]} if uses_resource else set(),
-        io_manager_key=options["io_manager_key"],
-    )(compute)
+    with warnings.catch_warnings():  # backfill_policy is beta; the factories use it on purpose (one run)
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.asset(
+            key=key,
+            ins=dict(ins),
+            description=options.get("description") or description,
+            partitions_def=partitions_def,
+            backfill_policy=options["backfill_policy"] if partitions_def is not None else None,
+            group_name=options.get("group_name"),
+            retry_policy=options.get("retry_policy"),
+            pool=options.get("pool"),
+            kinds=set(options.get("kinds") or kinds),
+            tags=options.get("tags"),
+            owners=options.get("owners"),
+            metadata=metadata,
+            required_resource_keys={options["resource_key"]} if uses_resource else set(),
+            io_manager_key=options["io_manager_key"],
+            check_specs=list(check_specs) or None,
+        )(compute)

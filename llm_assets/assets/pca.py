@@ -78,8 +78,11 @@ def project_2d(matrix: np.ndarray, chunk_rows: int = 16_384) -> Projection:
     return Projection(points=points, explained_variance_ratio=(ratios[0], ratios[1]))
 
 
-def scatter_png(points: np.ndarray, labels: Sequence[str], path: Path, title: str) -> Path:
-    """Write a labelled scatter plot of ``points`` to ``path`` (PNG) and return it."""
+def scatter_png(
+    points: np.ndarray, labels: Sequence[str], path: Path, title: str, axes: tuple[str, str] = ("PC 1", "PC 2")
+) -> Path:
+    """Write a labelled scatter plot of ``points`` to ``path`` (PNG) and return it; labels
+    point inwards, so they stay inside the frame."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -89,14 +92,26 @@ def scatter_png(points: np.ndarray, labels: Sequence[str], path: Path, title: st
     fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
     try:
         ax.scatter(points[:, 0], points[:, 1], s=40, alpha=0.8)
+        ax.margins(0.15)
         if len(labels) <= 200:  # beyond that, labels are unreadable
+            middle = float(np.median(points[:, 0])) if len(points) else 0.0
             for (x, y), label in zip(points, labels, strict=True):
                 text = str(label) if len(str(label)) <= 40 else str(label)[:39] + "…"
-                ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
-        ax.set_title(title)
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
+                right = x <= middle  # left half: label to the right; right half: to the left
+                ax.annotate(
+                    text,
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(5 if right else -5, 4),
+                    ha="left" if right else "right",
+                    fontsize=9,
+                    annotation_clip=True,
+                )
+        ax.set_title(title, fontsize=11, wrap=True)
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
         ax.grid(True, alpha=0.3)
+        fig.tight_layout()
         fig.savefig(path, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)

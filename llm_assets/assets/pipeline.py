@@ -9,13 +9,15 @@ Example:
     ['captains/answers', 'captains/embeddings', 'captains/answer_map']
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Unpack
+from typing import Any, Unpack
 
 import dagster as dg
+import pydantic
 
 from llm_assets.assets.chat import build_chat_answers_asset
+from llm_assets.assets.checks import CHAT_CHECKS, EMBEDDING_CHECKS, PLOT_CHECKS, ChecksOption, checks_of
 from llm_assets.assets.embeddings import build_embeddings_asset
 from llm_assets.assets.options import AssetOptions
 from llm_assets.assets.plot import build_pca_plot_asset
@@ -45,12 +47,17 @@ def build_llm_pipeline_assets(
     max_tokens: int | None = None,
     temperature: float | None = None,
     mode: RequestMode | None = None,
+    response_format: type[pydantic.BaseModel] | Mapping[str, Any] | None = None,
+    max_parse_retries: int | None = None,
+    checks: ChecksOption = True,
     **options: Unpack[AssetOptions],
 ) -> LLMPipeline:
     """Answers per partition (keys ``answers``, ``embeddings``, ``answer_map`` under
     ``key_prefix``); the arguments are those of the three factories (``mode`` is the
-    default of both requesting assets), ``options`` apply to all three but ``pool``, which
-    only the two requesting assets take (the map sends nothing)."""
+    default of both requesting assets), ``options`` apply to all three but ``pool`` and
+    ``kinds``, which only the two requesting assets take (the map sends nothing). ``checks`` configures all
+    three assets' generated checks by name (:mod:`~llm_assets.assets.checks`). With a
+    ``response_format``, the embeddings embed each answer's raw JSON text."""
     answers = build_chat_answers_asset(
         key="answers",
         prompt=prompt,
@@ -61,11 +68,25 @@ def build_llm_pipeline_assets(
         temperature=temperature,
         partitions_def=partitions_def,
         mode=mode,
+        response_format=response_format,
+        max_parse_retries=max_parse_retries,
+        checks=checks_of(checks, CHAT_CHECKS),
         **options,
     )
     embeddings = build_embeddings_asset(
-        key="embeddings", upstream=answers, embedding_model=embedding_model, mode=mode, **options
+        key="embeddings",
+        upstream=answers,
+        embedding_model=embedding_model,
+        mode=mode,
+        checks=checks_of(checks, EMBEDDING_CHECKS),
+        **options,
     )
-    plot_options: AssetOptions = {name: value for name, value in options.items() if name != "pool"}  # type: ignore[assignment]
-    plot = build_pca_plot_asset(key="answer_map", upstream=embeddings, **plot_options)
+    plot_options: AssetOptions = {n: v for n, v in options.items() if n not in ("pool", "kinds")}  # type: ignore[assignment]
+    plot = build_pca_plot_asset(
+        key="answer_map",
+        upstream=embeddings,
+        questions_from=answers.key,
+        checks=checks_of(checks, PLOT_CHECKS),
+        **plot_options,
+    )
     return LLMPipeline(answers=answers, embeddings=embeddings, plot=plot)

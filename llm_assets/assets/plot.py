@@ -10,19 +10,24 @@ Example:
     ['a']
 """
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
+from llm_assets.assets.checks import PLOT_CHECKS, AssetChecks, ChecksOption, checked, plot_results
 from llm_assets.assets.config import PlotConfig, config_class
-from llm_assets.assets.frames import PLOT_COLUMNS, typed_columns, vector_columns
+from llm_assets.assets.frames import PLOT_COLUMNS, preview, typed_columns, vector_columns
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
 from llm_assets.assets.pca import Projection, markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
 from llm_assets.errors import LLMAssetsError
+
+#: Partitions whose question the map's title looks up (one instance query each).
+MAX_LOOKUPS = 100
 
 _COORDINATES = dg.TableSchema(
     columns=[dg.TableColumn("label", "string"), dg.TableColumn("x", "float"), dg.TableColumn("y", "float")]
@@ -59,24 +64,59 @@ def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMappi
     return parts
 
 
-def report_plot(
-    context: dg.AssetExecutionContext, points: pd.DataFrame, projection: Projection, png: Path, name: str
-) -> None:
-    """The plot inline, its PNG path, explained variance and a coordinate table."""
-    pc1, pc2 = projection.explained_variance_ratio
+def recorded_questions(
+    instance: dg.DagsterInstance, answers: dg.AssetKey, embeddings: dg.AssetKey, partition_keys: Sequence[Any]
+) -> dict[Any, str]:
+    """The ``question`` that the embedded answers of each partition answered: that of the
+    latest materialization of ``answers`` before the partition's latest ``embeddings``
+    (answers re-run since then are not on the map yet). Looked up for the first
+    :data:`MAX_LOOKUPS` partitions, two instance queries each."""
+    questions = {}
+    for pk in list(partition_keys)[:MAX_LOOKUPS]:
+        partitions = [pk] if pk is not None else None
+        embedded = instance.fetch_materializations(dg.AssetRecordsFilter(embeddings, partitions), limit=1).records
+        before = embedded[0].storage_id if embedded else None
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(answers, partitions, before_storage_id=before), limit=1
+        ).records
+        event = found[0].asset_materialization if found else None
+        question = event.metadata.get("question") if event is not None else None
+        if isinstance(question, dg.TextMetadataValue) and question.value:
+            questions[pk] = question.value
+    return questions
+
+
+def describe_map(questions: Mapping[Any, str], models: Sequence[str], points: int, title: str) -> tuple[str, dict]:
+    """The map's title (``title``, else the question; several questions are said to be
+    several) and the metadata naming them."""
+    asked = list(dict.fromkeys(questions.values()))
+    if len(asked) > 1:
+        headline = title or f"Answers to {len(asked)} different questions (partitions re-run with a new question)"
+        rows = [{"partition": pk, "question": q} for pk, q in questions.items()]
+        metadata = {"questions": dg.MetadataValue.md(preview(rows, ["partition", "question"], count=MAX_LOOKUPS))}
+    else:
+        headline = title or (f"“{asked[0]}”" if asked else "Map of the embeddings")
+        metadata = {"question": asked[0]} if asked else {}
+    embedded = f" · embeddings: {', '.join(models)}" if models else ""
+    return f"{headline}\n{points} points{embedded} · PCA to 2-D", metadata
+
+
+def report_plot(points: pd.DataFrame, projection: Projection, png: Path, name: str) -> dict[str, Any]:
+    """The plot inline, its PNG path, explained variance and a coordinate table (rounded
+    for reading; the output keeps full precision)."""
+    pc1, pc2 = (round(r, 4) for r in projection.explained_variance_ratio)
     records = [
-        dg.TableRecord({"label": r.label, "x": float(r.x), "y": float(r.y)}) for r in points.head(100).itertuples()
+        dg.TableRecord({"label": r.label, "x": round(float(r.x), 4), "y": round(float(r.y), 4)})
+        for r in points.head(100).itertuples()
     ]
-    context.add_output_metadata(
-        {
-            "plot": dg.MetadataValue.md(markdown_image(png, alt=name)),
-            "plot_path": dg.MetadataValue.path(str(png)),
-            "points": len(points),
-            "explained_variance_pc1": pc1,
-            "explained_variance_pc2": pc2,
-            "coordinates": dg.MetadataValue.table(records=records, schema=_COORDINATES),
-        }
-    )
+    return {
+        "plot": dg.MetadataValue.md(markdown_image(png, alt=name)),
+        "plot_path": dg.MetadataValue.path(str(png)),
+        "points": len(points),
+        "explained_variance_pc1": pc1,
+        "explained_variance_pc2": pc2,
+        "coordinates": dg.MetadataValue.table(records=records, schema=_COORDINATES),
+    }
 
 
 def build_pca_plot_asset(
@@ -86,12 +126,18 @@ def build_pca_plot_asset(
     label_column: str = PARTITION_COLUMN,
     title: str | None = None,
     plot_dir: str | None = None,
+    questions_from: AssetKeyLike | None = None,
+    checks: ChecksOption = True,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """A non-partitioned asset projecting every materialized partition of an embeddings
     asset to 2-D with PCA, drawn as a labelled scatter PNG shown in the UI (written to
-    ``plot_dir``, default: the instance's storage directory). ``options`` are Dagster's
-    (:class:`AssetOptions`).
+    ``plot_dir``, default: the instance's storage directory). The title says what was
+    asked: the ``question`` that the partitions of ``questions_from`` (a chat answers asset)
+    answered, or that they answered different ones. ``checks`` configures the generated
+    asset checks (:mod:`~llm_assets.assets.checks`: with ``enough_points`` on, a map of
+    fewer than 2 points is drawn and that check fails; off, it is an error). ``options``
+    are Dagster's (:class:`AssetOptions`).
 
     Example:
         >>> plot = build_pca_plot_asset(key="answer_map", upstream=embeddings)  # doctest: +SKIP
@@ -104,8 +150,10 @@ def build_pca_plot_asset(
         partition_mapping=dg.AllPartitionMapping() if partitioned is not None else None,
         metadata={"allow_missing_partitions": True},
     )
+    asset_checks = AssetChecks(name, PLOT_CHECKS, checks)
+    answers = dg.AssetKey.from_coercible(questions_from) if questions_from is not None else None
     return define_asset(
-        _answer_map(name, source.key, partitioned, label_column, plot_dir),
+        _answer_map(name, source.key, partitioned, label_column, plot_dir, answers, asset_checks),
         key=name,
         config_class=config_class(PlotConfig, name.to_python_identifier(), {"title": title}),
         columns=PLOT_COLUMNS,
@@ -115,6 +163,7 @@ def build_pca_plot_asset(
         description=f"2-D PCA map of {source.key.to_user_string()}, as a labelled scatter plot.",
         kinds={"scikitlearn", "matplotlib"},
         uses_resource=False,
+        check_specs=asset_checks.specs,
     )
 
 
@@ -124,15 +173,20 @@ def _answer_map(
     partitioned: dg.PartitionsDefinition | None,
     label_column: str,
     plot_dir: str | None,
-) -> Callable[..., pd.DataFrame]:
-    """The asset's body: gather the partitions, project, draw, report."""
+    answers: dg.AssetKey | None,
+    checks: AssetChecks,
+) -> Callable[..., dg.MaterializeResult]:
+    """The asset's body: gather the partitions, project, draw, report, check."""
 
-    def answer_map(context: dg.AssetExecutionContext, config: PlotConfig, upstream: Any) -> pd.DataFrame:
+    def answer_map(context: dg.AssetExecutionContext, config: PlotConfig, upstream: Any) -> dg.MaterializeResult:
         if isinstance(upstream, dict) and partitioned is not None:
             expected = partitioned.get_partition_keys(dynamic_partitions_store=context.instance)
             log_missing(context, upstream, expected, source)
         meta, matrix = stack_vectors(embedding_parts(upstream, label_column, source.to_user_string()))
-        projection = project_2d(matrix)  # stack_vectors consumed the frames: one copy of the vectors in memory
+        if len(matrix) < 2 and "enough_points" in checks.rules:  # drawn; the check says why it is no map
+            projection = Projection(np.zeros((len(matrix), 2)), (0.0, 0.0))
+        else:
+            projection = project_2d(matrix)  # stack_vectors consumed the frames: one copy of the vectors in memory
         del matrix
         labels = meta[label_column].astype(str).tolist() if len(meta) else []
         records = {
@@ -144,8 +198,13 @@ def _answer_map(
         }
         points = typed_columns(pd.DataFrame(records), PLOT_COLUMNS)
         png = Path(plot_dir or context.instance.storage_directory()).joinpath(*name.path).with_suffix(".png")
-        scatter_png(projection.points, labels, png, title=config.title or name.to_user_string())
-        report_plot(context, points, projection, png, name.to_user_string())
-        return points
+        keys = list(dict.fromkeys(points[PARTITION_COLUMN])) if len(points) else []
+        questions = recorded_questions(context.instance, answers, source, keys) if answers is not None else {}
+        models = sorted(str(m) for m in meta["model"].dropna().unique()) if "model" in meta else []
+        title, described = describe_map(questions, models, len(points), config.title)
+        axes = tuple(f"PC {i} ({r:.0%} of variance)" for i, r in enumerate(projection.explained_variance_ratio, 1))
+        scatter_png(projection.points, labels, png, title=title, axes=axes)  # type: ignore[arg-type]
+        metadata = {**report_plot(points, projection, png, name.to_user_string()), **described}
+        return checked(points, plot_results(checks, points, projection.explained_variance_ratio), metadata)
 
     return answer_map

@@ -11,13 +11,16 @@
       question: What is the most important quality of a starship captain?
       mode: BATCH          # optional: the OpenAI Batch API by default (LIVE otherwise)
       pool: openai         # optional: a Dagster pool for the two requesting steps
+      checks:              # optional: the generated asset checks, by name
+        no_truncated_answers: {max_rate: 0.1, severity: ERROR, blocking: true}
+        no_refusals: false
 
 The assets need an ``openai`` resource (and, for single-run backfills, an
 ``io_manager`` that is a ``PartitionedFilesystemIOManager``) bound in the project's
 definitions, where the API key stays an ``EnvVar``.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import pydantic
@@ -51,6 +54,18 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
         description="Dagster concurrency pool of the answers and embeddings steps; limit it with "
         "`dagster instance concurrency set <pool> <n>`.",
     )
+    response_format: dict[str, Any] | None = pydantic.Field(
+        default=None,
+        description="JSON Schema of a structured answer (an object): each field becomes a typed column.",
+    )
+    max_parse_retries: int | None = pydantic.Field(
+        default=None, ge=0, le=10, description="Times an invalid structured answer is asked again (default 2)."
+    )
+    checks: dict[str, dict[str, Any] | bool] | None = pydantic.Field(
+        default=None,
+        description="The generated asset checks by name (e.g. no_truncated_answers): false turns one off, or "
+        "{max_rate, severity: WARN|ERROR, blocking, enabled} (a CheckRule).",
+    )
     resource_key: str | None = pydantic.Field(default=None, description="Key of the OpenAIResource (openai).")
     io_manager_key: str | None = pydantic.Field(default=None, description="Key of the I/O manager (io_manager).")
 
@@ -68,6 +83,9 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
             temperature=self.temperature,
             mode=RequestMode[self.mode] if self.mode else None,
             pool=self.pool,
+            response_format=self.response_format,
+            max_parse_retries=self.max_parse_retries,
+            checks=self.checks if self.checks is not None else True,
             resource_key=self.resource_key,
             io_manager_key=self.io_manager_key,
         )

@@ -16,6 +16,9 @@ CAPTAINS = ["Kirk", "Picard", "Sisko", "Janeway", "Archer", "Pike", "Burnham"]
 
 captains = dg.StaticPartitionsDefinition(CAPTAINS)
 
+# OpenAI with OPENAI_API_KEY, the server at OPENAI_BASE_URL, else the embedded local model
+openai = openai_resource_from_env()
+
 pipeline = build_llm_pipeline_assets(
     key_prefix="captains",
     partitions_def=captains,
@@ -25,14 +28,14 @@ pipeline = build_llm_pipeline_assets(
     max_tokens=120,
     temperature=0.7,
     group_name="captains",
+    kinds=openai.asset_kinds,  # what the UI shows answering: OpenAI, or the local model
 )
 
 
 defs = dg.Definitions(
     assets=list(pipeline),
     resources={
-        # OpenAI with OPENAI_API_KEY, the server at OPENAI_BASE_URL, else the embedded local model
-        "openai": openai_resource_from_env(),
+        "openai": openai,
         "io_manager": PartitionedFilesystemIOManager(),
     },
 )

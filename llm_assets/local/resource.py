@@ -9,13 +9,14 @@ Example:
 """
 
 import os
+import sys
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.local.backend import LocalBackend
-from llm_assets.local.server import model_identity
+from llm_assets.local.server import CHAT_MODEL, EMBEDDING_MODEL, model_identity
 from llm_assets.resource import OpenAIResource
 
 SWITCH_HINT = "set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL for another OpenAI-compatible server"
@@ -30,6 +31,8 @@ class LocalOpenAIResource(OpenAIResource):
         >>> defs = dg.Definitions(assets=[], resources={"openai": LocalOpenAIResource()})
     """
 
+    chat_model: str = Field(default=CHAT_MODEL, description="Default model for chat answers: the local one.")
+    embedding_model: str = Field(default=EMBEDDING_MODEL, description="Default model for embeddings: the local one.")
     threads: int | None = Field(default=None, ge=1, description="CPU threads for the models (default: all).")
     ready_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for the local server to start.")
     batch: BatchSettings = Field(
@@ -54,6 +57,10 @@ class LocalOpenAIResource(OpenAIResource):
                 self._backend.stop()
                 self._backend = None
 
+    @property
+    def asset_kinds(self) -> set[str]:
+        return {"local", "llama.cpp"}
+
     def resolved_base_url(self) -> str | None:
         return self._backend.base_url if self._backend is not None else None
 
@@ -64,15 +71,26 @@ class LocalOpenAIResource(OpenAIResource):
 
 def openai_resource_from_env(**fields: object) -> OpenAIResource:
     """OpenAI when ``OPENAI_API_KEY`` is set, the server at ``OPENAI_BASE_URL`` when given,
-    else the embedded local model; logs one line saying which and how to switch.
+    else the embedded local model; says which, and how to switch (see :func:`announce`).
     ``fields`` (e.g. ``chat_model``) pass through to the resource."""
-    logger = dg.get_dagster_logger("llm_assets")
     base_url = os.environ.get("OPENAI_BASE_URL") or None
     if os.environ.get("OPENAI_API_KEY"):
-        logger.info(f"llm_assets: using {base_url or 'OpenAI'} with OPENAI_API_KEY; unset it for the local model.")
+        announce(f"using {base_url or 'OpenAI'} with OPENAI_API_KEY; unset it for the local model.")
         return OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"), base_url=base_url, **fields)
     if base_url:
-        logger.info(f"llm_assets: using the server at OPENAI_BASE_URL={base_url}; unset it for the local model.")
+        announce(f"using the server at OPENAI_BASE_URL={base_url}; unset it for the local model.")
         return OpenAIResource(base_url=base_url, **fields)
-    logger.info(f"llm_assets: no OPENAI_API_KEY or OPENAI_BASE_URL, using the embedded local model: {SWITCH_HINT}.")
+    announce(
+        f"no OPENAI_API_KEY or OPENAI_BASE_URL: answering with the embedded local model ({CHAT_MODEL}, "
+        f"{EMBEDDING_MODEL}); {SWITCH_HINT}."
+    )
     return LocalOpenAIResource(**fields)
+
+
+def announce(line: str) -> None:
+    """Log which backend answers, and print it in a code server: ``dagster dev`` runs code
+    servers at log level warning, so an INFO line would never reach its terminal (run and
+    step processes, which load the definitions again, only log it)."""
+    dg.get_dagster_logger("llm_assets").info(f"llm_assets: {line}")
+    if {"grpc", "code-server"} & set(sys.argv):
+        print(f"llm_assets: {line}", file=sys.stderr, flush=True)

@@ -51,11 +51,17 @@ def test_plot_skips_missing_partitions_with_a_log_line(server, materialize, inst
     assert any("Skipping 1 partition(s)" in m and CAPTAINS[2] in m for m in logs)
 
 
-def test_plot_with_fewer_than_two_points_is_a_clear_error(server, materialize):
-    pipeline = build_llm_pipeline_assets(partitions_def=captains, prompt="Captain {partition_key}")
+@pytest.mark.parametrize("checks", [True, {"enough_points": False}])
+def test_plot_with_fewer_than_two_points_fails_its_check_or_is_an_error(server, materialize, checks):
+    pipeline = build_llm_pipeline_assets(partitions_def=captains, prompt="Captain {partition_key}", checks=checks)
     assets = list(pipeline)
     materialize(assets, selection=[pipeline.answers.key, pipeline.embeddings.key], partition_key=CAPTAINS[0])
     result = materialize(assets, selection=[pipeline.plot.key], raise_on_error=False)
+    if checks is True:  # drawn, and the check says why it is no map
+        (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "enough_points"]
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+        assert "materialize more partitions" in evaluation.metadata["fix"].value
+        return
     assert not result.success
     assert "PCA needs at least 2 embeddings, got 1" in failure_message(result)
 
@@ -105,3 +111,25 @@ def test_a_plot_of_something_that_is_not_embeddings_is_one_clear_error(server, m
     plot = build_pca_plot_asset(key="plot", upstream=vectors, label_column="text")
     result = materialize([vectors, plot], raise_on_error=False)
     assert "LLMAssetsError" in failure_message(result) and message in failure_message(result)
+
+
+def test_the_map_names_the_question_its_answers_answered(server, materialize):
+    pipeline = build_llm_pipeline_assets(
+        partitions_def=captains, prompt="Captain {partition_key}: {question}", question="Why explore?"
+    )
+    assets, everything = list(pipeline), [pipeline.answers.key, pipeline.embeddings.key]
+    materialize(assets, selection=everything, partitions=CAPTAINS)
+
+    def map_metadata() -> dict:
+        (event,) = materialize(assets, selection=[pipeline.plot.key]).get_asset_materialization_events()
+        return metadata_values(event)
+
+    assert map_metadata()["question"] == "Why explore?"
+    new_question = {"ops": {"answers": {"config": {"question": "Tea or coffee?"}}}}
+    materialize(assets, selection=[pipeline.answers.key], partition_key=CAPTAINS[0], run_config=new_question)
+    assert map_metadata()["question"] == "Why explore?"  # Kirk's new answer is not embedded yet
+    materialize(assets, selection=[pipeline.embeddings.key], partition_key=CAPTAINS[0])
+    mixed = map_metadata()
+    assert "question" not in mixed and f"| {CAPTAINS[0]} | Tea or coffee? |" in mixed["questions"]
+    assert f"| {CAPTAINS[1]} | Why explore? |" in mixed["questions"]
+    assert mixed["explained_variance_pc1"] == round(mixed["explained_variance_pc1"], 4)
