@@ -5,6 +5,7 @@ plan → :class:`~llm_assets.engine.Engine` → report.
 """
 
 from llm_assets.assets.chat import ChatPrompts, build_chat_answers_asset, plan_chat_requests
+from llm_assets.assets.checks import CheckRule
 from llm_assets.assets.config import ChatConfig, EmbeddingConfig, PlotConfig
 from llm_assets.assets.embeddings import build_embeddings_asset
 from llm_assets.assets.frames import vectors
@@ -18,6 +19,7 @@ __all__ = [
     "ChatConfig",
     "ChatPrompts",
     "ChatTranslator",
+    "CheckRule",
     "EmbeddingConfig",
     "LLMPipeline",
     "PlotConfig",

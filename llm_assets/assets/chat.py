@@ -3,7 +3,8 @@
 * plan: :func:`plan_chat_requests` fills the prompt templates for each partition and
   upstream row (pure, testable without Dagster);
 * engine: :meth:`llm_assets.engine.Engine.chat` sends them;
-* report: :func:`report_answers` builds the frame and each partition's metadata.
+* report: :func:`~llm_assets.assets.reporting.report_answers` builds the frame and each
+  partition's metadata.
 
 Example:
     >>> prompts = ChatPrompts(dg.AssetKey("answers"), PromptTemplate("Captain {partition_key}: {question}"))
@@ -22,7 +23,7 @@ import pydantic
 
 from llm_assets.assets.checks import CHAT_CHECKS, AssetChecks, ChecksOption, chat_results, checked
 from llm_assets.assets.config import ChatConfig, config_class
-from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
+from llm_assets.assets.frames import ANSWER_COLUMNS
 from llm_assets.assets.options import (
     AssetKeyLike,
     AssetOptions,
@@ -33,20 +34,19 @@ from llm_assets.assets.options import (
     resolved,
 )
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
-from llm_assets.assets.reporting import latency_metadata, report_run
+from llm_assets.assets.reporting import report_answers, report_run
 from llm_assets.assets.translator import ChatTranslator
 from llm_assets.assets.upstream import (
     UpstreamAsset,
-    empty_metadata,
     load_texts,
     run_partitions,
     upstream_input,
     upstream_partitions,
 )
 from llm_assets.batch.settings import RequestMode
-from llm_assets.engine import AnswerRow, ChatRequest, Engine
+from llm_assets.engine import ChatRequest, Engine
 from llm_assets.engine.rows import ColumnSpec
-from llm_assets.engine.structured import OutputSchema, check_columns
+from llm_assets.engine.structured import OutputSchema
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_body, check_model, check_text
 
@@ -121,36 +121,6 @@ def upstream_rows(texts: Mapping[str | None, list[str]], one_request_per_row: bo
     return {pk: [{"text": "\n\n".join(items)}] if items else [] for pk, items in texts.items()}
 
 
-def report_answers(
-    context: dg.AssetExecutionContext,
-    rows: Sequence[AnswerRow],
-    partition_keys: Sequence[str | None],
-    redacted: bool,
-    columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS,
-    question: str | None = None,
-) -> pd.DataFrame:
-    """The answers frame, and each partition's own figures: rows, cache hits, failures,
-    latency percentiles, the question it answered and a preview."""
-    records = [row.to_record() for row in rows]
-    by_partition: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in partition_keys}
-    for record in records:
-        by_partition.setdefault(record["partition_key"], []).append(record)
-    for pk, part in by_partition.items():
-        context.add_asset_metadata(
-            {
-                "dagster/row_count": len(part),
-                "answers_from_cache": sum(1 for r in part if r["cached"]),
-                "failed_requests": sum(1 for r in part if r["error"]),
-                **latency_metadata([r["latency_s"] for r in part if not r["cached"]]),
-                **({"question": question} if question is not None else {}),
-                "preview": dg.MetadataValue.md(preview(part, ["prompt", "answer"], redacted)),
-                **empty_metadata(len(part)),
-            },
-            partition_key=pk,
-        )
-    return answers_frame(records, columns)
-
-
 def build_chat_answers_asset(
     *,
     prompt: str,
@@ -184,12 +154,9 @@ def build_chat_answers_asset(
     ``max_tokens``, ``temperature``, ``chat_model``, ``variables`` and ``mode`` (LIVE or
     BATCH) are the defaults of the run config (:class:`ChatConfig`; ``None`` keeps its own). A ``translator``
     (:class:`ChatTranslator` subclass) customises the messages, parameters and rows.
-    ``response_format`` (a Pydantic model class or a JSON Schema dict of an object) asks
-    for structured answers: each top-level field becomes a typed column, every answer is
-    validated and asked for again up to ``max_parse_retries`` times (run config; default 2)
-    when it does not match. ``checks`` configures the generated asset checks
-    (:mod:`~llm_assets.assets.checks`; ``False``: none). ``options`` are Dagster's
-    (:class:`AssetOptions`).
+    ``response_format`` (a Pydantic model or JSON Schema) gives typed, validated columns
+    (:mod:`~llm_assets.engine.structured`); ``checks`` configures the generated checks
+    (:mod:`~llm_assets.assets.checks`). ``options`` are Dagster's (:class:`AssetOptions`).
 
     Example:
         >>> answers = build_chat_answers_asset(
@@ -202,26 +169,17 @@ def build_chat_answers_asset(
     partitions_def = partitions_def or upstream_partitions(upstream)
     check_partitions(partitions_def, name)
     check_max_concurrency(max_concurrency, name)
-    system = PromptTemplate(system_prompt) if system_prompt else None
     schema = OutputSchema.of(response_format, name.to_user_string()) if response_format is not None else None
-    if schema is not None:
-        check_columns(schema, AnswerRow, name.to_user_string())
-    hook = translator or ChatTranslator()
-    prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, hook, schema)
+    system = PromptTemplate(system_prompt) if system_prompt else None
+    prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator(), schema)
     prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
-    defaults = dict(
-        question=question,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        chat_model=chat_model,
-        mode=mode,
-        max_parse_retries=max_parse_retries,
-    )
-    config = config_class(ChatConfig, name.to_python_identifier(), {**defaults, "variables": variables or None})
+    defaults = dict(question=question, max_tokens=max_tokens, temperature=temperature, chat_model=chat_model, mode=mode)
+    defaults.update(variables=variables or None, max_parse_retries=max_parse_retries)
+    config = config_class(ChatConfig, name.to_python_identifier(), defaults)
     source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
-    asset_checks = AssetChecks(name, CHAT_CHECKS, checks, skip=["valid_structured_answers"] if schema is None else [])
+    checks_ = AssetChecks(name, CHAT_CHECKS, checks, skip=[] if schema else ["valid_structured_answers"])
     return define_asset(
-        _answers(prompts, source, one_request_per_row, max_concurrency, options, asset_checks),
+        _answers(prompts, source, one_request_per_row, max_concurrency, options, checks_),
         key=name,
         config_class=config,
         columns=prompts.columns,
@@ -230,7 +188,7 @@ def build_chat_answers_asset(
         options=options,
         description="Chat answers: one row per request, with model, finish reason, tokens and latency.",
         kinds={"openai"},
-        check_specs=asset_checks.specs,
+        check_specs=checks_.specs,
     )
 
 

@@ -12,11 +12,16 @@ Example:
     {'latency_p50_s': 0.4, 'latency_p95_s': 0.94}
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 import numpy as np
+import pandas as pd
+
+from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
+from llm_assets.assets.upstream import empty_metadata
+from llm_assets.engine.rows import AnswerRow, ColumnSpec
 
 
 def latency_metadata(latencies: Sequence[float | None]) -> dict[str, float]:
@@ -39,3 +44,33 @@ def report_run(
     if partitions == 1:
         context.add_asset_metadata({"request_seconds": figures["request_seconds"]})
     return figures
+
+
+def report_answers(
+    context: dg.AssetExecutionContext,
+    rows: Sequence[AnswerRow],
+    partition_keys: Sequence[str | None],
+    redacted: bool,
+    columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS,
+    question: str | None = None,
+) -> pd.DataFrame:
+    """The answers frame, and each partition's own figures: rows, cache hits, failures,
+    latency percentiles, the question it answered and a preview."""
+    records = [row.to_record() for row in rows]
+    by_partition: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in partition_keys}
+    for record in records:
+        by_partition.setdefault(record["partition_key"], []).append(record)
+    for pk, part in by_partition.items():
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": len(part),
+                "answers_from_cache": sum(1 for r in part if r["cached"]),
+                "failed_requests": sum(1 for r in part if r["error"]),
+                **latency_metadata([r["latency_s"] for r in part if not r["cached"]]),
+                **({"question": question} if question is not None else {}),
+                "preview": dg.MetadataValue.md(preview(part, ["prompt", "answer"], redacted)),
+                **empty_metadata(len(part)),
+            },
+            partition_key=pk,
+        )
+    return answers_frame(records, columns)

@@ -50,7 +50,7 @@ from llm_assets.engine.embeddings import (
 )
 from llm_assets.engine.progress import Progress
 from llm_assets.engine.rows import AnswerRow
-from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError
+from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError, style_hint
 from llm_assets.http.attribution import billed_to
 from llm_assets.http.pools import httpx
 from llm_assets.redaction import mask_secrets, redact
@@ -288,18 +288,7 @@ class Engine:
         message = (
             f"HTTP {error.status_code}: {error.message}" if isinstance(error, openai.APIStatusError) else str(error)
         )
-        hint = ""
-        response_format = call.body.get("response_format")
-        if (
-            isinstance(error, openai.APIStatusError)
-            and isinstance(response_format, dict)
-            and response_format.get("type") == "json_schema"
-            and "json_schema" in str(error.message)
-        ):
-            hint = (
-                " (this server rejects response_format json_schema: set OpenAIResource(response_format_style="
-                "ResponseFormatStyle.JSON_OBJECT), which sends the schema in JSON mode)"
-            )
+        hint = style_hint(call.body, message) if isinstance(error, openai.APIStatusError) else ""
         return f"Request for {self._text(call.description)} failed: {mask_secrets(message, client.api_key)}{hint}"
 
     def _text(self, text: str) -> str:

@@ -32,7 +32,7 @@ import jsonschema
 import pydantic
 from openai.lib._parsing import type_to_response_format_param
 
-from llm_assets.engine.rows import ColumnSpec, column_specs
+from llm_assets.engine.rows import AnswerRow, ColumnSpec, column_specs
 from llm_assets.errors import LLMAssetsError
 
 #: Every failed row's ``error`` names it so: the checks count invalid outputs by it.
@@ -74,9 +74,9 @@ class OutputSchema:
         if isinstance(response_format, type) and issubclass(response_format, pydantic.BaseModel):
             param = type_to_response_format_param(response_format)
             spec = param["json_schema"]  # type: ignore[index]
-            return cls(spec["name"], spec["schema"], response_format)
+            return _free_names(cls(spec["name"], spec["schema"], response_format), asset)
         if isinstance(response_format, Mapping):
-            return cls(_name(asset), _checked(dict(response_format), asset))
+            return _free_names(cls(_name(asset), _checked(dict(response_format), asset)), asset)
         raise LLMAssetsError(
             f"response_format of {asset} is a {type(response_format).__name__}: give a Pydantic model class "
             "(class Verdict(pydantic.BaseModel): ...) or a JSON Schema dict of an object."
@@ -108,23 +108,41 @@ class OutputSchema:
             return value
         except pydantic.ValidationError as error:
             first = error.errors()[0]
-            where = ".".join(map(str, first["loc"])) or "the answer"
+            where = ".".join(map(str, first["loc"])) or "top level"
             raise InvalidOutputError(f"{where}: {first['msg']}") from None
         except json.JSONDecodeError as error:
             raise InvalidOutputError(f"not JSON ({error.msg} at character {error.pos})") from None
         except jsonschema.ValidationError as error:
-            where = ".".join(map(str, error.absolute_path)) or "the answer"
+            where = ".".join(map(str, error.absolute_path)) or "top level"
             raise InvalidOutputError(f"{where}: {error.message}") from None
 
 
-def check_columns(schema: OutputSchema, row_class: type, asset: str) -> None:
-    """Refuse a field whose column would overwrite one of the answers' own columns."""
-    taken = sorted(set(schema.columns) & set(column_specs(row_class)))
+def style_hint(body: Mapping[str, Any], message: str) -> str:
+    """What to set when a server's error ``message`` rejects the ``json_schema`` response
+    format of the request ``body``, else ``""``."""
+    response_format = body.get("response_format")
+    if (
+        isinstance(response_format, Mapping)
+        and response_format.get("type") == "json_schema"
+        and "json_schema" in message
+    ):
+        return (
+            " (this server rejects response_format json_schema: set OpenAIResource(response_format_style="
+            "ResponseFormatStyle.JSON_OBJECT), which sends the schema in JSON mode)"
+        )
+    return ""
+
+
+def _free_names(schema: OutputSchema, asset: str) -> OutputSchema:
+    """``schema``, checked to have no field whose column would overwrite one of the answers'
+    own columns."""
+    taken = sorted(set(schema.columns) & set(column_specs(AnswerRow)))
     if taken:
         raise LLMAssetsError(
             f"The response_format of {asset} has field(s) {', '.join(taken)}, which the answers frame already "
             "has as columns: rename them in the model or schema."
         )
+    return schema
 
 
 def _name(asset: str) -> str:

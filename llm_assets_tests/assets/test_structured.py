@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pydantic
 import pytest
 
@@ -171,3 +172,23 @@ def test_a_bad_response_format_is_one_clear_error(response_format, problem):
     with pytest.raises(LLMAssetsError, match="response_format of verdicts") as error:
         verdict_asset(response_format)
     assert problem in str(error.value)
+
+
+def test_batch_mode_validates_every_line_and_records_invalid_ones(server, materialize, monkeypatch, tmp_path):
+    """A batch answers once: a line that does not validate is recorded (RECORD) as an
+    invalid output, never asked again; the valid ones get their typed columns."""
+    from llm_assets.testing.batches import ScriptedBatchServer
+    from llm_assets_tests.batch import job
+
+    good = json.dumps({"quality": "courage", "confidence": 0.5})
+    monkeypatch.setattr(server, "chat", lambda body: scripted([good if "Kirk" in str(body) else "{}"])(body))
+    config = {"ops": {"verdicts": {"config": {"on_error": "RECORD", "mode": "BATCH"}}}}
+    with ScriptedBatchServer(server) as batch_server:
+        openai = job.resource(batch_server.base_url, cache_dir=str(tmp_path))
+        result = materialize([verdict_asset(VERDICT_SCHEMA)], openai, partitions=CAPTAINS, run_config=config)
+    frame = result.output_for_node("verdicts").set_index("partition_key")
+    assert frame.loc["Kirk", "quality"] == "courage" and pd.isna(frame.loc["Kirk", "error"])
+    for captain in CAPTAINS[1:]:
+        assert "Invalid output: the answer does not match verdicts: top level: 'quality'" in frame.loc[captain, "error"]
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "valid_structured_answers"]
+    assert not check.passed and check.metadata["count"].value == 2

@@ -14,16 +14,9 @@ import dagster as dg
 import numpy as np
 import openai
 import pandas as pd
-import pydantic
 import pytest
 
-from llm_assets import (
-    LLMAssetsError,
-    OpenAIResource,
-    PartitionedFilesystemIOManager,
-    build_chat_answers_asset,
-    vectors,
-)
+from llm_assets import LLMAssetsError, OpenAIResource, vectors
 from llm_assets.local import (
     CHAT_MODEL,
     EMBEDDING_DIMENSIONS,
@@ -33,7 +26,7 @@ from llm_assets.local import (
     openai_resource_from_env,
 )
 from llm_assets.local import backend as backend_module
-from llm_assets_tests.conftest import failure_message, partition_range, usage_metadata
+from llm_assets_tests.conftest import failure_message, usage_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -208,39 +201,6 @@ def test_streaming_and_model_names_configured_for_openai():
         assert embedded.model == EMBEDDING_MODEL and len(embedded.data[2].embedding) == EMBEDDING_DIMENSIONS
         with pytest.raises(openai.BadRequestError, match="dimensions"):
             client.embeddings.create(model="text-embedding-3-small", input=["a"], dimensions=256)
-
-
-class Verdict(pydantic.BaseModel):
-    quality: str
-    reason: str
-    confidence: float
-
-
-def test_structured_answers_on_the_local_model(instance):
-    """The README's structured example: OpenAI's strict json_schema, which the embedded
-    server turns into llama.cpp's schema-constrained JSON mode; every row validated."""
-    partitions = dg.StaticPartitionsDefinition(["Kirk", "Picard", "Sisko"])
-    verdicts = build_chat_answers_asset(
-        key="verdicts",
-        partitions_def=partitions,
-        system_prompt="You are Captain {partition_key} of Star Trek.",
-        prompt="{question} Give the quality, your reason and your confidence from 0 to 1.",
-        question="What is the most important quality of a starship captain?",
-        response_format=Verdict,
-        max_tokens=200,
-        max_parse_retries=4,
-    )
-    result = dg.materialize(
-        [verdicts],
-        resources={"openai": LocalOpenAIResource(cache=False), "io_manager": PartitionedFilesystemIOManager()},
-        instance=instance,
-        tags=partition_range(["Kirk", "Sisko"]),
-    )
-    frame = result.output_for_node("verdicts")
-    assert len(frame) == 3 and frame["error"].isna().all()
-    assert frame["quality"].str.len().gt(0).all() and frame["confidence"].dtype == "float64"
-    for answer in frame["answer"]:
-        Verdict.model_validate_json(answer)
 
 
 def test_missing_local_package_is_a_clear_error(monkeypatch):
