@@ -1,0 +1,46 @@
+"""The README's UI journey, in Chromium against ``dagster dev`` on the captains example with
+the embedded local model: materialize every captain's answers and embeddings (one backfill,
+one run), then the answer map, and see its plot and the answers' checks in the UI.
+
+Screenshots of each milestone go to ``$LLM_ASSETS_SCREENSHOTS`` (for docs/) or ``tmp_path``."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from llm_assets.examples.captains import CAPTAINS
+from llm_assets_tests.ui import dagster_ui as ui
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+    from llm_assets_tests.ui.conftest import DagsterDev
+
+LOCATION = GROUP = "captains"
+ANSWERS, EMBEDDINGS, ANSWER_MAP = "captains/answers", "captains/embeddings", "captains/answer_map"
+#: Checks the Checks tab of captains/answers lists (the chat factory's, without a response_format).
+MIN_ANSWER_CHECKS = 5
+
+
+@pytest.mark.slow
+def test_readme_journey_in_the_dagster_ui(page: "Page", dagster_dev: "DagsterDev", screenshots: Path) -> None:
+    # `page` first: a missing browser or playwright skips before dagster dev starts
+    page.goto(dagster_dev.url)
+    ui.wait_for_asset_graph(page, LOCATION, GROUP, ["answers", "embeddings", "answer_map"])
+    ui.screenshot(page, screenshots, "01-asset-graph.png")
+
+    ui.materialize_all_partitions(page, LOCATION, GROUP, [ANSWERS, EMBEDDINGS], partitions=len(CAPTAINS))
+    ui.wait_for_partitions(page, ANSWERS, materialized=len(CAPTAINS))
+    ui.show_partition(page, CAPTAINS[0])
+    ui.screenshot(page, screenshots, "02-answers-materialized.png")
+    ui.wait_for_partitions(page, EMBEDDINGS, materialized=len(CAPTAINS))
+
+    ui.materialize(page, ANSWER_MAP)
+    src, width, height = ui.open_markdown_image(page, ANSWER_MAP, "plot")
+    assert src.startswith("data:image/png;base64,")
+    assert width > 0 and height > 0
+    ui.screenshot(page, screenshots, "03-answer-map-plot.png")
+
+    ui.assert_checks_passed(page, ANSWERS, minimum=MIN_ANSWER_CHECKS)
+    ui.screenshot(page, screenshots, "04-answers-checks.png")
