@@ -109,6 +109,11 @@ def plan_chat_requests(
             body = check_body(
                 {"messages": messages, **hook.get_params(params, filled)}, f"The request of {name} ({where})"
             )
+            if prompts.schema is not None and body.get("response_format") != params.get("response_format"):
+                raise LLMAssetsError(
+                    f"The translator's get_params changed the response_format of {name} ({where}), which the "
+                    "factory's response_format= sets and validates: set it in one place."
+                )
             messages = body.pop("messages")
             requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), body, prompts.schema))
     return requests
@@ -239,7 +244,7 @@ def _answers(
         run = report_run(context, "chat requests", len(requests), len(rows), engine.seconds)
         question = config.question if prompts.uses_question else None
         frame = report_answers(context, rows_out, list(rows), resource.redact_text, prompts.columns, question)
-        return checked(frame, chat_results(checks, frame, len(requests), run))
+        return checked(frame, chat_results(checks, frame, len(requests), run, resource.redact_text))
 
     return answers
 

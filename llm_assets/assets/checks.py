@@ -115,11 +115,13 @@ class AssetChecks:
         total: int,
         shown: Sequence[str] = (),
         passed: bool | None = None,
+        redacted: bool = False,
         **metadata: Any,
     ) -> dg.AssetCheckResult | None:
         """The result of check ``name`` (``None`` when it is off): ``offending`` rows of
         ``total``, their ``shown`` columns in the metadata, plus ``metadata``; ``passed``
-        decides instead for checks that are not about rows."""
+        decides instead for checks that are not about rows; their text is masked when
+        ``redacted`` (the resource's ``redact_text``)."""
         if name not in self.rules:
             return None
         kind, rule = self.rules[name]
@@ -131,7 +133,7 @@ class AssetChecks:
             details.update(count=count, rate=round(rate, 4), **({"max_rate": rule.max_rate} if rule.max_rate else {}))
         if count:
             rows = offending.head(SHOWN_ROWS).to_dict("records")
-            details["offending_rows"] = dg.MetadataValue.md(preview(rows, shown, width=80))
+            details["offending_rows"] = dg.MetadataValue.md(preview(rows, shown, redacted, width=80))
         if not passed and kind.hint:
             details["fix"] = kind.hint
         return dg.AssetCheckResult(
@@ -190,13 +192,18 @@ def _rules(kinds: Sequence[CheckKind], checks: ChecksOption, key: dg.AssetKey) -
         except pydantic.ValidationError as error:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
             raise LLMAssetsError(f"checks[{kind.name!r}] of {key.to_user_string()}: {problems}.") from None
+        if rule.blocking and (rule.severity or kind.severity) == "WARN":
+            raise LLMAssetsError(
+                f"checks[{kind.name!r}] of {key.to_user_string()} is blocking at severity WARN, which Dagster never "
+                "blocks on: set severity: ERROR with blocking."
+            )
         if rule.enabled:
             chosen.append((kind, rule))
     return chosen
 
 
 def chat_results(
-    checks: AssetChecks, frame: pd.DataFrame, planned: int, run: Mapping[str, Any]
+    checks: AssetChecks, frame: pd.DataFrame, planned: int, run: Mapping[str, Any], redacted: bool
 ) -> list[dg.AssetCheckResult]:
     """The chat checks of an answers ``frame`` built from ``planned`` requests; the ``run``'s
     figures (request phase) go with the run-wide row count check."""
@@ -204,22 +211,31 @@ def chat_results(
 
     total, shown, none = len(frame), ["partition_key", "row", "prompt"], frame.iloc[:0]
     error = frame["error"].fillna("").astype(str)
-    invalid = error.str.contains(INVALID_OUTPUT, regex=False)
+    invalid = error.str.startswith(INVALID_OUTPUT)  # the library starts every other recorded error otherwise
     refused = frame["refusal"].notna() | (frame["finish_reason"] == "content_filter")
     empty = (error == "") & ~refused & (frame["answer"].fillna("").astype(str).str.strip() == "")
     frame = frame.assign(error=error.str.replace(r"^Request for .*? failed: ", "", n=1, regex=True))  # shown: why
     return checks.results(
-        checks.result("no_failed_requests", frame[(error != "") & ~invalid], total, [*shown, "error"]),
-        checks.result("no_empty_answers", frame[empty], total, shown),
-        checks.result("no_refusals", frame[refused], total, [*shown, "refusal", "finish_reason"]),
-        checks.result("no_truncated_answers", frame[frame["finish_reason"] == "length"], total, shown),
-        checks.result("valid_structured_answers", frame[invalid], total, [*shown, "error"]),
+        checks.result(
+            "no_failed_requests", frame[(error != "") & ~invalid], total, [*shown, "error"], redacted=redacted
+        ),
+        checks.result("no_empty_answers", frame[empty], total, shown, redacted=redacted),
+        checks.result("no_refusals", frame[refused], total, [*shown, "refusal", "finish_reason"], redacted=redacted),
+        checks.result(
+            "no_truncated_answers", frame[frame["finish_reason"] == "length"], total, shown, redacted=redacted
+        ),
+        checks.result("valid_structured_answers", frame[invalid], total, [*shown, "error"], redacted=redacted),
         checks.result("answers_match_requests", none, total, passed=total == planned, requests=planned, **run),
     )
 
 
 def embedding_results(
-    checks: AssetChecks, frame: pd.DataFrame, texts: int, dimensions: Mapping[str, int], run: Mapping[str, Any]
+    checks: AssetChecks,
+    frame: pd.DataFrame,
+    texts: int,
+    dimensions: Mapping[str, int],
+    run: Mapping[str, Any],
+    redacted: bool,
 ) -> list[dg.AssetCheckResult]:
     """The embedding checks of a ``frame`` embedding ``texts`` texts; ``dimensions`` by
     partition (this run's, and the latest other partition's on record)."""
@@ -235,7 +251,7 @@ def embedding_results(
     one, none = len(set(dimensions.values())) <= 1, frame.iloc[:0]
     return checks.results(
         checks.result("one_dimension", none, len(frame), passed=one, dimensions=by_partition),
-        checks.result("no_bad_vectors", frame[bad], len(frame), ["partition_key", "row", "text"]),
+        checks.result("no_bad_vectors", frame[bad], len(frame), ["partition_key", "row", "text"], redacted=redacted),
         checks.result("embeddings_match_texts", none, len(frame), passed=texts == len(frame), texts=texts, **run),
     )
 

@@ -41,6 +41,9 @@ from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_model
 
+#: Other partitions whose recorded dimension the ``one_dimension`` check compares (one query each).
+DIMENSION_LOOKUPS = 100
+
 
 def embedding_rows(partition_key: str | None, texts: list[str], model: str | None) -> list[dict[str, Any]]:
     return [{"partition_key": partition_key, "row": i, "text": t, "model": model} for i, t in enumerate(texts)]
@@ -69,16 +72,20 @@ def report_embeddings(
 
 
 def recorded_dimensions(context: dg.AssetExecutionContext) -> dict[str, int]:
-    """The dimension of the asset's latest materialization on record, when it was of a
-    partition this run does not overwrite: its vectors share the asset with this run's."""
-    if not (context.has_partition_key or context.has_partition_key_range):
+    """The dimension each other partition of the asset (the last :data:`DIMENSION_LOOKUPS`
+    of them) was last materialized with: their vectors share the asset with this run's."""
+    partitions_def = context.assets_def.partitions_def
+    if partitions_def is None:
         return {}
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    materialization = event.asset_materialization if event is not None else None
-    if materialization is None or materialization.partition in context.partition_keys:
-        return {}
-    recorded = materialization.metadata.get("dimensions")
-    return {str(materialization.partition): recorded.value} if isinstance(recorded, dg.IntMetadataValue) else {}
+    this_run = set(context.partition_keys)
+    keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
+    recorded = {}
+    for pk in [k for k in keys if k not in this_run][-DIMENSION_LOOKUPS:]:
+        found = context.instance.fetch_materializations(dg.AssetRecordsFilter(context.asset_key, [pk]), limit=1)
+        value = found.records[0].asset_materialization.metadata.get("dimensions") if found.records else None
+        if isinstance(value, dg.IntMetadataValue) and value.value:  # 0: an empty partition
+            recorded[pk] = value.value
+    return recorded
 
 
 def build_embeddings_asset(
@@ -153,6 +160,6 @@ def _embeddings(
         run = report_run(context, "texts embedded", count, len(texts), engine.seconds)
         frame = report_embeddings(context, texts, results, params["model"])
         dimensions = {**recorded_dimensions(context), **{str(pk): r.vectors.shape[1] for pk, r in results.items()}}
-        return checked(frame, embedding_results(checks, frame, count, dimensions, run))
+        return checked(frame, embedding_results(checks, frame, count, dimensions, run, resource.redact_text))
 
     return embeddings

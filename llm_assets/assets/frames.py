@@ -80,10 +80,10 @@ def answers_frame(
     documented ones, then a structured answer's typed fields)."""
     try:
         return typed_frame(records, columns)
-    except (ValueError, TypeError, OverflowError) as error:  # only a translator's get_record can cause it
+    except (ValueError, TypeError, OverflowError) as error:  # a translator's get_record (answers are checked)
         raise LLMAssetsError(
             f"A column of the answers has values of the wrong type ({error}): check what the translator's "
-            "get_record puts in the documented columns."
+            "get_record puts in the documented columns and the response_format's fields."
         ) from None
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from llm_assets.assets.frames import ANSWER_COLUMNS, answers_frame, preview
 from llm_assets.assets.upstream import empty_metadata
 from llm_assets.engine.rows import AnswerRow, ColumnSpec
+from llm_assets.redaction import redact
 
 
 def latency_metadata(latencies: Sequence[float | None]) -> dict[str, float]:
@@ -67,7 +68,7 @@ def report_answers(
                 "answers_from_cache": sum(1 for r in part if r["cached"]),
                 "failed_requests": sum(1 for r in part if r["error"]),
                 **latency_metadata([r["latency_s"] for r in part if not r["cached"]]),
-                **({"question": question} if question is not None else {}),
+                **({"question": redact(question) if redacted else question} if question is not None else {}),
                 "preview": dg.MetadataValue.md(preview(part, ["prompt", "answer"], redacted)),
                 **empty_metadata(len(part)),
             },

@@ -63,7 +63,7 @@ def run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> li
 def texts_of(value: Any, column: str, where: str) -> list[str]:
     """The text column of an upstream value (a DataFrame, a Series, a ``{column: [...]}``
     dict, a list of strings or one string), checked to hold non-empty, sendable strings."""
-    errors = None  # an answers frame's error column: why a row has no text
+    errors = None  # an answers frame's error and refusal columns: why a row has no text
     if isinstance(value, Mapping):
         if column not in value:
             raise LLMAssetsError(
@@ -80,7 +80,7 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
                 f"{where} has no column {column!r} (columns: {_listed(value.columns)}): "
                 "pass text_column= naming the column that holds the text."
             )
-        errors = value["error"] if "error" in value.columns else None
+        errors = value[[c for c in ("error", "refusal") if c in value.columns]]
         value = value[column]
         if isinstance(value, pd.DataFrame):  # duplicate names, or a level of MultiIndex columns
             raise LLMAssetsError(
@@ -108,14 +108,22 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
 
 
 def _failed_upstream(errors: Any, row: int) -> str | None:
-    """The hint for an empty text whose upstream request failed (an answers frame's
-    ``error`` column, under on_error=RECORD)."""
-    if not isinstance(errors, pd.Series) or not isinstance(errors.iloc[row], str):
+    """The hint for an empty text whose upstream request failed or was refused (an answers
+    frame's ``error`` column, under on_error=RECORD, or its ``refusal`` column)."""
+    if not isinstance(errors, pd.DataFrame) or row >= len(errors):
         return None
-    return (
-        f"its upstream request failed ({_excerpt(errors.iloc[row], 100)}); re-materialize the upstream once the "
-        "cause is fixed, or filter failed rows out in an asset between the two"
-    )
+    failed, refused = (errors[c].iloc[row] if c in errors.columns else None for c in ("error", "refusal"))
+    if isinstance(failed, str):
+        return (
+            f"its upstream request failed ({_excerpt(failed, 100)}); re-materialize the upstream once the "
+            "cause is fixed, or filter failed rows out in an asset between the two"
+        )
+    if isinstance(refused, str):
+        return (
+            f"its upstream answer is a refusal ({_excerpt(refused, 100)}); rephrase the prompt, or filter refusals "
+            "out in an asset between the two (the no_refusals check, blocking, stops the run before this step)"
+        )
+    return None
 
 
 def _listed(names: Any, count: int = 10) -> str:

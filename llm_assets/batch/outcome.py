@@ -79,6 +79,7 @@ class BatchOutcome:
         self.known = set(ids) | set(self.wanted)  # every request of the run, the cached ones too
         self.answered: set[str] = set()
         self.failures: dict[str, str] = {}
+        self.invalid: set[str] = set()  # lines whose answer did not validate (recorded as such)
         self.problems: list[str] = []  # whole batches that failed, expired or were cancelled
         self.estimates: dict[str, int] = {}  # governor reservations of the lines this run submitted
         self._writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="llm-assets-cache")
@@ -164,12 +165,14 @@ class BatchOutcome:
             raise
         except InvalidOutputError as error:  # not asked again in a batch: a batch answers once
             self._fail(cid, f"{INVALID_OUTPUT}: the answer {error}", "invalid_output")
+            self.invalid.add(cid)
             return True
         except MALFORMED as error:
             self._fail(cid, f"malformed answer ({type(error).__name__}: {error})", "malformed")
             return True
         self.answered.add(cid)
         self.failures.pop(cid, None)
+        self.invalid.discard(cid)
         if line.cache_key:  # paid for: stored before the batch's record goes
             self._unwritten.append((line.cache_key, json.dumps(body, ensure_ascii=False).encode(), usage or Usage()))
             if len(self._unwritten) >= _CHUNK:
@@ -230,8 +233,9 @@ class BatchOutcome:
             f"Request for {describe(self.calls[line.index].description)} failed: {message}" for line, message in failed
         ]
         if on_error is ErrorPolicy.RECORD and all(self.calls[line.index].failed for line, _ in failed):
-            for (line, _), text in zip(failed, texts, strict=True):
-                self.results[line.index] = self.calls[line.index].failed(text)
+            for (line, message), text in zip(failed, texts, strict=True):
+                recorded = message if line.custom_id in self.invalid else text  # the row names its request
+                self.results[line.index] = self.calls[line.index].failed(recorded)
             dg.get_dagster_logger("llm_assets").warning(f"{len(failed)} batch requests failed: {texts[0]} …")
             return
         raise LLMRequestError(

@@ -23,7 +23,13 @@ Reader = Callable[[dict[str, Any], bool, float], T]
 
 
 class LLMRequestError(Exception):
-    """A request failed after the SDK's retries; names the item that caused it."""
+    """A request failed after the SDK's retries; names the item that caused it.
+    ``recorded`` is what its row's ``error`` says under ``on_error=RECORD`` (the message
+    itself unless given: the row already names its partition and prompt)."""
+
+    def __init__(self, message: str, recorded: str | None = None) -> None:
+        super().__init__(message)
+        self.recorded = recorded or message
 
 
 class GovernanceError(LLMRequestError):

@@ -77,12 +77,10 @@ class ChatRequest:
         try:
             return self.schema.parse(row.answer or "")
         except InvalidOutputError as error:
-            cut = (
-                " (cut at max_tokens, finish_reason 'length': raise max_tokens)"
-                if row.finish_reason == "length"
-                else ""
-            )
-            raise InvalidOutputError(f"does not match {self.schema.name}{cut}: {error}") from None
+            if row.finish_reason == "length":  # asked again, it would be cut again
+                message = f"does not match {self.schema.name}: it was cut at max_tokens (finish_reason 'length')"
+                raise InvalidOutputError(f"{message}: raise max_tokens", retry=False) from None
+            raise InvalidOutputError(f"does not match {self.schema.name}: {error}") from None
 
     def failed(self, message: str) -> AnswerRow:
         return AnswerRow(partition_key=self.partition_key, row=self.row, prompt=self.prompt, error=message)

@@ -218,7 +218,7 @@ class Engine:
             if self.on_error is ErrorPolicy.FAIL or call.failed is None or isinstance(error, GovernanceError):
                 return error
             self.context.log.warning(str(error))
-            return call.failed(str(error))
+            return call.failed(error.recorded)
 
     async def _send_one(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T:
         """One call, asked again while its structured answer does not validate."""
@@ -226,11 +226,9 @@ class Engine:
             try:
                 return await self._send_once(client, call, usage)
             except InvalidOutputError as error:
-                if attempt == self.max_parse_retries:
-                    raise LLMRequestError(
-                        f"Request for {self._text(call.description)} failed: {INVALID_OUTPUT} after "
-                        f"{attempt + 1} attempt(s): the answer {self._text(str(error))}"
-                    ) from None
+                if attempt == self.max_parse_retries or not error.retry:
+                    why = f"{INVALID_OUTPUT} after {attempt + 1} attempt(s): the answer {self._text(str(error))}"
+                    raise LLMRequestError(f"Request for {self._text(call.description)} failed: {why}", why) from None
                 usage.add_parse_retry()
         raise AssertionError("unreachable")
 

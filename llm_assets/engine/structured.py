@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,12 @@ class ResponseFormatStyle(enum.Enum):
 
 
 class InvalidOutputError(ValueError):
-    """An answer that is not JSON matching the schema (the engine asks again)."""
+    """An answer that is not JSON matching the schema: the engine asks again, unless
+    ``retry`` is false (an answer cut at max_tokens would be cut again)."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class OutputSchema:
         if isinstance(response_format, type) and issubclass(response_format, pydantic.BaseModel):
             param = type_to_response_format_param(response_format)
             spec = param["json_schema"]  # type: ignore[index]
-            return _free_names(cls(spec["name"], spec["schema"], response_format), asset)
+            return _free_names(cls(spec["name"], _strict(spec["schema"], asset), response_format), asset)
         if isinstance(response_format, Mapping):
             return _free_names(cls(_name(asset), _checked(dict(response_format), asset)), asset)
         raise LLMAssetsError(
@@ -99,13 +104,15 @@ class OutputSchema:
         return {"type": "json_schema", "json_schema": {"name": self.name, "schema": dict(self.schema), "strict": True}}
 
     def parse(self, content: str) -> dict[str, Any]:
-        """The answer's fields, validated; :class:`InvalidOutputError` says why not."""
+        """The answer's fields (named as in the schema: a Pydantic field's alias), validated;
+        :class:`InvalidOutputError` says why not."""
         try:
             if self.model is not None:
-                return self.model.model_validate_json(content).model_dump(mode="json")
-            value = json.loads(content)
-            jsonschema.validate(value, self.schema)
-            return value
+                value = self.model.model_validate_json(content).model_dump(mode="json", by_alias=True)
+            else:
+                value = json.loads(content)
+                jsonschema.validate(value, self.schema)
+            return self._fits(value)
         except pydantic.ValidationError as error:
             first = error.errors()[0]
             where = ".".join(map(str, first["loc"])) or "top level"
@@ -115,6 +122,14 @@ class OutputSchema:
         except jsonschema.ValidationError as error:
             where = ".".join(map(str, error.absolute_path)) or "top level"
             raise InvalidOutputError(f"{where}: {error.message}") from None
+
+    def _fits(self, value: dict[str, Any]) -> dict[str, Any]:
+        """``value``, checked to fit its typed columns (a whole number fits ``Int64``)."""
+        for name, (kind, _, _) in self.columns.items():
+            number = value.get(name)
+            if kind == "int" and isinstance(number, int) and not -(2**63) <= number < 2**63:
+                raise InvalidOutputError(f"{name}: {number} does not fit a 64-bit integer")
+        return value
 
 
 def style_hint(body: Mapping[str, Any], message: str) -> str:
@@ -166,7 +181,7 @@ def _json_type(spec: Mapping[str, Any]) -> str | None:
 
 def _checked(schema: dict[str, Any], asset: str) -> dict[str, Any]:
     """A JSON Schema dict checked to be a valid schema of an object that strict structured
-    outputs accept at the top level."""
+    outputs accept."""
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
@@ -177,12 +192,39 @@ def _checked(schema: dict[str, Any], asset: str) -> dict[str, Any]:
             f"The response_format of {asset} must be the JSON Schema of an object: "
             '{"type": "object", "properties": {...}, "required": [...], "additionalProperties": false}.'
         )
-    optional = sorted(set(properties) - set(schema.get("required", [])))
-    if optional or schema.get("additionalProperties") is not False:
-        missing = f"list {', '.join(optional)} in 'required'" if optional else ""
-        closed = "set 'additionalProperties': false" if schema.get("additionalProperties") is not False else ""
+    return _strict(schema, asset)
+
+
+def _strict(schema: dict[str, Any], asset: str) -> dict[str, Any]:
+    """``schema``, checked to be strict at every level (each object closed, with all its
+    properties required), as OpenAI's strict structured outputs require."""
+    problems = list(_strict_problems(schema, "top level"))
+    if problems:
         raise LLMAssetsError(
-            f"The response_format of {asset} is not strict: {' and '.join(p for p in (missing, closed) if p)} "
-            "(OpenAI's strict structured outputs require both; make a field optional with a null type)."
+            f"The response_format of {asset} is not strict: {'; '.join(problems[:5])} (OpenAI's strict structured "
+            "outputs require every object closed with all its properties required; make a field optional with a "
+            "null type, and use a list of {key, value} objects instead of a free-form dict)."
         )
     return schema
+
+
+def _strict_problems(spec: Any, where: str) -> Iterator[str]:
+    """What keeps the schema ``spec`` at ``where`` from being strict, each naming its path."""
+    if not isinstance(spec, Mapping):
+        return
+    properties = spec.get("properties")
+    if isinstance(properties, Mapping):
+        optional = sorted(set(properties) - set(spec.get("required", [])))
+        if optional:
+            yield f"{where}: list {', '.join(optional)} in 'required'"
+        if spec.get("additionalProperties") is not False:
+            yield f"{where}: set 'additionalProperties': false"
+        for name, sub in properties.items():
+            yield from _strict_problems(sub, name if where == "top level" else f"{where}.{name}")
+    elif spec.get("type") == "object" or isinstance(spec.get("additionalProperties"), Mapping):
+        yield f"{where}: a free-form object (no 'properties')"
+    yield from _strict_problems(spec.get("items"), f"{where}[]")
+    for option in spec.get("anyOf") or []:
+        yield from _strict_problems(option, where)
+    for name, sub in (spec.get("$defs") or spec.get("definitions") or {}).items():
+        yield from _strict_problems(sub, f"$defs.{name}")

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
-from llm_assets import LLMAssetsError, build_chat_answers_asset, build_llm_pipeline_assets
+from llm_assets import LLMAssetsError, OpenAIResource, build_chat_answers_asset, build_llm_pipeline_assets
 from llm_assets.assets.checks import CheckRule
 from llm_assets.testing import Refusal, count_tokens, endpoints
-from llm_assets_tests.conftest import CAPTAINS, captains
+from llm_assets_tests.conftest import CAPTAINS, captains, failure_message
 
 KIRK, PICARD, SISKO = CAPTAINS
 
@@ -160,3 +160,55 @@ def test_yaml_component_takes_checks_and_a_response_format(server, materialize):
         spec.name for asset in assets for spec in asset.check_specs if spec.asset_key.path[-1] == "answer_map"
     }
     assert plot_checks == {"enough_points"}
+
+
+def test_a_server_message_naming_invalid_output_is_still_a_failed_request(server, materialize, no_backoff):
+    def fail_picard(handler, body):
+        if PICARD not in body["messages"][-1]["content"]:
+            return False
+        handler._json(500, {"error": {"message": "Invalid output from upstream worker", "type": "server_error"}})
+        return True
+
+    server.fault = fail_picard
+    config = {"ops": {"answers": {"config": {"on_error": "RECORD"}}}}
+    checks = evaluations(materialize([answers_asset()], partitions=CAPTAINS, run_config=config))
+    assert not checks["no_failed_requests"].passed
+
+
+def test_check_metadata_and_the_question_are_redacted(server, materialize, monkeypatch):
+    monkeypatch.setattr(server, "chat", answer_by_captain({KIRK: Refusal("No."), PICARD: "Duty.", SISKO: "Faith."}))
+    resource = OpenAIResource(api_key="sk-test", base_url=server.base_url, redact_text=True)
+    asset = build_chat_answers_asset(
+        key="answers",
+        partitions_def=captains,
+        prompt="Captain {partition_key}: {question}",
+        question="write to ana@example.org",
+    )
+    result = materialize([asset], resource, partitions=CAPTAINS)
+    shown = evaluations(result)["no_refusals"].metadata["offending_rows"].value
+    assert KIRK in shown and "ana@example.org" not in shown
+    for event in result.get_asset_materialization_events():
+        assert "ana@example.org" not in event.materialization.metadata["question"].value
+
+
+def test_one_dimension_compares_every_other_partition_on_record(server, materialize):
+    pipeline = build_llm_pipeline_assets(partitions_def=captains, prompt="Captain {partition_key}")
+    assets, embeddings = list(pipeline), [pipeline.embeddings.key]
+    materialize(assets, selection=[pipeline.answers.key, *embeddings], partitions=CAPTAINS)
+    smaller = {"ops": {"embeddings": {"config": {"dimensions": 8}}}}
+    for _ in range(2):  # the second time, the latest event is Kirk's own: the others still differ
+        check = evaluations(materialize(assets, selection=embeddings, partition_key=KIRK, run_config=smaller))
+        assert not check["one_dimension"].passed
+        assert check["one_dimension"].metadata["dimensions"].value == f"{PICARD}: 16, {SISKO}: 16, {KIRK}: 8"
+
+
+def test_blocking_needs_severity_error():
+    with pytest.raises(LLMAssetsError, match="blocking at severity WARN, which Dagster never blocks on"):
+        answers_asset(checks={"no_truncated_answers": CheckRule(blocking=True)})
+
+
+def test_embedding_a_refused_answer_says_it_was_refused(server, materialize, monkeypatch):
+    monkeypatch.setattr(server, "chat", answer_by_captain({KIRK: Refusal("No."), PICARD: "Duty.", SISKO: "Faith."}))
+    pipeline = build_llm_pipeline_assets(partitions_def=captains, prompt="Captain {partition_key}")
+    result = materialize(list(pipeline), partitions=CAPTAINS, raise_on_error=False)
+    assert "its upstream answer is a refusal ('No.')" in failure_message(result)

@@ -10,7 +10,7 @@ import pandas as pd
 import pydantic
 import pytest
 
-from llm_assets import LLMAssetsError, OpenAIResource, ResponseFormatStyle, build_chat_answers_asset
+from llm_assets import ChatTranslator, LLMAssetsError, OpenAIResource, ResponseFormatStyle, build_chat_answers_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.testing import Refusal, count_tokens
 from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, usage_metadata
@@ -111,13 +111,15 @@ def test_an_answer_that_never_validates_follows_on_error(server, materialize, mo
         assert "Invalid output after 2 attempt(s)" in message and "confidence: 'high' is not of type" in message
         return
     frame = result.output_for_node("verdicts")
-    assert frame["error"].str.contains("Invalid output").all() and frame["quality"].isna().all()
+    assert frame["error"].str.startswith("Invalid output after 2 attempt(s): the answer does not match").all()
+    assert frame["quality"].isna().all()
 
 
-def test_a_truncated_answer_says_to_raise_max_tokens(server, materialize, monkeypatch):
+def test_a_truncated_answer_is_not_asked_again_and_says_to_raise_max_tokens(server, materialize, monkeypatch):
     monkeypatch.setattr(server, "chat", scripted(['{"quality": "cour…']))
     result = materialize([verdict_asset(VERDICT_SCHEMA)], partitions=CAPTAINS, raise_on_error=False)
-    assert "cut at max_tokens, finish_reason 'length': raise max_tokens" in failure_message(result)
+    assert "it was cut at max_tokens (finish_reason 'length'): raise max_tokens" in failure_message(result)
+    assert server.stats.paths["/v1/chat/completions"] == len(CAPTAINS)  # the same max_tokens would cut it again
 
 
 def test_a_refusal_is_recorded_not_asked_again(server, materialize, monkeypatch):
@@ -192,3 +194,72 @@ def test_batch_mode_validates_every_line_and_records_invalid_ones(server, materi
         assert "Invalid output: the answer does not match verdicts: top level: 'quality'" in frame.loc[captain, "error"]
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "valid_structured_answers"]
     assert not check.passed and check.metadata["count"].value == 2
+
+
+def test_pydantic_aliases_name_the_columns(server, materialize):
+    class Aliased(pydantic.BaseModel):
+        quality: str = pydantic.Field(alias="Quality")
+        used: float = pydantic.Field(alias="model_confidence")
+
+    frame = materialize([verdict_asset(Aliased)], partitions=CAPTAINS).output_for_node("verdicts")
+    assert frame["Quality"].notna().all() and frame["model_confidence"].notna().all()
+    assert "quality" not in frame.columns and frame["model"].eq("gpt-4o-mini-2024-07-18").all()
+
+    class Clash(pydantic.BaseModel):
+        used: str = pydantic.Field(alias="model")
+
+    with pytest.raises(LLMAssetsError, match=r"field\(s\) model, which the answers frame already has"):
+        verdict_asset(Clash)
+
+
+def test_a_whole_number_too_big_for_its_column_is_invalid(server, materialize, monkeypatch):
+    monkeypatch.setattr(server, "chat", scripted(['{"votes": 123456789012345678901234567890}']))
+    schema = {**VERDICT_SCHEMA, "properties": {"votes": {"type": "integer"}}, "required": ["votes"]}
+    config = {"ops": {"verdicts": {"config": {"on_error": "RECORD"}}}}
+    frame = materialize([verdict_asset(schema)], partitions=CAPTAINS, run_config=config).output_for_node("verdicts")
+    assert frame["error"].str.contains("votes: 123456789012345678901234567890 does not fit a 64-bit integer").all()
+
+
+def test_a_translator_overriding_the_response_format_is_one_clear_error(server, materialize):
+    class Moody(ChatTranslator):
+        def get_params(self, params, values):
+            return {**params, "response_format": {"type": "json_object"}}
+
+    result = materialize([verdict_asset(VERDICT_SCHEMA, translator=Moody())], partitions=CAPTAINS, raise_on_error=False)
+    assert "The translator's get_params changed the response_format of verdicts" in failure_message(result)
+    assert server.stats.paths["/v1/chat/completions"] == 0
+
+
+@pytest.mark.parametrize(
+    ("response_format", "problem"),
+    [
+        (
+            {
+                **VERDICT_SCHEMA,
+                "properties": {"crew": {"type": "object", "properties": {"size": {"type": "integer"}}}},
+                "required": ["crew"],
+            },
+            "crew: list size in 'required'; crew: set 'additionalProperties': false",
+        ),
+        (
+            {
+                **VERDICT_SCHEMA,
+                "properties": {"ranks": {"type": "array", "items": {"type": "object"}}},
+                "required": ["ranks"],
+            },
+            "ranks[]: a free-form object",
+        ),
+    ],
+)
+def test_strictness_is_checked_at_every_level(response_format, problem):
+    with pytest.raises(LLMAssetsError, match="is not strict") as error:
+        verdict_asset(response_format)
+    assert problem in str(error.value)
+
+
+def test_a_pydantic_free_form_dict_is_refused():
+    class Tally(pydantic.BaseModel):
+        votes: dict[str, int]
+
+    with pytest.raises(LLMAssetsError, match="votes: a free-form object"):
+        verdict_asset(Tally)
