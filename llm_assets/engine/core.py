@@ -19,7 +19,7 @@ Example:
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,7 +52,7 @@ from llm_assets.engine.progress import Progress
 from llm_assets.engine.rows import AnswerRow
 from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError, style_hint
 from llm_assets.http.attribution import billed_to
-from llm_assets.http.pools import httpx
+from llm_assets.http.pools import httpx, loop_factory
 from llm_assets.redaction import mask_secrets, redact
 from llm_assets.session import RunSession
 
@@ -121,7 +121,7 @@ class Engine:
             return []
         started = time.perf_counter()
         try:
-            with ExitStack() as blocks, asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            with ExitStack() as blocks, asyncio.Runner(loop_factory=loop_factory()) as runner:
                 usages = {
                     pk: blocks.enter_context(self.session.metered(self.context, partition_key=pk))
                     for pk in dict.fromkeys(call.partition_key for call in calls)
@@ -292,12 +292,3 @@ class Engine:
     def _text(self, text: str) -> str:
         """Text about prompts as the library may log it (redacted when asked)."""
         return redact(text) if self.session.redact_text else text
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where installed (less CPU per request), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop

@@ -1,11 +1,14 @@
-"""Connection pools shared by the clients of a session, and the httpx the SDK speaks.
+"""Connection pools shared by the clients of a session, the httpx the SDK speaks, and the
+event loop the engine runs them on.
 
 Example:
     >>> pool = sync_pool()
     >>> pool.close()
 """
 
+import asyncio
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from llm_assets import _compat
@@ -15,7 +18,7 @@ try:  # openai >= 3 speaks httpx2; older releases speak httpx.
 except ImportError:  # pragma: no cover - exercised only with older openai releases
     import httpx  # type: ignore[no-redef]
 
-__all__ = ["async_pool", "httpx", "sync_pool"]
+__all__ = ["async_pool", "httpx", "loop_factory", "sync_pool"]
 
 POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
@@ -36,3 +39,12 @@ def async_pool() -> httpx.AsyncBaseTransport:
     loop that will use it."""
     transport = _compat.aiohttp_transport(limits=POOL_LIMITS, verify=_ssl_context())
     return transport or httpx.AsyncHTTPTransport(limits=POOL_LIMITS, verify=_ssl_context())
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where installed (less CPU per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

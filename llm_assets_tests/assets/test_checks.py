@@ -34,6 +34,18 @@ def answer_by_captain(replies: dict[str, str]) -> Any:
     return chat
 
 
+def fail_picard(message: str) -> Any:
+    """A fault hook answering Picard's requests with HTTP 500 ``message``."""
+
+    def hook(handler, body) -> bool:
+        if PICARD not in body["messages"][-1]["content"]:
+            return False
+        handler._json(500, {"error": {"message": message, "type": "server_error"}})
+        return True
+
+    return hook
+
+
 def answers_asset(**kwargs: Any) -> dg.AssetsDefinition:
     return build_chat_answers_asset(key="answers", partitions_def=captains, prompt="Captain {partition_key}", **kwargs)
 
@@ -63,13 +75,7 @@ def test_refused_empty_and_truncated_answers_fail_their_checks_naming_the_rows(s
 
 
 def test_failed_requests_recorded_fail_their_check(server, materialize, no_backoff):
-    def fail_picard(handler, body):
-        if PICARD not in body["messages"][-1]["content"]:
-            return False
-        handler._json(500, {"error": {"message": "down", "type": "server_error"}})
-        return True
-
-    server.fault = fail_picard
+    server.fault = fail_picard("down")
     config = {"ops": {"answers": {"config": {"on_error": "RECORD"}}}}
     result = materialize([answers_asset()], partitions=CAPTAINS, run_config=config)
     check = evaluations(result)["no_failed_requests"]
@@ -163,13 +169,7 @@ def test_yaml_component_takes_checks_and_a_response_format(server, materialize):
 
 
 def test_a_server_message_naming_invalid_output_is_still_a_failed_request(server, materialize, no_backoff):
-    def fail_picard(handler, body):
-        if PICARD not in body["messages"][-1]["content"]:
-            return False
-        handler._json(500, {"error": {"message": "Invalid output from upstream worker", "type": "server_error"}})
-        return True
-
-    server.fault = fail_picard
+    server.fault = fail_picard("Invalid output from upstream worker")
     config = {"ops": {"answers": {"config": {"on_error": "RECORD"}}}}
     checks = evaluations(materialize([answers_asset()], partitions=CAPTAINS, run_config=config))
     assert not checks["no_failed_requests"].passed
