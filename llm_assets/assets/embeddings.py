@@ -27,7 +27,7 @@ from llm_assets.assets.options import (
     define_asset,
     resolved,
 )
-from llm_assets.assets.reporting import report_run
+from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata, report_run
 from llm_assets.assets.upstream import (
     UpstreamAsset,
     empty_metadata,
@@ -40,9 +40,6 @@ from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_model
-
-#: Other partitions whose recorded dimension the ``one_dimension`` check compares (one query each).
-DIMENSION_LOOKUPS = 100
 
 
 def embedding_rows(partition_key: str | None, texts: list[str], model: str | None) -> list[dict[str, Any]]:
@@ -72,17 +69,17 @@ def report_embeddings(
 
 
 def recorded_dimensions(context: dg.AssetExecutionContext) -> dict[str, int]:
-    """The dimension each other partition of the asset (the last :data:`DIMENSION_LOOKUPS`
-    of them) was last materialized with: their vectors share the asset with this run's."""
+    """The dimension each other partition of the asset (the last
+    :data:`~llm_assets.assets.reporting.MAX_LOOKUPS` of them) was last materialized with:
+    their vectors share the asset with this run's."""
     partitions_def = context.assets_def.partitions_def
     if partitions_def is None:
         return {}
     this_run = set(context.partition_keys)
     keys = partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
     recorded = {}
-    for pk in [k for k in keys if k not in this_run][-DIMENSION_LOOKUPS:]:
-        found = context.instance.fetch_materializations(dg.AssetRecordsFilter(context.asset_key, [pk]), limit=1)
-        value = found.records[0].asset_materialization.metadata.get("dimensions") if found.records else None
+    for pk in [k for k in keys if k not in this_run][-MAX_LOOKUPS:]:
+        value = latest_metadata(context.instance, context.asset_key, pk)[1].get("dimensions")
         if isinstance(value, dg.IntMetadataValue) and value.value:  # 0: an empty partition
             recorded[pk] = value.value
     return recorded

@@ -23,11 +23,9 @@ from llm_assets.assets.config import PlotConfig, config_class
 from llm_assets.assets.frames import PLOT_COLUMNS, preview, typed_columns, vector_columns
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
 from llm_assets.assets.pca import Projection, markdown_image, project_2d, scatter_png, stack_vectors
+from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata
 from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
 from llm_assets.errors import LLMAssetsError
-
-#: Partitions whose question the map's title looks up (one instance query each).
-MAX_LOOKUPS = 100
 
 _COORDINATES = dg.TableSchema(
     columns=[dg.TableColumn("label", "string"), dg.TableColumn("x", "float"), dg.TableColumn("y", "float")]
@@ -70,17 +68,12 @@ def recorded_questions(
     """The ``question`` that the embedded answers of each partition answered: that of the
     latest materialization of ``answers`` before the partition's latest ``embeddings``
     (answers re-run since then are not on the map yet). Looked up for the first
-    :data:`MAX_LOOKUPS` partitions, two instance queries each."""
+    :data:`~llm_assets.assets.reporting.MAX_LOOKUPS` partitions, two queries each."""
     questions = {}
     for pk in list(partition_keys)[:MAX_LOOKUPS]:
-        partitions = [pk] if pk is not None else None
-        embedded = instance.fetch_materializations(dg.AssetRecordsFilter(embeddings, partitions), limit=1).records
-        before = embedded[0].storage_id if embedded else None
-        found = instance.fetch_materializations(
-            dg.AssetRecordsFilter(answers, partitions, before_storage_id=before), limit=1
-        ).records
-        event = found[0].asset_materialization if found else None
-        question = event.metadata.get("question") if event is not None else None
+        embedded, _ = latest_metadata(instance, embeddings, pk)
+        _, metadata = latest_metadata(instance, answers, pk, before_storage_id=embedded)
+        question = metadata.get("question")
         if isinstance(question, dg.TextMetadataValue) and question.value:
             questions[pk] = question.value
     return questions

@@ -24,6 +24,23 @@ from llm_assets.assets.upstream import empty_metadata
 from llm_assets.engine.rows import AnswerRow, ColumnSpec
 from llm_assets.redaction import redact
 
+#: Partitions whose latest materialization a report looks up (one instance query each).
+MAX_LOOKUPS = 100
+
+
+def latest_metadata(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition_key: str | None, before_storage_id: int | None = None
+) -> tuple[int | None, Mapping[str, Any]]:
+    """The storage id and metadata of the latest materialization of ``key`` (of its
+    ``partition_key``; before ``before_storage_id`` if given), or ``(None, {})``."""
+    partitions = [partition_key] if partition_key is not None else None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(key, partitions, before_storage_id=before_storage_id), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None, {}
+    return records[0].storage_id, records[0].asset_materialization.metadata
+
 
 def latency_metadata(latencies: Sequence[float | None]) -> dict[str, float]:
     """p50 and p95 seconds of the answers that were sent (cache hits have none), rounded."""
