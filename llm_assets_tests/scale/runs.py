@@ -1,10 +1,16 @@
 """Run ``dagster asset materialize`` as users do: its own processes (the multiprocess
 executor, one process per step), a ``DAGSTER_HOME`` on SQLite or Postgres."""
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -77,3 +83,44 @@ def set_pool_limit(home: Path, pool: str, limit: int) -> None:
     environment = {**os.environ, "DAGSTER_HOME": str(home)}
     command = [str(DAGSTER), "instance", "concurrency", "set", pool, str(limit)]
     subprocess.run(command, env=environment, check=True, capture_output=True, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dagster_dev(home: Path, env: dict[str, str], log: Path, *args: str) -> Iterator[str]:
+    """``dagster dev`` in the repository root (``args`` add e.g. ``-m module``) with
+    ``home`` as DAGSTER_HOME, its output in ``log``; yields its URL once it answers. It is
+    waited for until it serves or exits, on no clock (a busy machine only makes it slower),
+    and stopped by process group: SIGINT, then SIGKILL for what is left."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [str(DAGSTER), "dev", *args, "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=dagster_environment(home, env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while True:
+                with contextlib.suppress(OSError):
+                    urllib.request.urlopen(f"{url}/server_info", timeout=2).close()
+                    break
+                assert process.poll() is None, f"dagster dev exited:\n{log.read_text(errors='replace')[-6000:]}"
+                time.sleep(0.2)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -8,11 +8,7 @@ skips, saying why) when the ``playwright`` package is missing."""
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llm_assets_tests.scale.runs import DAGSTER, REPO, dagster_environment
+from llm_assets_tests.scale.runs import dagster_dev as running_dagster_dev
+from llm_assets_tests.ui import dagster_ui as ui
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, WebSocketRoute
@@ -118,8 +115,8 @@ def page(sync_api: ModuleType, chromium: Path, screenshots: Path, request: pytes
             context.route(remote, lambda route: route.abort())
             context.route_web_socket(remote, _abort_websocket)
             page = context.new_page()
-            page.set_default_timeout(30_000)  # a busy 2-core machine: deadlines, never assertions on time
-            sync_api.expect.set_options(timeout=30_000)
+            page.set_default_timeout(ui.PAGE_TIMEOUT_S * 1000)  # hang guards, never assertions on time
+            sync_api.expect.set_options(timeout=ui.PAGE_TIMEOUT_S * 1000)
             yield page
             if _failed(request):
                 with contextlib.suppress(Exception):
@@ -128,60 +125,18 @@ def page(sync_api: ModuleType, chromium: Path, screenshots: Path, request: pytes
             browser.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCAL_HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(process: subprocess.Popen, url: str, log: Path) -> None:
-    """Polls ``url/server_info`` (up to 2 minutes on a busy machine) while the process lives."""
-    deadline = time.monotonic() + 120
-    while True:
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(f"{url}/server_info", timeout=2).close()
-            return
-        assert process.poll() is None, f"dagster dev exited early:\n{log.read_text(errors='replace')[-6000:]}"
-        assert time.monotonic() < deadline, f"dagster dev did not serve:\n{log.read_text(errors='replace')[-6000:]}"
-        time.sleep(0.2)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGINT to the process group, up to 15 s to stop, then SIGKILL for what is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 @pytest.fixture
 def dagster_dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DagsterDev]:
     """``dagster dev`` in the repository root (its ``workspace.yaml``: the captains example)
-    on a free port, with no ``OPENAI_*`` variables (so the embedded local model answers) and a
-    fresh ``DAGSTER_HOME``; its output in ``dagster-dev.log``, whose tail is printed on a failure.
+    with no ``OPENAI_*`` variables (so the embedded local model answers) and a fresh
+    ``DAGSTER_HOME``; its output in ``dagster-dev.log``, whose tail is printed on a failure.
     The code server needs no port of ours: ``dagster dev`` picks its own."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    port, log_path = free_port(), tmp_path / "dagster-dev.log"
-    command = [str(DAGSTER), "dev", "-h", LOCAL_HOST, "-p", str(port)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=dagster_environment(home, {}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            dev = DagsterDev(f"http://{LOCAL_HOST}:{port}", log_path)
-            _wait_until_serving(process, dev.url, log_path)
-            yield dev
-            if _failed(request):
-                print(f"--- dagster dev output (last lines of {log_path}) ---\n{dev.log_tail()}")
-        finally:
-            _stop(process)
+    log = tmp_path / "dagster-dev.log"
+    with running_dagster_dev(home, {}, log) as url:
+        dev = DagsterDev(url, log)
+        yield dev
+        if _failed(request):
+            print(f"--- dagster dev output (last lines of {log}) ---\n{dev.log_tail()}")

@@ -16,7 +16,10 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
-RUN_TIMEOUT_S = 90.0  # generous, for a busy 2-core machine: a deadline, never an assertion on time
+#: Hang guards, not timings: a passing journey never waits them out, however busy the machine
+#: (a run takes ~25 s here, plus up to 30 s for the backfill daemon's cycle).
+PAGE_TIMEOUT_S = 120.0  # something the page shows
+RUN_TIMEOUT_S = 600.0  # a run to finish
 _RUN_DONE = re.compile(r"^(Success|Failure|Canceled)$")
 
 
@@ -54,7 +57,7 @@ def toast_id(page: Page, message: str) -> str:
     from playwright.sync_api import expect
 
     toast = page.get_by_text(re.compile(rf"^{message} \w+$")).first
-    expect(toast).to_be_visible(timeout=30_000)
+    expect(toast).to_be_visible(timeout=PAGE_TIMEOUT_S * 1000)
     return toast.inner_text().split()[-1]
 
 
@@ -103,7 +106,11 @@ def wait_for_partitions(page: Page, asset_path: str, materialized: int, timeout_
 def show_partition(page: Page, partition: str) -> None:
     """On an asset's Partitions tab: selects ``partition`` and waits for its latest materialization."""
     page.get_by_text(partition, exact=True).first.click()
-    wait_visible(page, page.get_by_role("button", name=re.compile(r"View all historical events \([1-9]")), timeout_s=30)
+    wait_visible(
+        page,
+        page.get_by_role("button", name=re.compile(r"View all historical events \([1-9]")),
+        timeout_s=PAGE_TIMEOUT_S,
+    )
 
 
 def materialize(page: Page, asset_path: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
@@ -128,7 +135,7 @@ def open_markdown_image(page: Page, asset_path: str, entry: str) -> tuple[str, i
 
     open_asset_tab(page, asset_path, "Overview")
     row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=entry, exact=True))
-    wait_visible(page, row.get_by_text("[Show Markdown]"), timeout_s=30)
+    wait_visible(page, row.get_by_text("[Show Markdown]"), timeout_s=PAGE_TIMEOUT_S)
     row.get_by_text("[Show Markdown]").click()
     image = page.get_by_role("dialog").get_by_role("img", name=asset_path)  # the plot's alt text
     expect(image).to_be_visible()
@@ -149,7 +156,9 @@ def check_statuses(page: Page) -> dict[str, str]:
     return statuses
 
 
-def assert_checks_passed(page: Page, asset_path: str, minimum: int = 1, timeout_s: float = 30) -> dict[str, str]:
+def assert_checks_passed(
+    page: Page, asset_path: str, minimum: int = 1, timeout_s: float = PAGE_TIMEOUT_S
+) -> dict[str, str]:
     """Opens the asset's Checks tab and asserts that it lists at least ``minimum`` checks and
     that every one shows as passed: "Succeeded" under its name, with a green ``check_circle``
     (Dagster 1.13; a failed check shows "Failed" with ``cancel``, or ``warning_outline`` at WARN
@@ -158,7 +167,7 @@ def assert_checks_passed(page: Page, asset_path: str, minimum: int = 1, timeout_
     open_asset_tab(page, asset_path, "Checks")
     no_checks = page.get_by_text("No checks defined for this asset")
     heading = page.get_by_text(re.compile(r"^Checks \(\d+\)$")).or_(no_checks)
-    shown = wait_visible(page, heading, timeout_s=30)
+    shown = wait_visible(page, heading, timeout_s=PAGE_TIMEOUT_S)
     listed = int(match.group(1)) if (match := re.search(r"\((\d+)\)", shown)) else 0
     assert listed >= minimum, f"{asset_path}: {listed} checks listed, expected at least {minimum}"
     passed = "Succeeded (check_circle)"
