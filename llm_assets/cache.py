@@ -92,12 +92,12 @@ class CacheKeys:
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(f"POST {self.identity}{endpoint}\n{canonical}".encode()).hexdigest()
 
-    def key_of(self, request: httpx.Request, payload: Any) -> str | None:
-        """The key of an HTTP request whose decoded JSON body is ``payload``."""
+    def endpoint_of(self, request: httpx.Request) -> str | None:
+        """The endpoint of an HTTP request to this base URL (``None``: a GET, or elsewhere)."""
         url = str(request.url.copy_with(query=None))
         if request.method != "POST" or not url.startswith(self.base_url + "/"):
             return None
-        return self.key(url[len(self.base_url) :], payload)
+        return url[len(self.base_url) :]
 
 
 class RequestCache:

@@ -5,7 +5,7 @@ The OpenAI SDK talks HTTP through an httpx client; these transports sit under it
 read each response body as the SDK consumes it. Because nothing above the HTTP layer is
 patched, every call shape is metered the same way and no client is ever mutated. Each
 billed request (a POST to a completion, embedding or response endpoint) goes through
-one :class:`_Exchange`:
+one :class:`~llm_assets.http.exchange.Exchange`:
 
 1. whose usage it is (:mod:`llm_assets.http.attribution`; none is an error),
 2. answered from the cache, if the cache mode reads and nobody looked it up already,
@@ -25,18 +25,14 @@ Example (what ``RunSession.client`` does):
 """
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from llm_assets.accounting.governance import REFUSAL_CODE
-from llm_assets.accounting.limits import request_estimate
-from llm_assets.accounting.provider_limits import Ticket
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
 from llm_assets.cache import CacheMode
-from llm_assets.http.answers import answer_problem
 from llm_assets.http.attribution import resolve_scope
 from llm_assets.http.body import ACCEPT_ENCODING, BodyReader
+from llm_assets.http.exchange import Exchange
 from llm_assets.http.pools import httpx
 
 if TYPE_CHECKING:
@@ -47,95 +43,42 @@ def is_metered(request: httpx.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith(BILLED_PATH_SUFFIXES)
 
 
-class _Exchange:
-    """One billed request on its way: whose usage, its cache key, its governor
-    reservation and rate-limit estimate."""
+def _exchange(request: httpx.Request, session: "RunSession", usage: Usage | None, mode: CacheMode) -> Exchange:
+    """The :class:`Exchange` of a billed request reaching a transport."""
+    scope = resolve_scope(usage)
+    request.headers["accept-encoding"] = ACCEPT_ENCODING
+    endpoint = session.cache_keys.endpoint_of(request)
+    return Exchange(
+        session,
+        scope.usage,
+        mode,
+        endpoint or request.url.path,
+        request.content,
+        looked_up=scope.looked_up,
+        cacheable=endpoint is not None,
+    )
 
-    def __init__(self, request: httpx.Request, session: "RunSession", usage: Usage | None, mode: CacheMode) -> None:
-        scope = resolve_scope(usage)
-        self.session, self.usage = session, scope.usage
-        request.headers["accept-encoding"] = ACCEPT_ENCODING
-        self.governed, self.paced = session.governor.active, session.limits.active
-        self.model: str | None = None
-        self.endpoint, self.payload = request.url.path, None
-        self.estimate, self.key, self.reads, self._reserved = 0, None, False, False
-        self.ticket: Ticket | None = None  # its place with the rate limits, once it has one
-        self.sent = False  # handed to the connection: the provider may bill it, answered or not
-        if mode is CacheMode.OFF and not self.governed and not self.paced:
-            return  # nothing reads the body: don't parse it
-        try:
-            payload: Any = json.loads(request.content)
-        except ValueError:
-            return
-        if isinstance(payload, dict):
-            self.payload = payload
-            model = payload.get("model")
-            self.model = model if isinstance(model, str) else None
-            self.estimate = request_estimate(request.content, payload)
-        if mode.writes:  # OFF when the session has no cache (see RunSession.cache_mode)
-            self.key = session.cache_keys.key_of(request, payload)
-        self.reads = self.key is not None and mode.reads and not scope.looked_up
 
-    def refusal(self, request: httpx.Request) -> httpx.Response | None:
-        """The 403 answer if the governor refuses this request (else its estimate is reserved)."""
-        if not self.governed:
-            return None
-        reason = self.session.governor.refusal(self.model, self.estimate)
-        if reason is None:
-            self._reserved = True
-            return None
-        error = {"message": reason, "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}
-        return httpx.Response(403, json={"error": error}, request=request)
+def _hit(exchange: Exchange, request: httpx.Request, answer: "CachedAnswer | None") -> httpx.Response | None:
+    """The response of a cache hit (counted on the usage), or ``None`` on a miss."""
+    if answer is None:
+        return None
+    exchange.usage.add_cache_hit(answer.model)
+    return httpx.Response(200, headers={"content-type": "application/json"}, content=answer.body, request=request)
 
-    def failed(self, kind: str) -> None:
-        """An error response (``kind``: its status: nothing billed) or a connection failure
-        (:func:`failure_kind`); maybe retried."""
-        self.usage.add_failed_attempt(kind)
-        if kind.isdigit():
-            self._settle(None, None)
-        else:
-            self.abandoned()
 
-    def abandoned(self) -> None:
-        """No response (a connection failure, a cancellation): give back its place with the
-        rate limits; its budget reservation too if it was never sent, else it counts at its
-        estimate, since the provider may have answered and billed it."""
-        self.session.limits.abandoned(self.ticket)
-        unknown = {"prompt_tokens": self.estimate, "total_tokens": self.estimate} if self.sent else None
-        self._settle(None, unknown, answered=self.sent)
+def _refused(exchange: Exchange, request: httpx.Request) -> httpx.Response | None:
+    """The governor's 403, never sent, or ``None`` (its estimate is then reserved)."""
+    error = exchange.refusal()
+    return None if error is None else httpx.Response(403, json=error, request=request)
 
-    def finished(self, reader: BodyReader, complete: bool) -> bytes | None:
-        """Count what the body reported; returns the body to store in the cache, if any."""
-        summary = reader.finish()
-        if summary.readable:
-            self.usage.add_response(summary.model, summary.usage)
-        elif complete or reader.damaged:
-            self.usage.add_failed_attempt("malformed")
-        self._settle(summary.model, summary.usage, answered=summary.readable)
-        if not complete or self.key is None or summary.answer is None:
-            return None
-        return None if answer_problem(self.endpoint, summary.answer, self.payload) else summary.json_body
 
-    def _settle(self, served: str | None, usage: dict[str, Any] | None, answered: bool = False) -> None:
-        if self._reserved:
-            self._reserved = False
-            self.session.governor.settle(self.model, self.estimate, usage, served, answered)
-
-    def hit(self, request: httpx.Request, answer: "CachedAnswer | None") -> httpx.Response | None:
-        """The response of a cache hit (counted on the usage), or ``None`` on a miss."""
-        if answer is None:
-            return None
-        self.usage.add_cache_hit(answer.model)
-        return httpx.Response(200, headers={"content-type": "application/json"}, content=answer.body, request=request)
-
-    def meter(self, response: httpx.Response, stream_class: type) -> httpx.Response:
-        self.session.limits.observe(response.status_code, response.headers, self.ticket)
-        if not 200 <= response.status_code < 300:
-            self.failed(str(response.status_code))
-            return response
+def _metered(exchange: Exchange, response: httpx.Response, stream_class: type) -> httpx.Response:
+    """``response`` with its body read for usage as the SDK consumes it."""
+    if exchange.observe(response.status_code, response.headers):
         reader = BodyReader(response.headers.get("content-encoding", ""), response.headers.get("content-type", ""))
-        response.stream = stream_class(response.stream, reader, self)
-        return response
+        response.stream = stream_class(response.stream, reader, exchange)
+    return response
 
 
 def failure_kind(error: httpx.TransportError) -> str:
@@ -149,7 +92,7 @@ def failure_kind(error: httpx.TransportError) -> str:
 
 
 class _MeteredStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, reader: BodyReader, exchange: _Exchange) -> None:
+    def __init__(self, inner: httpx.SyncByteStream, reader: BodyReader, exchange: Exchange) -> None:
         self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -162,7 +105,7 @@ class _MeteredStream(httpx.SyncByteStream):
             self._exchange.failed(failure_kind(error))
             raise
         self._done = True
-        if (body := self._exchange.finished(self._reader, complete=True)) is not None:
+        if (body := self._exchange.finished(self._reader.finish(), True, self._reader.damaged)) is not None:
             self._exchange.session.store(self._exchange.key, body, self._exchange.usage)
 
     def close(self) -> None:
@@ -171,11 +114,11 @@ class _MeteredStream(httpx.SyncByteStream):
         finally:
             if not self._done:
                 self._done = True
-                self._exchange.finished(self._reader, complete=False)
+                self._exchange.finished(self._reader.finish(), False, self._reader.damaged)
 
 
 class _AsyncMeteredStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, reader: BodyReader, exchange: _Exchange) -> None:
+    def __init__(self, inner: httpx.AsyncByteStream, reader: BodyReader, exchange: Exchange) -> None:
         self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -188,7 +131,7 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
             self._exchange.failed(failure_kind(error))
             raise
         self._done = True
-        if (body := self._exchange.finished(self._reader, complete=True)) is not None:
+        if (body := self._exchange.finished(self._reader.finish(), True, self._reader.damaged)) is not None:
             exchange = self._exchange
             await asyncio.to_thread(exchange.session.store, exchange.key, body, exchange.usage)
 
@@ -198,7 +141,7 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
         finally:
             if not self._done:
                 self._done = True
-                self._exchange.finished(self._reader, complete=False)
+                self._exchange.finished(self._reader.finish(), False, self._reader.damaged)
 
 
 class MeteredTransport(httpx.BaseTransport):
@@ -213,12 +156,12 @@ class MeteredTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not is_metered(request):
             return self._inner.handle_request(request)
-        exchange = _Exchange(request, self._session, self._usage, self._mode)
+        exchange = _exchange(request, self._session, self._usage, self._mode)
         if exchange.reads:
             answer = self._session.cached([exchange.key], [(exchange.endpoint, exchange.payload)])[0]
-            if (hit := exchange.hit(request, answer)) is not None:
+            if (hit := _hit(exchange, request, answer)) is not None:
                 return hit
-        if (refused := exchange.refusal(request)) is not None:
+        if (refused := _refused(exchange, request)) is not None:
             return refused
         try:
             if exchange.paced:
@@ -231,7 +174,7 @@ class MeteredTransport(httpx.BaseTransport):
         except BaseException:
             exchange.abandoned()
             raise
-        return exchange.meter(response, _MeteredStream)
+        return _metered(exchange, response, _MeteredStream)
 
 
 class AsyncMeteredTransport(httpx.AsyncBaseTransport):
@@ -250,11 +193,11 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not is_metered(request):
             return await self._inner.handle_async_request(request)
-        exchange = _Exchange(request, self._session, self._usage, self._mode)
+        exchange = _exchange(request, self._session, self._usage, self._mode)
         if exchange.reads:
             requests = [(exchange.endpoint, exchange.payload)]
             answer = (await asyncio.to_thread(self._session.cached, [exchange.key], requests))[0]
-            if (hit := exchange.hit(request, answer)) is not None:
+            if (hit := _hit(exchange, request, answer)) is not None:
                 return hit
         if (refused := await self._refusal(exchange, request)) is not None:
             return refused
@@ -269,14 +212,14 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
         except BaseException:  # cancelled: the engine stopping after a failure, a timeout…
             exchange.abandoned()
             raise
-        return exchange.meter(response, _AsyncMeteredStream)
+        return _metered(exchange, response, _AsyncMeteredStream)
 
-    async def _refusal(self, exchange: _Exchange, request: httpx.Request) -> httpx.Response | None:
+    async def _refusal(self, exchange: Exchange, request: httpx.Request) -> httpx.Response | None:
         """The governor's answer; a budget shared across processes is checked in its
         database, off the event loop, and a cancellation meanwhile gives the reservation back."""
         if not (exchange.governed and self._session.governor.budget.shared):
-            return exchange.refusal(request)
-        check = asyncio.ensure_future(asyncio.to_thread(exchange.refusal, request))
+            return _refused(exchange, request)
+        check = asyncio.ensure_future(asyncio.to_thread(_refused, exchange, request))
         try:
             return await asyncio.shield(check)
         except asyncio.CancelledError:
