@@ -4,11 +4,11 @@ the request cache, input order kept, usage per partition.
 An :class:`Engine` works for one asset of one step, through the resource's
 :class:`~llm_assets.session.RunSession`. It first looks every call up in the request
 cache in one batch (a re-run of unchanged inputs costs file reads, not requests), then
-POSTs the rest concurrently through one ``openai.AsyncOpenAI``, each inside a
-:func:`~llm_assets.http.attribution.billed_to` scope naming its partition's usage
-counter, so each partition's usage is metered from its own HTTP responses. Retries with
-backoff, honouring ``Retry-After``, are the OpenAI SDK's own (``max_retries``). In
-``RequestMode.BATCH`` the rest go through the Batch API instead
+POSTs the rest, ``max_concurrency`` workers each taking the next call as theirs finishes,
+through :mod:`~llm_assets.engine.sending` (aiohttp directly by default, with the official
+client's retry contract: same retried statuses, ``Retry-After``, backoff, ``max_retries``
+and errors). Each request is billed to its partition's usage counter, metered from its
+own HTTP response. In ``RequestMode.BATCH`` the rest go through the Batch API instead
 (:class:`~llm_assets.batch.runner.BatchRunner`): same rows, same usage keys, half the price.
 
 Example:
@@ -24,23 +24,12 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
-import openai
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from llm_assets.accounting.governance import REFUSAL_CODE
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.runner import BatchRunner
 from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
-from llm_assets.engine.calls import (
-    MALFORMED,
-    Call,
-    ErrorPolicy,
-    GovernanceError,
-    HookError,
-    LLMRequestError,
-    MalformedResponseError,
-)
+from llm_assets.engine.calls import MALFORMED, Call, ErrorPolicy, HookError
 from llm_assets.engine.chat import ChatRequest, Translate, chat_calls
 from llm_assets.engine.embeddings import (
     MAX_EMBEDDING_BATCH_TOKENS,
@@ -50,10 +39,9 @@ from llm_assets.engine.embeddings import (
 )
 from llm_assets.engine.progress import Progress
 from llm_assets.engine.rows import AnswerRow
-from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError, style_hint
-from llm_assets.http.attribution import billed_to
-from llm_assets.http.pools import httpx, loop_factory
-from llm_assets.redaction import mask_secrets, redact
+from llm_assets.engine.sending import Sender, SendPath, poster
+from llm_assets.http.pools import loop_factory
+from llm_assets.redaction import redact
 from llm_assets.session import RunSession
 
 if TYPE_CHECKING:
@@ -76,6 +64,8 @@ class Engine:
             ``batch`` settings).
         max_parse_retries: times a structured answer that does not validate is asked for
             again (live mode; each attempt metered, counted as ``openai.parse_retries``).
+        path: what live requests go through: DIRECT (aiohttp, the SDK's retry contract,
+            less CPU per request) or SDK (the official client's ``post``).
     """
 
     def __init__(
@@ -88,6 +78,7 @@ class Engine:
         on_error: ErrorPolicy = ErrorPolicy.FAIL,
         mode: RequestMode = RequestMode.LIVE,
         max_parse_retries: int = 2,
+        path: SendPath = SendPath.DIRECT,
     ) -> None:
         self.session = session if isinstance(session, RunSession) else session.session
         self.context = context
@@ -96,6 +87,7 @@ class Engine:
         self.on_error = on_error
         self.mode = RequestMode(mode)
         self.max_parse_retries = max_parse_retries
+        self.path = SendPath(path)
         self.seconds = 0.0  # wall time of the last batch of requests
 
     def chat(self, requests: Sequence[ChatRequest], translate: Translate | None = None) -> list[AnswerRow]:
@@ -156,29 +148,29 @@ class Engine:
         results: list[Any],
         progress: Progress,
     ) -> None:
-        """Send ``calls[i]`` for ``i`` in ``pending`` concurrently, results into ``results``."""
-        errors: list[LLMRequestError] = []
-        in_flight = asyncio.Semaphore(self.max_concurrency)
-        async with self.session.async_client(None, self.cache) as client:
+        """Send ``calls[i]`` for ``i`` in ``pending``, ``max_concurrency`` at a time (one
+        worker each, taking the next as it finishes), results into ``results``."""
+        errors: list[Exception] = []
+        work = iter(pending)
+        async with poster(self.session, self.path, self.cache, self.max_concurrency) as post:
+            sender = Sender(post, self.session, self.on_error, self.max_parse_retries, self.context.log.warning)
 
-            async def send(index: int) -> None:
-                call = calls[index]
-                async with in_flight:
+            async def worker() -> None:
+                for index in work:
                     if errors:  # after a failure nothing new is sent; what is in flight finishes
                         return
-                    usage = usages[call.partition_key]
-                    with billed_to(usage, looked_up=self.cache.reads):
-                        try:
-                            outcome = await self._outcome(client, call, usage)
-                        except Exception as error:  # user code on the path (a translator): stop, don't cancel
-                            outcome = error
-                if isinstance(outcome, Exception):  # what is in flight finishes (and is cached) first
-                    errors.append(outcome)
-                    return
-                results[index] = outcome
-                progress.step(call.items)
+                    call = calls[index]
+                    try:
+                        outcome = await sender.outcome(call, usages[call.partition_key])
+                    except Exception as error:  # user code on the path (a translator): stop, don't cancel
+                        outcome = error
+                    if isinstance(outcome, Exception):  # what is in flight finishes (and is cached) first
+                        errors.append(outcome)
+                        return
+                    results[index] = outcome
+                    progress.step(call.items)
 
-            await asyncio.gather(*(send(index) for index in pending))
+            await asyncio.gather(*(worker() for _ in range(min(self.max_concurrency, len(pending)))))
         if errors:
             raise errors[0]
 
@@ -209,85 +201,6 @@ class Engine:
                     continue
             pending.append(index)
         return pending
-
-    async def _outcome(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T | LLMRequestError:
-        """The call's result, a recorded failure, or the error that stops the run."""
-        try:
-            return await self._send_one(client, call, usage)
-        except LLMRequestError as error:
-            if self.on_error is ErrorPolicy.FAIL or call.failed is None or isinstance(error, GovernanceError):
-                return error
-            self.context.log.warning(str(error))
-            return call.failed(error.recorded)
-
-    async def _send_one(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T:
-        """One call, asked again while its structured answer does not validate."""
-        for attempt in range(self.max_parse_retries + 1):
-            try:
-                return await self._send_once(client, call, usage)
-            except InvalidOutputError as error:
-                if attempt == self.max_parse_retries or not error.retry:
-                    why = f"{INVALID_OUTPUT} after {attempt + 1} attempt(s): the answer {self._text(str(error))}"
-                    raise LLMRequestError(f"Request for {self._text(call.description)} failed: {why}", why) from None
-                usage.add_parse_retry()
-        raise AssertionError("unreachable")
-
-    async def _send_once(self, client: openai.AsyncOpenAI, call: Call[T], usage: Usage) -> T:
-        """One call, with the SDK's retries for HTTP and connection errors and tenacity's
-        (same count, exponential backoff with jitter) for malformed 2xx bodies."""
-
-        async def attempt() -> T:
-            sent = time.perf_counter()
-            response = await client.post(call.endpoint, cast_to=httpx.Response, body=call.body)
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):  # the transport counted this failed attempt
-                raise MalformedResponseError("malformed response body (not a JSON object)")
-            try:
-                return call.read(body, False, time.perf_counter() - sent)
-            except (HookError, InvalidOutputError):
-                raise
-            except MALFORMED as error:
-                usage.add_failed_attempt("malformed")
-                raise MalformedResponseError(f"malformed response body ({type(error).__name__}: {error})") from error
-
-        try:
-            try:
-                return await attempt()
-            except MalformedResponseError:
-                if self.session.max_retries == 0:
-                    raise
-            retrying = AsyncRetrying(  # only built on the rare malformed body
-                retry=retry_if_exception_type(MalformedResponseError),
-                stop=stop_after_attempt(self.session.max_retries),
-                wait=wait_exponential_jitter(multiplier=0.5, max=8),
-                reraise=True,
-            )
-            return await retrying(attempt)
-        except openai.APIStatusError as error:
-            if isinstance(error.body, dict) and error.body.get("code") == REFUSAL_CODE:
-                raise GovernanceError(
-                    f"Request for {self._text(call.description)} was not sent: {error.body['message']}"
-                ) from None
-            raise LLMRequestError(self._failure(call, error, client)) from None
-        except (openai.OpenAIError, MalformedResponseError) as error:
-            raise LLMRequestError(self._failure(call, error, client)) from None
-        except UnicodeEncodeError as error:  # the factories check their texts; a translator may not
-            raise LLMRequestError(
-                f"Request for {self._text(call.description)} holds text that can't be sent "
-                f"({error.reason} at {error.start}): clean it, e.g. with .encode('utf-8', 'replace').decode()."
-            ) from None
-
-    def _failure(self, call: Call[Any], error: BaseException, client: openai.AsyncOpenAI) -> str:
-        """The server's own message for an API error, else the error; secrets masked (a
-        server may echo the key it was sent)."""
-        message = (
-            f"HTTP {error.status_code}: {error.message}" if isinstance(error, openai.APIStatusError) else str(error)
-        )
-        hint = style_hint(call.body, message) if isinstance(error, openai.APIStatusError) else ""
-        return f"Request for {self._text(call.description)} failed: {mask_secrets(message, client.api_key)}{hint}"
 
     def _text(self, text: str) -> str:
         """Text about prompts as the library may log it (redacted when asked)."""

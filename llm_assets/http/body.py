@@ -19,6 +19,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 #: Content encodings the reader decodes; requests offer only these to the server.
 ACCEPT_ENCODING = "gzip, deflate"
 
@@ -95,14 +97,7 @@ class BodyReader:
         if self._is_sse:
             self._event_line(self._buffer)
             return BodySummary(self._model, self._usage)
-        try:
-            body = json.loads(self._buffer)
-        except ValueError:
-            return BodySummary(None, None, readable=False)
-        if not isinstance(body, dict):
-            return BodySummary(None, None, readable=False)
-        self._observe(body)
-        return BodySummary(self._model, self._usage, self._buffer, answer=body)
+        return summarize(self._buffer, decode_json(self._buffer))
 
     def _event_line(self, line: bytes) -> None:
         line = line.strip()
@@ -123,3 +118,28 @@ class BodyReader:
             self._model = body["model"]
         if isinstance(body.get("usage"), dict):
             self._usage = body["usage"]
+
+
+def decode_json(raw: bytes) -> Any:
+    """``raw`` decoded: orjson, else the standard library (``NaN``, numbers too big for a
+    double); ``None`` when it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except ValueError:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+
+def summarize(raw: bytes, body: Any) -> BodySummary:
+    """The summary of a whole JSON body: ``raw``, decoded as ``body`` (``None``: not JSON)."""
+    if not isinstance(body, dict):
+        return BodySummary(None, None, readable=False)
+    model, usage = body.get("model"), body.get("usage")
+    return BodySummary(
+        model if model and isinstance(model, str) else None,
+        usage if isinstance(usage, dict) else None,
+        raw,
+        answer=body,
+    )

@@ -18,6 +18,7 @@ Example:
     3
 """
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,19 @@ class Exchange:
             self._reserved = True
             return None
         return {"error": {"message": reason, "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}}
+
+    async def refusal_off_loop(self) -> dict[str, Any] | None:
+        """:meth:`refusal` from a coroutine: a budget shared across processes is checked in
+        its database, in a thread, and a cancellation meanwhile gives the reservation back."""
+        if not (self.governed and self.session.governor.budget.shared):
+            return self.refusal()
+        check = asyncio.ensure_future(asyncio.to_thread(self.refusal))
+        try:
+            return await asyncio.shield(check)
+        except asyncio.CancelledError:
+            if await check is None:  # the thread reserved it: this request never goes
+                self.abandoned()
+            raise
 
     def observe(self, status: int, headers: Any) -> bool:
         """A response arrived: the rate limits learn from its headers. Returns whether it is

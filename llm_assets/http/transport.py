@@ -199,8 +199,8 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
             answer = (await asyncio.to_thread(self._session.cached, [exchange.key], requests))[0]
             if (hit := _hit(exchange, request, answer)) is not None:
                 return hit
-        if (refused := await self._refusal(exchange, request)) is not None:
-            return refused
+        if (error := await exchange.refusal_off_loop()) is not None:
+            return httpx.Response(403, json=error, request=request)
         try:
             if exchange.paced:
                 exchange.ticket = await self._session.limits.acquire(exchange.estimate, exchange.model)
@@ -213,19 +213,6 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
             exchange.abandoned()
             raise
         return _metered(exchange, response, _AsyncMeteredStream)
-
-    async def _refusal(self, exchange: Exchange, request: httpx.Request) -> httpx.Response | None:
-        """The governor's answer; a budget shared across processes is checked in its
-        database, off the event loop, and a cancellation meanwhile gives the reservation back."""
-        if not (exchange.governed and self._session.governor.budget.shared):
-            return _refused(exchange, request)
-        check = asyncio.ensure_future(asyncio.to_thread(_refused, exchange, request))
-        try:
-            return await asyncio.shield(check)
-        except asyncio.CancelledError:
-            if await check is None:  # the thread reserved it: this request never goes
-                exchange.abandoned()
-            raise
 
     async def aclose(self) -> None:
         await self._inner.aclose()
