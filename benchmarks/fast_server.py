@@ -91,9 +91,7 @@ def app(latency: float):
             "object": "chat.completion",
             "created": int(now()),
             "model": body.get("model", "unknown"),
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": f"ok {n}"}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"ok {n}"}, "finish_reason": "stop"}],
             "usage": {
                 "prompt_tokens": prompt,
                 "completion_tokens": COMPLETION_TOKENS,

@@ -6,6 +6,7 @@ from llm_assets.engine.chat import ChatRequest
 from llm_assets.engine.core import Engine
 from llm_assets.engine.embeddings import EmbeddingResult, pack_batches
 from llm_assets.engine.rows import AnswerRow
+from llm_assets.engine.sending import SendPath
 
 __all__ = [
     "AnswerRow",
@@ -16,5 +17,6 @@ __all__ = [
     "ErrorPolicy",
     "GovernanceError",
     "LLMRequestError",
+    "SendPath",
     "pack_batches",
 ]
