@@ -8,7 +8,7 @@ import pytest
 
 from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.cache import CacheKeys, RequestCache
-from llm_assets.engine.chat import ChatRequest, chat_calls
+from llm_assets.engine.chat import ChatCalls, ChatRequest
 from llm_assets_tests.conftest import event_of, metadata_values, usage_metadata
 
 QUESTIONS = [f"cached question {i}" for i in range(60)]
@@ -87,7 +87,7 @@ def test_get_client_caches_only_when_asked(server, materialize):
 def test_the_engine_and_the_clients_share_one_key_function(server, materialize):
     """What the engine stored is what a client of the same session finds, and back."""
     request = ChatRequest(None, 0, "shared key", ({"role": "user", "content": "shared key"},), {"model": "m"})
-    (call,) = chat_calls([request])
+    (call,) = ChatCalls([request])
 
     @dg.asset
     def both(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:

@@ -3,8 +3,8 @@
 * plan: :func:`plan_chat_requests` fills the prompt templates for each partition and
   upstream row (pure, testable without Dagster);
 * engine: :meth:`llm_assets.engine.Engine.chat` sends them;
-* report: :func:`~llm_assets.assets.reporting.report_answers` builds the frame and each
-  partition's metadata.
+* report: :func:`~llm_assets.assets.reporting.report_partition` builds each partition's
+  frame and metadata as soon as its last answer is in.
 
 Example:
     >>> prompts = ChatPrompts(dg.AssetKey("answers"), PromptTemplate("Captain {partition_key}: {question}"))
@@ -34,7 +34,7 @@ from llm_assets.assets.options import (
     resolved,
 )
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
-from llm_assets.assets.reporting import report_answers, report_run
+from llm_assets.assets.reporting import concat_answers, report_partition, report_run
 from llm_assets.assets.translator import ChatTranslator
 from llm_assets.assets.upstream import (
     UpstreamAsset,
@@ -44,7 +44,7 @@ from llm_assets.assets.upstream import (
     upstream_partitions,
 )
 from llm_assets.batch.settings import RequestMode
-from llm_assets.engine import ChatRequest, Engine
+from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.engine.rows import ColumnSpec
 from llm_assets.engine.structured import OutputSchema
 from llm_assets.errors import LLMAssetsError
@@ -240,10 +240,17 @@ def _answers(
             mode=config.mode,
             max_parse_retries=config.max_parse_retries,
         )
-        rows_out = engine.chat(requests, prompts.translator.get_record)
-        run = report_run(context, "chat requests", len(requests), len(rows), engine.seconds)
         question = config.question if prompts.uses_question else None
-        frame = report_answers(context, rows_out, list(rows), resource.redact_text, prompts.columns, question)
+        frames: dict[str | None, pd.DataFrame] = dict.fromkeys(rows)  # each partition's, as it completes
+
+        def finished(pk: str | None, answered: list[AnswerRow]) -> None:
+            frames[pk] = report_partition(context, pk, answered, resource.redact_text, prompts.columns, question)
+
+        engine.chat(requests, prompts.translator.get_record, on_partition=finished)
+        run = report_run(context, "chat requests", len(requests), len(rows), engine.seconds)
+        for pk in (pk for pk, frame in frames.items() if frame is None):  # partitions without requests
+            finished(pk, [])
+        frame = concat_answers(frames.values(), prompts.columns)
         return checked(frame, chat_results(checks, frame, len(requests), run, resource.redact_text))
 
     return answers

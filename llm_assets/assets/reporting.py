@@ -12,7 +12,7 @@ Example:
     {'latency_p50_s': 0.4, 'latency_p95_s': 0.94}
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -64,31 +64,33 @@ def report_run(
     return figures
 
 
-def report_answers(
+def report_partition(
     context: dg.AssetExecutionContext,
+    partition_key: str | None,
     rows: Sequence[AnswerRow],
-    partition_keys: Sequence[str | None],
     redacted: bool,
     columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS,
     question: str | None = None,
 ) -> pd.DataFrame:
-    """The answers frame, and each partition's own figures: rows, cache hits, failures,
+    """One partition's answers frame, and its own figures: rows, cache hits, failures,
     latency percentiles, the question it answered and a preview."""
     records = [row.to_record() for row in rows]
-    by_partition: dict[str | None, list[dict[str, Any]]] = {pk: [] for pk in partition_keys}
-    for record in records:
-        by_partition.setdefault(record["partition_key"], []).append(record)
-    for pk, part in by_partition.items():
-        context.add_asset_metadata(
-            {
-                "dagster/row_count": len(part),
-                "answers_from_cache": sum(1 for r in part if r["cached"]),
-                "failed_requests": sum(1 for r in part if r["error"]),
-                **latency_metadata([r["latency_s"] for r in part if not r["cached"]]),
-                **({"question": redact(question) if redacted else question} if question is not None else {}),
-                "preview": dg.MetadataValue.md(preview(part, ["prompt", "answer"], redacted)),
-                **empty_metadata(len(part)),
-            },
-            partition_key=pk,
-        )
+    context.add_asset_metadata(
+        {
+            "dagster/row_count": len(records),
+            "answers_from_cache": sum(1 for r in records if r["cached"]),
+            "failed_requests": sum(1 for r in records if r["error"]),
+            **latency_metadata([r["latency_s"] for r in records if not r["cached"]]),
+            **({"question": redact(question) if redacted else question} if question is not None else {}),
+            "preview": dg.MetadataValue.md(preview(records, ["prompt", "answer"], redacted)),
+            **empty_metadata(len(records)),
+        },
+        partition_key=partition_key,
+    )
     return answers_frame(records, columns)
+
+
+def concat_answers(frames: Iterable[pd.DataFrame], columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS) -> pd.DataFrame:
+    """Partitions' answers frames as one, in the given order, column types kept."""
+    frames = [frame for frame in frames if len(frame)]
+    return pd.concat(frames, ignore_index=True) if frames else answers_frame([], columns)

@@ -2,7 +2,7 @@
 
 Example:
     >>> request = ChatRequest("Picard", 0, "Tea?", ({"role": "user", "content": "Tea?"},), {"model": "m"})
-    >>> (call,) = chat_calls([request])
+    >>> (call,) = ChatCalls([request])
     >>> body = {"model": "m", "choices": [{"message": {"content": "Earl Grey."}, "finish_reason": "stop"}]}
     >>> call.read(body, False, 0.2).answer
     'Earl Grey.'
@@ -10,7 +10,7 @@ Example:
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from llm_assets.engine.calls import Call, HookError
 from llm_assets.engine.rows import AnswerRow
@@ -28,7 +28,7 @@ def token_count(value: Any) -> int | None:
     return value if type(value) is int and 0 <= value < 2**63 else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChatRequest:
     """One chat completion to send, and where its answer goes."""
 
@@ -86,14 +86,38 @@ class ChatRequest:
         return AnswerRow(partition_key=self.partition_key, row=self.row, prompt=self.prompt, error=message)
 
 
-def chat_calls(requests: Sequence[ChatRequest], translate: Translate | None = None) -> list[Call[AnswerRow]]:
-    """One engine call per request; ``translate`` may rewrite or extend each row."""
+class ChatCalls(Sequence[Call[AnswerRow]]):
+    """One engine call per request, each built when it is asked for (a million requests
+    need not hold a million request bodies); ``translate`` may rewrite or extend each row."""
 
-    def finish(row: AnswerRow, body: Mapping[str, Any]) -> AnswerRow:
-        if translate is None:
+    def __init__(self, requests: Sequence[ChatRequest], translate: Translate | None = None) -> None:
+        self.requests, self.translate = requests, translate
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    @overload
+    def __getitem__(self, index: int) -> Call[AnswerRow]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Call[AnswerRow]]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return ChatCalls(self.requests[index], self.translate)
+        request = self.requests[index]
+        return Call(
+            request.partition_key,
+            "/chat/completions",
+            {"messages": list(request.messages), **request.params},
+            request.describe(),
+            lambda body, cached, latency: self._finish(request.answered(body, cached, latency), body),
+            failed=lambda message: self._finish(request.failed(message), {}),
+        )
+
+    def _finish(self, row: AnswerRow, body: Mapping[str, Any]) -> AnswerRow:
+        if self.translate is None:
             return row
         try:
-            record = translate(row.to_record(), body)
+            record = self.translate(row.to_record(), body)
         except Exception as error:
             failed = " (a failed request, recorded under on_error=RECORD: its response is {})" if row.error else ""
             raise HookError(
@@ -109,15 +133,3 @@ def chat_calls(requests: Sequence[ChatRequest], translate: Translate | None = No
                 "dict it was given, with columns added or changed (partition_key and row unchanged)."
             )
         return AnswerRow.from_record(record)
-
-    def call(request: ChatRequest) -> Call[AnswerRow]:
-        return Call(
-            request.partition_key,
-            "/chat/completions",
-            {"messages": list(request.messages), **request.params},
-            request.describe(),
-            lambda body, cached, latency: finish(request.answered(body, cached, latency), body),
-            failed=lambda message: finish(request.failed(message), {}),
-        )
-
-    return [call(request) for request in requests]

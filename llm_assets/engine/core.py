@@ -30,7 +30,7 @@ from llm_assets.batch.runner import BatchRunner
 from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
 from llm_assets.engine.calls import MALFORMED, Call, ErrorPolicy, HookError
-from llm_assets.engine.chat import ChatRequest, Translate, chat_calls
+from llm_assets.engine.chat import ChatCalls, ChatRequest, Translate
 from llm_assets.engine.embeddings import (
     MAX_EMBEDDING_BATCH_TOKENS,
     MAX_EMBEDDING_INPUTS,
@@ -38,6 +38,7 @@ from llm_assets.engine.embeddings import (
     EmbeddingResult,
 )
 from llm_assets.engine.progress import Progress
+from llm_assets.engine.results import OnPartition, Results
 from llm_assets.engine.rows import AnswerRow
 from llm_assets.engine.sending import Sender, SendPath, poster
 from llm_assets.http.pools import loop_factory
@@ -90,10 +91,18 @@ class Engine:
         self.path = SendPath(path)
         self.seconds = 0.0  # wall time of the last batch of requests
 
-    def chat(self, requests: Sequence[ChatRequest], translate: Translate | None = None) -> list[AnswerRow]:
+    def chat(
+        self,
+        requests: Sequence[ChatRequest],
+        translate: Translate | None = None,
+        on_partition: OnPartition[AnswerRow] | None = None,
+    ) -> list[AnswerRow]:
         """Answer every request; one row per request, in order (``translate`` may rewrite
-        each row from the response body: a translator's ``get_record``)."""
-        return self.run("chat requests", chat_calls(requests, translate), len(requests))
+        each row from the response body: a translator's ``get_record``). With
+        ``on_partition``, each partition's rows go to it as soon as they are all in, and
+        are not kept (their places in the returned list are ``None``)."""
+        partitions = [request.partition_key for request in requests]
+        return self.run("chat requests", ChatCalls(requests, translate), len(requests), partitions, on_partition)
 
     def embed(
         self,
@@ -107,19 +116,29 @@ class Engine:
         plan = EmbeddingPlan(texts, params, batch_size, max_batch_tokens)
         return plan.combine(self.run("embedded texts", plan.calls(), plan.items))
 
-    def run(self, what: str, calls: Sequence[Call[T]], items: int) -> list[T]:
-        """Send ``calls`` (cache hits first, without sending); results in order."""
+    def run(
+        self,
+        what: str,
+        calls: Sequence[Call[T]],
+        items: int,
+        partitions: Sequence[str | None] | None = None,
+        on_partition: OnPartition[T] | None = None,
+    ) -> list[T]:
+        """Send ``calls`` (cache hits first, without sending); results in order, or each
+        partition's to ``on_partition`` as it completes (``partitions``: each call's
+        partition key, given to spare building every call to read it)."""
         if not calls:
             return []
         started = time.perf_counter()
+        partitions = [call.partition_key for call in calls] if partitions is None else partitions
         try:
             with ExitStack() as blocks, asyncio.Runner(loop_factory=loop_factory()) as runner:
                 usages = {
                     pk: blocks.enter_context(self.session.metered(self.context, partition_key=pk))
-                    for pk in dict.fromkeys(call.partition_key for call in calls)
+                    for pk in dict.fromkeys(partitions)
                 }
                 progress = Progress(self.context, what, items, list(usages.values()))
-                results: list[Any] = [None] * len(calls)
+                results: Results[T] = Results(partitions, on_partition)
                 keys = self._cache_keys(calls)
                 pending = runner.run(self._answer_from_cache(calls, keys, usages, results, progress))
                 if self.mode is RequestMode.BATCH:  # polls in this thread: a termination reaches it
@@ -129,7 +148,7 @@ class Engine:
                     batch.run(calls, pending, keys, usages, results)
                 elif pending:
                     runner.run(self._send(calls, pending, usages, results, progress))
-                return results
+                return results.in_order()
         finally:
             self.seconds = time.perf_counter() - started
 
@@ -145,7 +164,7 @@ class Engine:
         calls: Sequence[Call[T]],
         pending: Sequence[int],
         usages: dict[str | None, Usage],
-        results: list[Any],
+        results: Results[Any],
         progress: Progress,
     ) -> None:
         """Send ``calls[i]`` for ``i`` in ``pending``, ``max_concurrency`` at a time (one
@@ -162,13 +181,14 @@ class Engine:
                     call = calls[index]
                     try:
                         outcome = await sender.outcome(call, usages[call.partition_key])
-                    except Exception as error:  # user code on the path (a translator): stop, don't cancel
+                        if not isinstance(outcome, Exception):
+                            progress.step(call.items)
+                            results[index] = outcome  # may complete a partition: its frame is built now
+                            continue
+                    except Exception as error:  # user code on the path (a translator, a frame): stop, don't cancel
                         outcome = error
-                    if isinstance(outcome, Exception):  # what is in flight finishes (and is cached) first
-                        errors.append(outcome)
-                        return
-                    results[index] = outcome
-                    progress.step(call.items)
+                    errors.append(outcome)  # what is in flight finishes (and is cached) first
+                    return
 
             await asyncio.gather(*(worker() for _ in range(min(self.max_concurrency, len(pending)))))
         if errors:
@@ -179,7 +199,7 @@ class Engine:
         calls: Sequence[Call[T]],
         keys: Sequence[str | None],
         usages: dict[str | None, Usage],
-        results: list[Any],
+        results: Results[Any],
         progress: Progress,
     ) -> list[int]:
         """Fill ``results`` from the cache (one batch read); returns the indices to send."""
@@ -190,7 +210,7 @@ class Engine:
         for index, (call, key, answer) in enumerate(zip(calls, keys, answers, strict=True)):
             if answer is not None:
                 try:
-                    results[index] = call.read(answer.payload, True, 0.0)
+                    result = call.read(answer.payload, True, 0.0)
                 except HookError:
                     raise
                 except MALFORMED as error:  # damaged in a way only the reader sees: ask again
@@ -198,6 +218,7 @@ class Engine:
                 else:
                     usages[call.partition_key].add_cache_hit(answer.model)
                     progress.step(call.items)
+                    results[index] = result  # may complete a partition: its frame is built now
                     continue
             pending.append(index)
         return pending

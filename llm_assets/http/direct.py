@@ -21,6 +21,8 @@ Example:
 
 import asyncio
 import json
+import urllib.parse
+import urllib.request
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,16 @@ from llm_assets.http.pools import _ssl_context, httpx
 
 if TYPE_CHECKING:
     from llm_assets.session import RunSession
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy ``HTTP(S)_PROXY`` and ``NO_PROXY`` give ``url``, as httpx honours them under
+    the SDK; looked up once per run (aiohttp's ``trust_env`` looks up every request, in a
+    thread: about 90 µs of CPU each)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -71,7 +83,7 @@ class DirectClient:
             timeout=aiohttp.ClientTimeout(sock_connect=timeout.connect, sock_read=timeout.read),
             skip_auto_headers=("User-Agent", "Content-Type"),
             auto_decompress=False,
-            trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx under the SDK
+            proxy=env_proxy(str(self.contract.client.base_url)),
         )
         return self
 

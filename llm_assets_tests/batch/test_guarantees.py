@@ -12,7 +12,7 @@ from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import batch_lines, custom_ids
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
-from llm_assets.engine.chat import ChatRequest, chat_calls
+from llm_assets.engine.chat import ChatCalls, ChatRequest
 from llm_assets_tests.batch import job
 from llm_assets_tests.batch.job import IMPATIENT
 from llm_assets_tests.conftest import failure_message
@@ -41,7 +41,7 @@ def test_answers_are_cached_before_the_record_goes(batch_server, instance, tmp_p
 def test_lines_a_batch_never_ran_stay_open():
     session = OpenAIResource(base_url="http://127.0.0.1:9/v1").session
     request = ChatRequest("Kirk", 0, "Hi", ({"role": "user", "content": "Hi"},), {"model": "gpt-4o-mini"})
-    calls = chat_calls([request])
+    calls = ChatCalls([request])
     (line,) = batch_lines(custom_ids("answers", calls), calls, [0], [None])
     outcome = BatchOutcome(session, calls, [line], {"Kirk": Usage()}, [None])
     error = {"custom_id": line.custom_id, "response": None, "error": {"code": "batch_expired", "message": "x"}}

@@ -11,7 +11,7 @@ from llm_assets import OpenAIResource, build_batch_sensor
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import batch_lines, custom_ids
 from llm_assets.batch.outcome import BatchOutcome
-from llm_assets.engine.chat import ChatRequest, chat_calls
+from llm_assets.engine.chat import ChatCalls, ChatRequest
 from llm_assets.testing.batches import ScriptedBatchServer
 from llm_assets_tests.batch import job
 from llm_assets_tests.batch.job import IMPATIENT
@@ -90,7 +90,7 @@ def test_usage_of_other_partitions_is_reported_by_the_run_that_materializes_them
 def test_a_renamed_model_gives_its_budget_reservation_back():
     session = OpenAIResource(base_url="http://127.0.0.1:9/v1", max_cost_usd_per_run=1.0).session
     request = ChatRequest("Kirk", 0, "Hi", ({"role": "user", "content": "Hi"},), {"model": "gpt-4o-mini"})
-    calls = chat_calls([request])
+    calls = ChatCalls([request])
     (line,) = batch_lines(custom_ids("answers", calls), calls, [0], [None])
     outcome = BatchOutcome(session, calls, [line], {"Kirk": Usage()}, [None])
     assert session.governor.refusal("gpt-4o-mini", 1000) is None
