@@ -115,6 +115,7 @@ def plan_chat_requests(
                     "factory's response_format= sets and validates: set it in one place."
                 )
             messages = body.pop("messages")
+            body = params if body == params else body  # one shared copy, not one per request
             requests.append(ChatRequest(pk, row, rendered["prompt"], tuple(messages), body, prompts.schema))
     return requests
 
@@ -219,18 +220,23 @@ def _answers(
 ) -> Callable[..., dg.MaterializeResult]:
     """The asset's body: plan, send through the engine, report, check."""
 
+    def plan(
+        context: dg.AssetExecutionContext, config: ChatConfig, resource: Any, partition_keys: list, upstream: Any
+    ) -> list[ChatRequest]:
+        """This run's requests (the upstream rows they come from are let go once planned)."""
+        params = _chat_params(prompts, config, resource)
+        rows: Rows = {pk: [{}] for pk in partition_keys}
+        if source is not None:
+            texts = load_texts(context, upstream, partition_keys, source.text_column, source.asset_in.key)
+            rows = upstream_rows(texts, one_request_per_row)
+        return plan_chat_requests(prompts, rows, {**config.variables, "question": config.question}, params)
+
     def answers(
         context: dg.AssetExecutionContext, config: ChatConfig, **inputs: Any
     ) -> dg.MaterializeResult[pd.DataFrame]:
         resource = getattr(context.resources, options["resource_key"])
         partition_keys = run_partitions(context, options["io_manager_key"])
-        params = _chat_params(prompts, config, resource)
-        rows: Rows = {pk: [{}] for pk in partition_keys}
-        if source is not None:
-            key = source.asset_in.key
-            texts = load_texts(context, inputs["upstream"], partition_keys, source.text_column, key)
-            rows = upstream_rows(texts, one_request_per_row)
-        requests = plan_chat_requests(prompts, rows, {**config.variables, "question": config.question}, params)
+        requests = plan(context, config, resource, partition_keys, inputs.pop("upstream", None))
         engine = Engine(
             resource.session,
             context,
@@ -241,13 +247,13 @@ def _answers(
             max_parse_retries=config.max_parse_retries,
         )
         question = config.question if prompts.uses_question else None
-        frames: dict[str | None, pd.DataFrame] = dict.fromkeys(rows)  # each partition's, as it completes
+        frames: dict[str | None, pd.DataFrame] = dict.fromkeys(partition_keys)  # each partition's, as it completes
 
         def finished(pk: str | None, answered: list[AnswerRow]) -> None:
             frames[pk] = report_partition(context, pk, answered, resource.redact_text, prompts.columns, question)
 
         engine.chat(requests, prompts.translator.get_record, on_partition=finished)
-        run = report_run(context, "chat requests", len(requests), len(rows), engine.seconds)
+        run = report_run(context, "chat requests", len(requests), len(partition_keys), engine.seconds)
         for pk in (pk for pk, frame in frames.items() if frame is None):  # partitions without requests
             finished(pk, [])
         frame = concat_answers(frames.values(), prompts.columns)

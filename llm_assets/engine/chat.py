@@ -8,6 +8,7 @@ Example:
     'Earl Grey.'
 """
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -58,8 +59,8 @@ class ChatRequest:
             row=self.row,
             prompt=self.prompt,
             answer=content or "",
-            model=body["model"] if isinstance(body.get("model"), str) else None,
-            finish_reason=choice["finish_reason"] if isinstance(choice.get("finish_reason"), str) else None,
+            model=sys.intern(body["model"]) if isinstance(body.get("model"), str) else None,  # one copy per name
+            finish_reason=sys.intern(choice["finish_reason"]) if isinstance(choice.get("finish_reason"), str) else None,
             refusal=refusal if isinstance(refusal, str) and refusal else None,
             prompt_tokens=token_count(usage.get("prompt_tokens")),
             completion_tokens=token_count(usage.get("completion_tokens")),

@@ -127,7 +127,13 @@ def test_the_direct_path_keeps_the_sdk_contract(server, instance, recorded_waits
         server.fault = script = Script(reply, failing)
         recorded_waits.clear()
         rows, usage = run(path, resource, instance)
-        seen[path] = (rows, usage, sorted(script.attempts.values()), sorted(recorded_waits), sorted(script.retry_counts))
+        seen[path] = (
+            rows,
+            usage,
+            sorted(script.attempts.values()),
+            sorted(recorded_waits),
+            sorted(script.retry_counts),
+        )
         assert sorted(script.attempts.values()) == [attempts_each] * len(PROMPTS), path
         assert usage["openai.calls"] == server.usage.calls and usage.get("openai.total_tokens", 0) == (
             server.usage.total_tokens
