@@ -47,8 +47,17 @@ def range_tags(keys: list[str]) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
 
 
+def request_seconds(result: dg.ExecuteInProcessResult) -> float | None:
+    """The run's request phase, as the answers asset reports it on its run-wide check."""
+    for evaluation in result.get_asset_check_evaluations():
+        if "request_seconds" in evaluation.metadata:
+            return evaluation.metadata["request_seconds"].value
+    return None
+
+
 def timed_materialize(assets, selection, resources, instance, tags, run_config=None) -> tuple[float, dict]:
-    """Wall seconds of one run, and the metadata of its first `answers` materialization."""
+    """Wall seconds of one run, and the metadata of its first `answers` materialization
+    (with the run's ``request_seconds``)."""
     started = time.perf_counter()
     result = dg.materialize(
         assets, selection=selection, resources=resources, instance=instance, tags=tags, run_config=run_config
@@ -56,4 +65,6 @@ def timed_materialize(assets, selection, resources, instance, tags, run_config=N
     wall = time.perf_counter() - started
     assert result.success
     event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["answers"])
-    return wall, {k: v.value for k, v in event.materialization.metadata.items()}
+    return wall, {k: v.value for k, v in event.materialization.metadata.items()} | {
+        "request_seconds": request_seconds(result)
+    }

@@ -18,6 +18,7 @@ Example:
 """
 
 import asyncio
+import gc
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -131,6 +132,7 @@ class Engine:
             return []
         started = time.perf_counter()
         partitions = [call.partition_key for call in calls] if partitions is None else partitions
+        gc.freeze()  # what lives before the run (Dagster's, the plan) is not rescanned by its collections
         try:
             with ExitStack() as blocks, asyncio.Runner(loop_factory=loop_factory()) as runner:
                 usages = {
@@ -150,6 +152,7 @@ class Engine:
                     runner.run(self._send(calls, pending, usages, results, progress))
                 return results.in_order()
         finally:
+            gc.unfreeze()
             self.seconds = time.perf_counter() - started
 
     def _cache_keys(self, calls: Sequence[Call[Any]]) -> list[str | None]:
