@@ -6,6 +6,12 @@ of them moves, instead of a user finding out in production.
 - ``openai.DefaultAioHttpClient(...)._transport``: the aiohttp transport the SDK vendors
   (about half the CPU per request of httpx's pool). llm_assets wraps it in its metering
   transport; the SDK exposes only the whole client.
+- ``openai.AsyncOpenAI``'s request building and retry contract: ``_prepare_options``,
+  ``_build_request``, ``_prepare_request`` (the headers it sends), ``_should_retry``,
+  ``_sleep_for_retry`` and ``_make_status_error_from_response``, with
+  ``openai._models.FinalRequestOptions``: the engine's direct path
+  (:class:`~llm_assets.http.contract.SDKContract`) asks the official client itself
+  instead of re-implementing what it does.
 - ``PickledObjectFilesystemIOManager`` and ``UPathIOManager``'s
   ``_get_paths_for_partitions`` / ``_handle_transition_to_partitioned_asset``: what
   ``dg.FilesystemIOManager`` builds and how it lays out partition files, which
@@ -19,8 +25,19 @@ from typing import Any
 
 import openai
 from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
+from openai._models import FinalRequestOptions
 
-__all__ = ["PickledObjectFilesystemIOManager", "aiohttp_transport"]
+__all__ = ["SDK_CONTRACT_METHODS", "FinalRequestOptions", "PickledObjectFilesystemIOManager", "aiohttp_transport"]
+
+#: The official client's own methods :class:`~llm_assets.http.contract.SDKContract` calls.
+SDK_CONTRACT_METHODS = (
+    "_prepare_options",
+    "_build_request",
+    "_prepare_request",
+    "_should_retry",
+    "_sleep_for_retry",
+    "_make_status_error_from_response",
+)
 
 
 def aiohttp_transport(**client_kwargs: Any) -> Any:

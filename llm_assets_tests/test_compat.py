@@ -4,6 +4,7 @@ expects them: each test fails as soon as an openai or Dagster release moves one.
 import pickle
 
 import dagster as dg
+import openai
 
 from llm_assets import _compat
 from llm_assets.http.pools import POOL_LIMITS, async_pool
@@ -13,6 +14,14 @@ def test_openai_still_vendors_an_aiohttp_transport():
     transport = _compat.aiohttp_transport(limits=POOL_LIMITS)
     assert transport is not None and type(transport).__name__ == "AiohttpTransport"
     assert type(async_pool()).__name__ == "AiohttpTransport"
+
+
+def test_openai_still_has_the_contract_the_direct_path_asks_it():
+    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k")
+    for name in _compat.SDK_CONTRACT_METHODS:
+        assert callable(getattr(client, name)), name
+    options = _compat.FinalRequestOptions.construct(method="post", url="/chat/completions", json_data={})
+    assert client._build_request(options, retries_taken=0).url.path == "/v1/chat/completions"
 
 
 def test_dagster_filesystem_io_manager_is_still_the_pickled_upath_one(tmp_path):

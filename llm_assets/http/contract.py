@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
-from openai._models import FinalRequestOptions
 
+from llm_assets._compat import FinalRequestOptions
 from llm_assets.http.body import ACCEPT_ENCODING
 from llm_assets.http.pools import httpx
 
