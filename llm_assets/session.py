@@ -24,7 +24,7 @@ Example:
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -170,7 +170,7 @@ class RunSession:
             )
         return CacheMode.OFF if self.cache is None else requested
 
-    def cached(self, keys: Sequence[str | None], requests: Sequence[tuple[str, Any]]) -> list[CachedAnswer | None]:
+    def cached(self, keys: Sequence[str | None], requests: Iterable[tuple[str, Any]]) -> list[CachedAnswer | None]:
         """The cached answers of ``keys`` (``None``: a miss) of ``requests`` (endpoint, JSON
         body). A damaged entry (:func:`~llm_assets.http.answers.answer_problem`) is a miss,
         logged once; the fresh answer then overwrites it. An unreadable cache is all misses."""

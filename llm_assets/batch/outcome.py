@@ -160,7 +160,7 @@ class BatchOutcome:
         try:
             if problem is not None:
                 raise ValueError(problem)
-            self.results[line.index] = call.read(body, False, None)
+            row = call.read(body, False, None)
         except HookError:
             raise
         except InvalidOutputError as error:  # not asked again in a batch: a batch answers once
@@ -177,6 +177,7 @@ class BatchOutcome:
             self._unwritten.append((line.cache_key, json.dumps(body, ensure_ascii=False).encode(), usage or Usage()))
             if len(self._unwritten) >= _CHUNK:
                 self._write()
+        self.results[line.index] = row  # may complete a partition: its frame is built now
         return True
 
     def _write(self) -> None:

@@ -132,7 +132,9 @@ class Engine:
             return []
         started = time.perf_counter()
         partitions = [call.partition_key for call in calls] if partitions is None else partitions
-        gc.freeze()  # what lives before the run (Dagster's, the plan) is not rescanned by its collections
+        frozen = gc.get_freeze_count() == 0  # else someone else froze: leave it to them
+        if frozen:
+            gc.freeze()  # what lives before the run (Dagster's, the plan) is not rescanned by its collections
         try:
             with ExitStack() as blocks, asyncio.Runner(loop_factory=loop_factory()) as runner:
                 usages = {
@@ -152,7 +154,8 @@ class Engine:
                     runner.run(self._send(calls, pending, usages, results, progress))
                 return results.in_order()
         finally:
-            gc.unfreeze()
+            if frozen:
+                gc.unfreeze()
             self.seconds = time.perf_counter() - started
 
     def _cache_keys(self, calls: Sequence[Call[Any]]) -> list[str | None]:
@@ -208,10 +211,12 @@ class Engine:
         """Fill ``results`` from the cache (one batch read); returns the indices to send."""
         if not self.cache.reads:
             return list(range(len(calls)))
-        answers = await asyncio.to_thread(self.session.cached, keys, [(call.endpoint, call.body) for call in calls])
+        requests = ((call.endpoint, call.body) for call in calls)  # each call built as it is read
+        answers = await asyncio.to_thread(self.session.cached, keys, requests)
         pending = []
-        for index, (call, key, answer) in enumerate(zip(calls, keys, answers, strict=True)):
+        for index, (key, answer) in enumerate(zip(keys, answers, strict=True)):
             if answer is not None:
+                call = calls[index]
                 try:
                     result = call.read(answer.payload, True, 0.0)
                 except HookError:

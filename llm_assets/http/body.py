@@ -86,6 +86,11 @@ class BodyReader:
                 self._event_line(line)
 
     @property
+    def data(self) -> bytes:
+        """What was fed so far, decompressed (a JSON body: all of it)."""
+        return self._buffer
+
+    @property
     def damaged(self) -> bool:
         """Whether the body could not be decompressed."""
         return self._damaged

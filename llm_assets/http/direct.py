@@ -21,43 +21,60 @@ Example:
 
 import asyncio
 import json
-import urllib.parse
-import urllib.request
+import math
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 import openai
 import orjson
+from multidict import CIMultiDict
 
 from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheMode
-from llm_assets.http.body import BodyReader
+from llm_assets.http.body import BodyReader, BodySummary, decode_json, summarize
 from llm_assets.http.contract import RETRY_COUNT_HEADER, SDKContract
 from llm_assets.http.exchange import Exchange
-from llm_assets.http.pools import _ssl_context, httpx
+from llm_assets.http.pools import httpx, ssl_context
 
 if TYPE_CHECKING:
     from llm_assets.session import RunSession
 
 
-def env_proxy(url: str) -> str | None:
-    """The proxy ``HTTP(S)_PROXY`` and ``NO_PROXY`` give ``url``, as httpx honours them under
-    the SDK; looked up once per run (aiohttp's ``trust_env`` looks up every request, in a
-    thread: about 90 µs of CPU each)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
-
-
 def encode(body: dict[str, Any]) -> bytes:
-    """``body`` as JSON; text that can't be sent raises ``UnicodeEncodeError`` as the SDK's
-    encoder does (orjson reports lone surrogates as a ``TypeError``)."""
+    """``body`` as JSON, refused as the SDK's encoder refuses it: ``ValueError`` for a
+    non-finite number (orjson would send ``null``), ``UnicodeEncodeError`` for text that
+    can't be sent (orjson reports lone surrogates as a ``TypeError``)."""
+    if _non_finite(body):
+        raise ValueError("Out of range float values are not JSON compliant")
     try:
         return orjson.dumps(body)
     except TypeError:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _non_finite(value: Any) -> bool:
+    if type(value) is float:
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(item) for item in value)
+    return False
+
+
+#: Headers that describe a body as sent, not as decompressed here.
+_ENCODING_HEADERS = ("content-encoding", "content-length")
+
+
+class _Reply(NamedTuple):
+    """What one attempt got: a status, its headers and its decompressed body, or no
+    response (``failure``: ``"timeout"`` or ``"connection"``)."""
+
+    status: int | None
+    headers: Any = None
+    body: bytes = b""
+    failure: str = ""
 
 
 class DirectClient:
@@ -79,17 +96,17 @@ class DirectClient:
     async def __aenter__(self) -> "DirectClient":
         timeout = httpx.Timeout(self.contract.client.timeout)
         self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.connections, ssl=_ssl_context()),
+            connector=aiohttp.TCPConnector(limit=self.connections, ssl=ssl_context()),
             timeout=aiohttp.ClientTimeout(sock_connect=timeout.connect, sock_read=timeout.read),
             skip_auto_headers=("User-Agent", "Content-Type"),
             auto_decompress=False,
-            proxy=env_proxy(str(self.contract.client.base_url)),
         )
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None):
         assert self._http is not None
         await self._http.close()
+        await self.contract.client.close()
 
     async def post(self, endpoint: str, body: dict[str, Any], usage: Usage) -> Any:
         """POST ``body`` to ``endpoint`` billed to ``usage``, retried as the SDK retries; the
@@ -97,29 +114,29 @@ class DirectClient:
         Raises the SDK's ``APIStatusError`` / ``APIConnectionError`` subclasses."""
         url, headers = self._templates.get(endpoint) or await self._template(endpoint)
         content = encode(body)
-        exchange = Exchange(self.session, usage, self.mode, endpoint, content, body, looked_up=True)
         for taken in range(self.contract.max_retries + 1):
             retries_left = taken < self.contract.max_retries
+            exchange = Exchange(self.session, usage, self.mode, endpoint, content, body, looked_up=True)  # per attempt
             if (refusal := await exchange.refusal_off_loop()) is not None:
                 raise self.contract.status_error(url, 403, {}, orjson.dumps(refusal))
-            status, answer_headers, raw = await self._attempt(exchange, url, headers, content, taken)
-            if status is None:  # no response: a timeout or a connection failure
+            reply = await self._attempt(exchange, url, headers, content, taken)
+            if reply.status is None:  # no response: a timeout or a connection failure
                 if retries_left:
                     await self.contract.wait(taken)
                     continue
-                raise self.contract.connection_error(url, timed_out=answer_headers == "timeout")
-            if 200 <= status < 300:
-                return await self._answer(exchange, answer_headers, raw)
-            if retries_left and self.contract.should_retry(status, answer_headers):
-                await self.contract.wait(taken, status, answer_headers)
+                raise self.contract.connection_error(url, timed_out=reply.failure == "timeout")
+            if 200 <= reply.status < 300:
+                return await self._answer(exchange, reply)
+            if retries_left and self.contract.should_retry(reply.status, reply.headers):
+                await self.contract.wait(taken, reply.status, reply.headers)
                 continue
-            raise self.contract.status_error(url, status, answer_headers, raw)
+            raise self.contract.status_error(url, reply.status, reply.headers, reply.body)
         raise AssertionError("unreachable")
 
     async def _attempt(
         self, exchange: Exchange, url: str, headers: dict[str, str], content: bytes, taken: int
-    ) -> tuple[int | None, Any, bytes]:
-        """One attempt: ``(status, headers, body)``, or ``(None, failure kind, b"")``."""
+    ) -> "_Reply":
+        """One attempt, metered on ``exchange`` (a cancellation settles it too)."""
         assert self._http is not None
         status = None
         try:
@@ -129,26 +146,32 @@ class DirectClient:
             sent = {**headers, RETRY_COUNT_HEADER: str(taken)}
             async with self._http.post(url, data=content, headers=sent) as response:
                 status = response.status
-                exchange.observe(status, response.headers)
-                return status, response.headers, await response.read()  # as sent: see _answer
+                answered = exchange.observe(status, response.headers)
+                raw = await response.read()  # as sent: decompressed below, to mirror the SDK on damage
+            reader = BodyReader(response.headers.get("content-encoding", ""))
+            reader.feed(raw)
+            if reader.damaged:  # the SDK's httpx can't decode it either: a connection error, retried
+                if answered:  # and metered as a malformed answer, as under the SDK
+                    exchange.finished(BodySummary(None, None, readable=False), complete=True, damaged=True)
+                return _Reply(None, failure="connection")
+            plain = [(k, v) for k, v in response.headers.items() if k.lower() not in _ENCODING_HEADERS]
+            return _Reply(status, CIMultiDict(plain), reader.data)
         except (aiohttp.ClientError, TimeoutError) as error:
             kind = "timeout" if isinstance(error, TimeoutError) else "connection"
             if status is None or 200 <= status < 300:  # an error status was counted already
                 exchange.failed(kind)
-            return None, kind, b""
-        except BaseException:  # cancelled: the engine stopping after a failure
+            return _Reply(None, failure=kind)
+        except BaseException:  # cancelled: the engine stopping after a failure, a termination
             if status is None:
                 exchange.abandoned()
+            elif 200 <= status < 300:  # cut off mid-body: settled like the SDK's stream closing early
+                exchange.finished(BodySummary(None, None, readable=False), complete=False)
             raise
 
-    async def _answer(self, exchange: Exchange, headers: Any, raw: bytes) -> Any:
-        """The decoded 2xx body, metered once, its answer stored in the cache. The body is
-        decompressed here, not by aiohttp, so that a damaged one is a malformed answer
-        (retried), as under the SDK."""
-        reader = BodyReader(headers.get("content-encoding", ""), headers.get("content-type", ""))
-        reader.feed(raw)
-        summary = reader.finish()
-        stored = exchange.finished(summary, complete=True, damaged=reader.damaged)
+    async def _answer(self, exchange: Exchange, reply: "_Reply") -> Any:
+        """The decoded 2xx body, metered once, its answer stored in the cache."""
+        summary = summarize(reply.body, decode_json(reply.body))
+        stored = exchange.finished(summary, complete=True)
         if stored is not None:
             await asyncio.to_thread(self.session.store, exchange.key, stored, exchange.usage)
         return summary.answer

@@ -24,21 +24,21 @@ POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
 @functools.cache
-def _ssl_context() -> Any:
+def ssl_context() -> Any:
     """One TLS context per process: building one reads the CA bundle (~50 ms)."""
     return httpx.create_ssl_context()
 
 
 def sync_pool() -> httpx.BaseTransport:
-    return httpx.HTTPTransport(limits=POOL_LIMITS, verify=_ssl_context())
+    return httpx.HTTPTransport(limits=POOL_LIMITS, verify=ssl_context())
 
 
 def async_pool() -> httpx.AsyncBaseTransport:
     """aiohttp's pool where installed (about 2× less CPU per request than httpx's, which
     matters at hundreds of requests per second), else httpx's own. Open it on the event
     loop that will use it."""
-    transport = _compat.aiohttp_transport(limits=POOL_LIMITS, verify=_ssl_context())
-    return transport or httpx.AsyncHTTPTransport(limits=POOL_LIMITS, verify=_ssl_context())
+    transport = _compat.aiohttp_transport(limits=POOL_LIMITS, verify=ssl_context())
+    return transport or httpx.AsyncHTTPTransport(limits=POOL_LIMITS, verify=ssl_context())
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

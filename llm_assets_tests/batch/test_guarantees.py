@@ -7,11 +7,15 @@ import json
 import time
 from types import SimpleNamespace
 
-from llm_assets import OpenAIResource
+import dagster as dg
+import pytest
+
+from llm_assets import Engine, OpenAIResource, RequestMode
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import batch_lines, custom_ids
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
+from llm_assets.engine.calls import ErrorPolicy
 from llm_assets.engine.chat import ChatCalls, ChatRequest
 from llm_assets_tests.batch import job
 from llm_assets_tests.batch.job import IMPATIENT
@@ -103,3 +107,26 @@ def test_a_rerun_waits_for_a_cancelling_batch_then_submits_its_requests(batch_se
     )
     assert result.success, failure_message(result)
     assert batch_server.creates == 2
+
+
+@pytest.mark.parametrize("mode", [RequestMode.LIVE, RequestMode.BATCH])
+@pytest.mark.parametrize("on_error", [ErrorPolicy.FAIL, ErrorPolicy.RECORD])
+def test_a_partition_that_cant_be_handed_over_fails_the_run_as_itself(batch_server, instance, tmp_path, mode, on_error):
+    """A failure building a finished partition's frame is that failure, never a
+    "malformed answer" recorded in a row, in either mode."""
+    requests = [
+        ChatRequest(None, i, f"Q {i}?", ({"role": "user", "content": f"Q {i}?"},), {"model": "m"}) for i in (0, 1)
+    ]
+
+    def on_partition(pk, rows):
+        raise ValueError(f"the frame of {pk} could not be built")
+
+    @dg.asset
+    def probe(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:
+        Engine(openai, context, mode=mode, on_error=on_error).chat(requests, on_partition=on_partition)
+
+    openai = job.resource(batch_server.base_url, cache_dir=str(tmp_path))
+    result = dg.materialize([probe], resources={"openai": openai}, instance=instance, raise_on_error=False)
+    assert not result.success
+    message = failure_message(result)
+    assert "the frame of None could not be built" in message and "malformed" not in message

@@ -31,6 +31,19 @@ def error_reply(status: int, headers: dict[str, str] | None = None) -> Callable:
     return reply
 
 
+def damaged_gzip(status: int) -> Callable:
+    def reply(handler, body) -> None:
+        payload = b"\x1f\x8b\x08\x00 not gzip at all"
+        handler.send_response(status)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-encoding", "gzip")
+        handler.send_header("content-length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    return reply
+
+
 def fault(kind: str) -> Callable:
     return lambda handler, body: inject_fault(handler, kind, slow_seconds=1.0, retry_after="7")
 
@@ -50,6 +63,8 @@ SCENARIOS = {
     "Retry-After as a date": (error_reply(503, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}), 1, 2),
     "x-should-retry false": (error_reply(503, {"x-should-retry": "false"}), 1, 1),
     "x-should-retry true": (error_reply(400, {"x-should-retry": "true"}), 1, 2),
+    "an error whose gzip body is damaged": (damaged_gzip(400), 1, 2),
+    "an answer whose gzip body is damaged": (damaged_gzip(200), 1, 2),
     "400": (error_reply(400), 9, 1),
     "401": (error_reply(401), 9, 1),
     "408": (error_reply(408), 1, 2),
