@@ -45,12 +45,16 @@ def encode(body: dict[str, Any]) -> bytes:
     """``body`` as JSON, refused as the SDK's encoder refuses it: ``ValueError`` for a
     non-finite number (orjson would send ``null``), ``UnicodeEncodeError`` for text that
     can't be sent (orjson reports lone surrogates as a ``TypeError``)."""
-    if _non_finite(body):
+    if any(_non_finite(value) for name, value in body.items() if name not in _TEXT):
         raise ValueError("Out of range float values are not JSON compliant")
     try:
         return orjson.dumps(body)
     except TypeError:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+#: Body fields that hold text, not numbers (not scanned for NaN: the hot path's biggest).
+_TEXT = frozenset({"messages", "input", "prompt"})
 
 
 def _non_finite(value: Any) -> bool:
