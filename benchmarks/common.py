@@ -1,4 +1,5 @@
-"""Helpers of the benchmarks: the scripted server in its own process, and the results table."""
+"""Helpers of the benchmarks: the scripted server in its own process, the results table,
+and the prompts → answers assets they materialize."""
 
 import json
 import subprocess
@@ -7,8 +8,9 @@ import time
 import urllib.request
 
 import dagster as dg
+import pandas as pd
 
-from llm_assets import PartitionedFilesystemIOManager
+from llm_assets import PartitionedFilesystemIOManager, build_chat_answers_asset
 
 ROWS: list[tuple[str, str, str]] = []  # (benchmark, measured, target), printed as a table
 IO = {"io_manager": PartitionedFilesystemIOManager()}
@@ -68,3 +70,28 @@ def timed_materialize(assets, selection, resources, instance, tags, run_config=N
     return wall, {k: v.value for k, v in event.materialization.metadata.items()} | {
         "request_seconds": request_seconds(result)
     }
+
+
+def prompt_text(key: str, i: int) -> str:
+    return f"Prompt {i} of {key}: say something."
+
+
+def backfill_assets(partitions: int, rows: int, max_tokens: int = 8) -> tuple[list[dg.AssetsDefinition], list[str]]:
+    """``partitions`` × ``rows`` prompts (one single-run backfill), and the answers asset
+    over them; and the partition keys."""
+    keys = [f"p{i:04d}" for i in range(partitions)]
+
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(keys), backfill_policy=dg.BackfillPolicy.single_run())
+    def prompts(context: dg.AssetExecutionContext) -> pd.DataFrame:
+        run_keys = context.partition_keys
+        return pd.DataFrame(
+            {
+                "partition_key": [key for key in run_keys for _ in range(rows)],
+                "text": [prompt_text(key, i) for key in run_keys for i in range(rows)],
+            }
+        )
+
+    answers = build_chat_answers_asset(
+        key="answers", upstream=prompts, text_column="text", prompt="{text}", max_tokens=max_tokens
+    )
+    return [prompts, answers], keys

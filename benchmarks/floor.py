@@ -10,7 +10,7 @@ a. 20,000 chat requests, 20 ms latency, concurrency 256, each client in this pro
    the server's CPU share (its CPU seconds / wall).
 b. 1,000 chat requests (10 partitions × 100 rows, one single-run backfill), 50 ms latency,
    concurrency 32: the whole materialization of the answers asset against the ideal.
-c. 1,000,000 requests in one materialization (100 partitions × 10,000 rows, 0 ms latency,
+c. 1,000,000 requests in one materialization (million.py) (100 partitions × 10,000 rows, 0 ms latency,
    concurrency 256, ``PartitionedFilesystemIOManager``), in a child process so that its
    peak RSS is the materialization's own: wall, requests per second, peak RSS, and
    exactness: each partition's usage metadata equals what the server's formula gives for
@@ -23,14 +23,9 @@ Run: ``.venv/bin/python benchmarks/floor.py`` (c takes minutes: 1M requests);
 
 import argparse
 import asyncio
-import json
 import os
-import pickle
 import platform
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,16 +34,15 @@ import aiohttp
 import dagster as dg
 import openai
 import orjson
-import pandas as pd
 import uvloop
-from common import IO, ROWS, range_tags, report, request_seconds
-from fast_server import FastServer, usage_of
+from common import IO, ROWS, backfill_assets, range_tags, report, request_seconds
+from fast_server import FastServer
+from million import million_benchmark
 
-from llm_assets import OpenAIResource, PartitionedFilesystemIOManager, build_chat_answers_asset
+from llm_assets import OpenAIResource
 from llm_assets.engine import ChatRequest, Engine
 
 MODEL = "gpt-4o-mini"
-USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")  # openai.<counter> totals
 
 
 @dataclass
@@ -206,30 +200,6 @@ def floor_benchmarks(n: int, latency: float, concurrency: int) -> None:
 # -- b. a single-run backfill --------------------------------------------------------------------
 
 
-def prompt_text(key: str, i: int) -> str:
-    return f"Prompt {i} of {key}: say something."
-
-
-def backfill_assets(partitions: int, rows: int) -> tuple[list[dg.AssetsDefinition], list[str]]:
-    """``partitions`` × ``rows`` prompts (one single-run backfill), and the answers asset over them."""
-    keys = [f"p{i:04d}" for i in range(partitions)]
-
-    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(keys), backfill_policy=dg.BackfillPolicy.single_run())
-    def prompts(context: dg.AssetExecutionContext) -> pd.DataFrame:
-        run_keys = context.partition_keys
-        return pd.DataFrame(
-            {
-                "partition_key": [key for key in run_keys for _ in range(rows)],
-                "text": [prompt_text(key, i) for key in run_keys for i in range(rows)],
-            }
-        )
-
-    answers = build_chat_answers_asset(
-        key="answers", upstream=prompts, text_column="text", prompt="{text}", max_tokens=8
-    )
-    return [prompts, answers], keys
-
-
 def backfill_benchmark(partitions: int, rows: int, latency: float, concurrency: int) -> None:
     server = FastServer(latency)
     try:
@@ -267,161 +237,10 @@ def backfill_benchmark(partitions: int, rows: int, latency: float, concurrency: 
         server.close()
 
 
-# -- c. a million requests in one materialization ----------------------------------------------
-
-
-def million_child(spec_path: str) -> None:
-    """The answers asset's materialization over an upstream already stored in ``base_dir``;
-    writes its figures (wall, peak RSS, each partition's usage metadata and path) to ``out``."""
-    with open(spec_path) as f:
-        spec = json.load(f)
-    assets, keys = backfill_assets(spec["partitions"], spec["rows"])
-    resources = {
-        "openai": OpenAIResource(
-            base_url=spec["base_url"], max_concurrency=spec["concurrency"], max_retries=0, cache=False
-        ),
-        "io_manager": PartitionedFilesystemIOManager(base_dir=spec["base_dir"]),
-    }
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with dg.instance_for_test() as instance:
-        started = time.perf_counter()
-        result = dg.materialize(
-            assets, selection=[assets[1].key], resources=resources, instance=instance, tags=range_tags(keys)
-        )
-        wall = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        assert result.success
-        partitions = {}
-        for event in result.get_asset_materialization_events():
-            if event.asset_key.path == ["answers"]:
-                metadata = event.materialization.metadata
-                partitions[event.partition] = {
-                    **{counter: metadata[f"openai.{counter}"].value for counter in USAGE_KEYS},
-                    "failed_attempts": metadata["openai.failed_attempts"].value,
-                    "row_count": metadata["dagster/row_count"].value,
-                    "path": metadata["path"].value,
-                }
-    figures = {
-        "wall": wall,
-        "baseline_kib": baseline,
-        "peak_kib": peak,
-        "request_seconds": request_seconds(result),
-        "partitions": partitions,
-    }
-    with open(spec["out"], "w") as f:
-        json.dump(figures, f)
-
-
-def expected_usage(key: str, rows: int) -> dict[str, int]:
-    """What the server's formula gives for the prompts of partition ``key``."""
-    prompt = completion = 0
-    for i in range(rows):
-        p, c = usage_of(prompt_text(key, i))
-        prompt += p
-        completion += c
-    return {
-        "calls": rows,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def million_benchmark(partitions: int, rows: int, concurrency: int) -> None:
-    n = partitions * rows
-    server = FastServer(0.0)
-    try:
-        with tempfile.TemporaryDirectory() as home:
-            base_dir = os.path.join(home, "storage")
-            assets, keys = backfill_assets(partitions, rows)
-            io = {"io_manager": PartitionedFilesystemIOManager(base_dir=base_dir)}
-            with dg.instance_for_test() as instance:  # the upstream, stored where the child reads it
-                assert dg.materialize(assets[:1], resources=io, instance=instance, tags=range_tags(keys)).success
-            spec = {
-                "partitions": partitions,
-                "rows": rows,
-                "concurrency": concurrency,
-                "base_url": server.base_url,
-                "base_dir": base_dir,
-                "out": os.path.join(home, "figures.json"),
-            }
-            spec_path = os.path.join(home, "spec.json")
-            with open(spec_path, "w") as f:
-                json.dump(spec, f)
-            before = server.stats()
-            with open(os.path.join(home, "child.log"), "w+") as log:
-                child = subprocess.run(
-                    [sys.executable, os.path.abspath(__file__), "--million-child", spec_path],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-                if child.returncode:
-                    log.seek(0)
-                    sys.exit(f"the million child failed ({child.returncode}):\n{log.read()[-5000:]}")
-            after = server.stats()
-            with open(spec["out"]) as f:
-                figures = json.load(f)
-            stored = {}
-            for key, part in figures["partitions"].items():
-                with open(part["path"], "rb") as f:
-                    stored[key] = len(pickle.load(f))
-    finally:
-        server.close()
-
-    expected = {key: expected_usage(key, rows) for key in keys}
-    reported = figures["partitions"]
-    wrong = [
-        key
-        for key in keys
-        if key not in reported
-        or any(reported[key][counter] != expected[key][counter] for counter in USAGE_KEYS)
-        or reported[key]["failed_attempts"]
-    ]
-    totals = {counter: sum(e[counter] for e in expected.values()) for counter in USAGE_KEYS}
-    server_totals = {
-        "calls": after["requests"] - before["requests"],
-        "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
-        "completion_tokens": after["completion_tokens"] - before["completion_tokens"],
-    }
-    reported_totals = {counter: sum(part[counter] for part in reported.values()) for counter in USAGE_KEYS}
-    server_agrees = all(reported_totals[c] == server_totals[c] == totals[c] for c in server_totals)
-    agree = (
-        "agree" if server_agrees else f"differ: metadata {reported_totals}, server {server_totals}, expected {totals}"
-    )
-    short = [key for key in keys if stored.get(key) != rows]
-    wall, peak = figures["wall"], figures["peak_kib"] / 1024
-    where = f"{n:,} requests ({partitions} partitions × {rows:,} rows, one materialization), 0 ms latency"
-    report(
-        f"chat: {where}, concurrency {concurrency}: whole materialization (child process)",
-        f"{wall:.1f} s = {n / wall:,.0f} requests/s"
-        + (f" (request phase {figures['request_seconds']:.1f} s)" if figures["request_seconds"] else ""),
-    )
-    report(
-        "chat: same, peak RSS of the materializing process",
-        f"{peak:,.0f} MB ({figures['baseline_kib'] / 1024:,.0f} MB before materializing)",
-        "target ≤ 2 GB",
-    )
-    report(
-        "chat: same, usage metadata exact (per partition vs the prompts; total vs the server's count)",
-        f"{partitions - len(wrong)}/{partitions} partitions exact; totals "
-        + f"{agree} ({totals['total_tokens']:,} tokens)",
-        "target all",
-    )
-    report(
-        "chat: same, stored rows per partition",
-        f"{partitions - len(short)}/{partitions} partitions hold {rows:,} rows",
-        "target all",
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes (c: a hundredth), as a smoke test")
-    parser.add_argument("--million-child", metavar="SPEC", help=argparse.SUPPRESS)  # c's materializing process
     args = parser.parse_args()
-    if args.million_child:
-        million_child(args.million_child)
-        return
     scale = 10 if args.quick else 1
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

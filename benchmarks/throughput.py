@@ -22,41 +22,20 @@ import time
 import dagster as dg
 import openai
 import pandas as pd
-from common import IO, ROWS, Server, range_tags, report, timed_materialize
+from common import IO, ROWS, Server, backfill_assets, range_tags, report, timed_materialize
 from pca_plot import plot_benchmark
 
-from llm_assets import OpenAIResource, build_chat_answers_asset
+from llm_assets import OpenAIResource
 from llm_assets import build_embeddings_asset as embeddings_factory
 from llm_assets.engine import ChatRequest, Engine
 
 # -- chat ----------------------------------------------------------------------------------
 
 
-def volume_assets(n: int, partitions: int) -> tuple[list[dg.AssetsDefinition], list[str]]:
-    """``n`` prompts as rows of ``partitions`` partitions, and the answers asset over them."""
-    keys = [f"p{i:04d}" for i in range(partitions)]
-
-    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(keys), backfill_policy=dg.BackfillPolicy.single_run())
-    def prompts(context: dg.AssetExecutionContext) -> pd.DataFrame:
-        rows = n // partitions
-        return pd.DataFrame(
-            [
-                {"partition_key": key, "text": f"Prompt {i} of {key}: say something."}
-                for key in context.partition_keys
-                for i in range(rows)
-            ]
-        )
-
-    answers = build_chat_answers_asset(
-        key="answers", upstream=prompts, text_column="text", prompt="{text}", max_tokens=32
-    )
-    return [prompts, answers], keys
-
-
 def volume_benchmarks(server: Server, n: int, latency: float, concurrency: int) -> float:
     """1,000 prompts in one run, then again unchanged; the plain loop. Returns the run's wall."""
     openai_ = OpenAIResource(base_url=server.base_url, max_concurrency=concurrency, max_retries=0)
-    assets, keys = volume_assets(n, partitions=10)
+    assets, keys = backfill_assets(partitions=10, rows=n // 10, max_tokens=32)
     ideal = n * latency / concurrency
     with dg.instance_for_test() as instance:
         assert dg.materialize(assets[:1], resources=IO, instance=instance, tags=range_tags(keys)).success
