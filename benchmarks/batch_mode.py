@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IO, ROWS, range_tags, report
+from common import IO, print_table, range_tags, report
 
 from llm_assets import BatchSettings, OpenAIResource, RequestMode, build_chat_answers_asset
 from llm_assets.batch import runner, submit
@@ -100,9 +100,7 @@ def run(base_url: str, requests: int) -> None:
     report("  client-side work", f"{client:.1f} s = {requests / client:,.0f} requests/s", "target <= 60 s")
     report("  peak memory of the step's process", f"{peak:,.0f} MB", "target <= 1,024 MB")
     report("  cost at batch price (gpt-4o-mini)", f"${cost:.4f} vs ${2 * cost:.4f} live (the same usage)")
-    print("\n| benchmark | measured | target |\n|---|---|---|")
-    for row in ROWS:
-        print(f"| {' | '.join(row)} |")
+    print_table()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Helpers of the benchmarks: the scripted server in its own process, the results table,
-and the prompts → answers assets they materialize."""
+"""Helpers of the benchmarks: the loopback servers in their own processes, the results
+table, and the prompts → answers assets they materialize."""
 
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -21,13 +23,16 @@ def report(name: str, value: str, target: str = "") -> None:
     print(f"{name}\n    {value}  {target}", flush=True)
 
 
-class Server:
-    """``python -m llm_assets.testing`` in its own process (so it doesn't share our GIL)."""
+class ServerProcess:
+    """A loopback server started as ``command`` in its own process (so it doesn't share our
+    GIL), which prints its base URL on its first line and serves ``/_stats``."""
 
-    def __init__(self, latency: float, dimensions: int = 16, *options: str) -> None:
-        command = [sys.executable, "-m", "llm_assets.testing", "--latency", str(latency), *options]
-        self.process = subprocess.Popen([*command, "--dimensions", str(dimensions)], stdout=subprocess.PIPE, text=True)
+    def __init__(self, command: list[str]) -> None:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         self.base_url = self.process.stdout.readline().strip()
+        if not self.base_url.startswith("http"):
+            self.close()
+            raise RuntimeError(f"{' '.join(command)} did not start (printed {self.base_url!r})")
 
     def stats(self) -> dict:
         with urllib.request.urlopen(f"{self.base_url}/_stats") as response:
@@ -43,6 +48,35 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.process.stdout.close()
+
+
+class Server(ServerProcess):
+    """The scripted server, ``python -m llm_assets.testing``."""
+
+    def __init__(self, latency: float, dimensions: int = 16, *options: str) -> None:
+        command = [sys.executable, "-m", "llm_assets.testing", "--latency", str(latency), *options]
+        super().__init__([*command, "--dimensions", str(dimensions)])
+
+
+class FastServer(ServerProcess):
+    """``benchmarks/fast_server.py``: as little CPU per request as a server can spend."""
+
+    def __init__(self, latency: float) -> None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fast_server.py")
+        super().__init__([sys.executable, path, "--latency", str(latency)])
+
+
+def allow_many_connections() -> None:
+    """Raise this process's open-file limit for hundreds of concurrent connections."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def print_table() -> None:
+    """Every :func:`report` so far, as a markdown table."""
+    print("\n| benchmark | measured | target |\n|---|---|---|")
+    for name, value, target in ROWS:
+        print(f"| {name} | {value} | {target} |")
 
 
 def range_tags(keys: list[str]) -> dict[str, str]:

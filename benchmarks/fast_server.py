@@ -13,19 +13,15 @@ compute the totals it must see: ``prompt_tokens = len(last message content) // 4
 
 Run: ``.venv/bin/python benchmarks/fast_server.py --latency 0.02`` prints its base URL
 ``http://127.0.0.1:PORT/v1`` on the first line of stdout and serves until terminated.
-From a benchmark: ``server = FastServer(0.02)``; ``server.base_url``, ``server.stats()``,
+From a benchmark: ``common.FastServer(0.02)``; ``server.base_url``, ``server.stats()``,
 ``server.close()``.
 """
 
 import argparse
 import asyncio
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import orjson
 
@@ -40,34 +36,6 @@ def prompt_tokens(content: str) -> int:
 def usage_of(content: str) -> tuple[int, int]:
     """(prompt_tokens, completion_tokens) the server reports for one request."""
     return prompt_tokens(content), COMPLETION_TOKENS
-
-
-class FastServer:
-    """``benchmarks/fast_server.py`` in its own process (so it doesn't share our GIL)."""
-
-    def __init__(self, latency: float) -> None:
-        command = [sys.executable, os.path.abspath(__file__), "--latency", str(latency)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        self.base_url = self.process.stdout.readline().strip()
-        if not self.base_url.startswith("http"):
-            self.close()
-            raise RuntimeError(f"fast_server did not start (printed {self.base_url!r})")
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(f"{self.base_url}/_stats") as response:
-            return orjson.loads(response.read())
-
-    def requests(self) -> int:
-        return self.stats()["requests"]
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
 
 
 def app(latency: float):

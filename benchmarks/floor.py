@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import os
 import platform
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +34,16 @@ import dagster as dg
 import openai
 import orjson
 import uvloop
-from common import IO, ROWS, backfill_assets, range_tags, report, request_seconds
-from fast_server import FastServer
+from common import (
+    IO,
+    FastServer,
+    allow_many_connections,
+    backfill_assets,
+    print_table,
+    range_tags,
+    report,
+    request_seconds,
+)
 from million import million_benchmark
 
 from llm_assets import OpenAIResource
@@ -252,11 +259,9 @@ def main() -> None:
         million_benchmark(partitions=10, rows=1_000, concurrency=256)
     else:
         million_benchmark(partitions=100, rows=10_000, concurrency=256)
-    print("\n| benchmark | measured | target |\n|---|---|---|")
-    for name, value, target in ROWS:
-        print(f"| {name} | {value} | {target} |")
+    print_table()
 
 
 if __name__ == "__main__":
-    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    allow_many_connections()
     main()

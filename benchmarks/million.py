@@ -20,8 +20,8 @@ import tempfile
 import time
 
 import dagster as dg
-from common import backfill_assets, prompt_text, range_tags, report, request_seconds
-from fast_server import FastServer, usage_of
+from common import FastServer, allow_many_connections, backfill_assets, prompt_text, range_tags, report, request_seconds
+from fast_server import usage_of
 
 from llm_assets import OpenAIResource, PartitionedFilesystemIOManager
 
@@ -169,7 +169,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="10 partitions × 1,000 rows, as a smoke test")
     parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)  # the materializing process
     args = parser.parse_args()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    allow_many_connections()
     if args.child:
         million_child(args.child)
     else:

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,16 @@ import time
 import dagster as dg
 import openai
 import pandas as pd
-from common import IO, ROWS, Server, backfill_assets, range_tags, report, timed_materialize
+from common import (
+    IO,
+    Server,
+    allow_many_connections,
+    backfill_assets,
+    print_table,
+    range_tags,
+    report,
+    timed_materialize,
+)
 from pca_plot import plot_benchmark
 
 from llm_assets import OpenAIResource
@@ -232,11 +240,9 @@ def main() -> None:
     embedding_benchmarks(n=10_000 // scale, latency=0.05, concurrency=32)
     plot_benchmark(rows=100_000 // scale, dims=1536, parts=10)
     overhead_benchmark(n=500 // scale)
-    print("\n| benchmark | measured | target |\n|---|---|---|")
-    for name, value, target in ROWS:
-        print(f"| {name} | {value} | {target} |")
+    print_table()
 
 
 if __name__ == "__main__":
-    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    allow_many_connections()
     main()
