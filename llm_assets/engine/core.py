@@ -151,7 +151,7 @@ class Engine:
                     )
                     batch.run(calls, pending, keys, usages, results)
                 elif pending:
-                    runner.run(self._send(calls, pending, usages, results, progress))
+                    runner.run(self._send(calls, pending, keys, usages, results, progress))
                 return results.in_order()
         finally:
             if frozen:
@@ -169,12 +169,14 @@ class Engine:
         self,
         calls: Sequence[Call[T]],
         pending: Sequence[int],
+        keys: Sequence[str | None],
         usages: dict[str | None, Usage],
         results: Results[Any],
         progress: Progress,
     ) -> None:
         """Send ``calls[i]`` for ``i`` in ``pending``, ``max_concurrency`` at a time (one
-        worker each, taking the next as it finishes), results into ``results``."""
+        worker each, taking the next as it finishes), results into ``results``; ``keys``:
+        their cache keys where already computed."""
         errors: list[Exception] = []
         work = iter(pending)
         async with poster(self.session, self.path, self.cache, self.max_concurrency) as post:
@@ -186,7 +188,7 @@ class Engine:
                         return
                     call = calls[index]
                     try:
-                        outcome = await sender.outcome(call, usages[call.partition_key])
+                        outcome = await sender.outcome(call, usages[call.partition_key], keys[index])
                         if not isinstance(outcome, Exception):
                             progress.step(call.items)
                             results[index] = outcome  # may complete a partition: its frame is built now

@@ -43,9 +43,9 @@ from llm_assets.session import RunSession
 
 T = TypeVar("T")
 
-#: ``post(call, usage)``: the decoded answer to one attempt of ``call`` (``None``: a 2xx
+#: ``post(call, usage, key)``: the decoded answer to one attempt of ``call`` (``None``: a 2xx
 #: body that is not JSON), retried by the SDK's contract on HTTP and connection errors.
-Post = Callable[[Call[Any], Usage], Awaitable[Any]]
+Post = Callable[[Call[Any], Usage, str | None], Awaitable[Any]]
 
 
 class SendPath(enum.Enum):
@@ -62,14 +62,14 @@ async def poster(session: RunSession, path: SendPath, cache: CacheMode, connecti
     if path is SendPath.DIRECT:
         async with DirectClient(session, cache, connections) as client:
 
-            async def post(call: Call[Any], usage: Usage) -> Any:
-                return await client.post(call.endpoint, call.body, usage)
+            async def post(call: Call[Any], usage: Usage, key: str | None) -> Any:
+                return await client.post(call.endpoint, call.body, usage, key)
 
             yield post
         return
     async with session.async_client(None, cache) as sdk:
 
-        async def post_via_sdk(call: Call[Any], usage: Usage) -> Any:
+        async def post_via_sdk(call: Call[Any], usage: Usage, key: str | None) -> Any:  # the transport keys it
             with billed_to(usage, looked_up=cache.reads):
                 response = await sdk.post(call.endpoint, cast_to=httpx.Response, body=call.body)
             try:
@@ -92,21 +92,22 @@ class Sender:
     max_parse_retries: int
     warn: Callable[[str], None]  # logs a failure recorded in its row
 
-    async def outcome(self, call: Call[T], usage: Usage) -> T | LLMRequestError:
-        """The call's result, a recorded failure, or the error that stops the run."""
+    async def outcome(self, call: Call[T], usage: Usage, key: str | None = None) -> T | LLMRequestError:
+        """The call's result, a recorded failure, or the error that stops the run (``key``:
+        its cache key, when the engine computed it already)."""
         try:
-            return await self._send(call, usage)
+            return await self._send(call, usage, key)
         except LLMRequestError as error:
             if self.on_error is ErrorPolicy.FAIL or call.failed is None or isinstance(error, GovernanceError):
                 return error
             self.warn(str(error))
             return call.failed(error.recorded)
 
-    async def _send(self, call: Call[T], usage: Usage) -> T:
+    async def _send(self, call: Call[T], usage: Usage, key: str | None) -> T:
         """One call, asked again while its structured answer does not validate."""
         for attempt in range(self.max_parse_retries + 1):
             try:
-                return await self._send_once(call, usage)
+                return await self._send_once(call, usage, key)
             except InvalidOutputError as error:
                 if attempt == self.max_parse_retries or not error.retry:
                     why = f"{INVALID_OUTPUT} after {attempt + 1} attempt(s): the answer {self.text(str(error))}"
@@ -114,10 +115,10 @@ class Sender:
                 usage.add_parse_retry()
         raise AssertionError("unreachable")
 
-    async def _send_once(self, call: Call[T], usage: Usage) -> T:
+    async def _send_once(self, call: Call[T], usage: Usage, key: str | None) -> T:
         async def attempt() -> T:
             sent = time.perf_counter()
-            body = await self.post(call, usage)
+            body = await self.post(call, usage, key)
             if not isinstance(body, dict):  # the exchange counted this failed attempt
                 raise MalformedResponseError("malformed response body (not a JSON object)")
             try:

@@ -112,15 +112,16 @@ class DirectClient:
         await self._http.close()
         await self.contract.client.close()
 
-    async def post(self, endpoint: str, body: dict[str, Any], usage: Usage) -> Any:
+    async def post(self, endpoint: str, body: dict[str, Any], usage: Usage, key: str | None = None) -> Any:
         """POST ``body`` to ``endpoint`` billed to ``usage``, retried as the SDK retries; the
         decoded answer (``None``: a 2xx body that is not JSON, counted as malformed).
-        Raises the SDK's ``APIStatusError`` / ``APIConnectionError`` subclasses."""
+        ``key``: its cache key, if the caller has it. Raises the SDK's ``APIStatusError`` /
+        ``APIConnectionError`` subclasses."""
         url, headers = self._templates.get(endpoint) or await self._template(endpoint)
         content = encode(body)
         for taken in range(self.contract.max_retries + 1):
             retries_left = taken < self.contract.max_retries
-            exchange = Exchange(self.session, usage, self.mode, endpoint, content, body, looked_up=True)  # per attempt
+            exchange = Exchange(self.session, usage, self.mode, endpoint, content, body, True, key=key)  # per attempt
             if (refusal := await exchange.refusal_off_loop()) is not None:
                 raise self.contract.status_error(url, 403, {}, orjson.dumps(refusal))
             reply = await self._attempt(exchange, url, headers, content, taken)

@@ -38,7 +38,8 @@ class Exchange:
     """One billed POST of JSON ``content`` (decoded: ``payload``, parsed here if not given)
     to ``endpoint``, billed to ``usage``; ``looked_up`` when the caller already looked it
     up in the request cache (a miss), so it is not read again; never cached unless
-    ``cacheable`` (an endpoint of the session's base URL)."""
+    ``cacheable`` (an endpoint of the session's base URL); ``key``: its cache key, when
+    the caller computed it already."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Exchange:
         payload: dict[str, Any] | None = None,
         looked_up: bool = False,
         cacheable: bool = True,
+        key: str | None = None,
     ) -> None:
         self.session, self.usage = session, usage
         self.governed, self.paced = session.governor.active, session.limits.active
@@ -71,7 +73,7 @@ class Exchange:
             self.model = model if isinstance(model, str) else None
             self.estimate = request_estimate(content, payload)
         if mode.writes and cacheable:  # OFF when the session has no cache (see RunSession.cache_mode)
-            self.key = session.cache_keys.key(endpoint, payload)
+            self.key = key or session.cache_keys.key(endpoint, payload)
         self.reads = self.key is not None and mode.reads and not looked_up
 
     def refusal(self) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ async def until(condition) -> None:
 async def cancelled_once(session, path: SendPath, in_flight) -> None:
     """Send ``CALL`` and cancel it once ``in_flight()``."""
     async with poster(session, path, CacheMode.OFF, 4) as post:
-        task = asyncio.create_task(post(CALL, Usage()))
+        task = asyncio.create_task(post(CALL, Usage(), None))
         await until(in_flight)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
