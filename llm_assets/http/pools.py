@@ -11,12 +11,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from llm_assets import _compat
+import httpx2 as httpx  # the httpx that openai 3.x speaks
 
-try:  # openai >= 3 speaks httpx2; older releases speak httpx.
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover - exercised only with older openai releases
-    import httpx  # type: ignore[no-redef]
+from llm_assets import _compat
 
 __all__ = ["async_pool", "httpx", "loop_factory", "sync_pool"]
 

@@ -24,7 +24,7 @@ import weakref
 from pathlib import Path
 
 from llm_assets.errors import LLMAssetsError
-from llm_assets.local.server import INSTALL_HINT, chat_model_path, missing_packages
+from llm_assets.local.server import INSTALL_HINT, chat_model_path, require_local
 
 _PR_SET_PDEATHSIG = 1
 
@@ -73,9 +73,7 @@ class LocalBackend:
         return Path(self._workdir.name) / "server.log" if self._workdir else None
 
     def start(self) -> "LocalBackend":
-        missing = missing_packages()
-        if missing:
-            raise LLMAssetsError(f"The embedded local model needs {', '.join(missing)}: {INSTALL_HINT}.")
+        require_local()
         chat_model_path()  # fail here, clearly, if the model file is missing
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
+
 #: ``answer(url, body) -> (status_code, response body)``: how a batch line is answered.
 Answer = Callable[[str, Any], Awaitable[tuple[int, Any]]]
 
@@ -170,9 +172,7 @@ class BatchStore:
 
 def asgi_answer(app: Any) -> Answer:
     """Answer batch lines by POSTing them to ``app`` itself, in process."""
-    import httpx
-
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://local", timeout=None)
+    client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://local", timeout=None)
 
     async def answer(url: str, body: Any) -> tuple[int, Any]:
         response = await client.post(url, json=body)
@@ -194,8 +194,8 @@ def add_batch_routes(app: Any, store: BatchStore | None = None) -> BatchStore:
 
 
 def _add_file_routes(app: Any, store: BatchStore) -> None:
+    from fastapi import Request
     from fastapi.responses import JSONResponse, Response
-    from starlette.requests import Request
 
     async def create_file(request: Request) -> Any:
         form = await request.form()
@@ -220,8 +220,8 @@ def _add_file_routes(app: Any, store: BatchStore) -> None:
 
 
 def _add_batch_routes(app: Any, store: BatchStore) -> None:
+    from fastapi import Request
     from fastapi.responses import JSONResponse
-    from starlette.requests import Request
 
     async def create_batch(request: Request) -> Any:
         body = await request.json()

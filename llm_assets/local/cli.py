@@ -8,6 +8,7 @@ Example::
 
 import argparse
 
+from llm_assets.errors import LLMAssetsError
 from llm_assets.local import server
 
 
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     forwarded = ["--host", args.host, "--port", str(args.port)]
     if args.threads:
         forwarded += ["--threads", str(args.threads)]
-    server.main(forwarded)
+    try:
+        server.main(forwarded)
+    except LLMAssetsError as error:  # a missing extra, a model file missing: one line, no traceback
+        parser.exit(2, f"llm-assets: {error}\n")
 
 
 if __name__ == "__main__":

