@@ -5,6 +5,8 @@ factories for partitioned chat answers, embeddings and a PCA map of them, and an
 manager that stores single-run backfills one file per partition.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from llm_assets.accounting.usage import Usage
 from llm_assets.assets import (
     AssetOptions,
@@ -30,7 +32,10 @@ from llm_assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.resource import OpenAIResource
 from llm_assets.session import RunSession
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("llm-assets")  # the installed distribution's, from pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AssetOptions",
