@@ -1,7 +1,11 @@
 """Fixtures: one scripted loopback server (reset per test), a Dagster instance, and one
 ``materialize`` helper with the library's resources."""
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -51,10 +55,48 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+#: Test instances live in memory (tmpfs) where the machine has it: SQLite's syncs are then free.
+INSTANCE_DISK = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+def _test_storage(home: Path) -> dict:
+    """A SQLite instance as users have, but for two costs a test does not need: its event
+    log in one database instead of one per run (a schema and a migration stamp per run,
+    once most of a test's time), and no capture of each step's stdout and stderr (two
+    ``tail`` processes per step). Both are Dagster's own classes."""
+    return {
+        "event_log_storage": {
+            "module": "dagster._core.storage.event_log",
+            "class": "ConsolidatedSqliteEventLogStorage",
+            "config": {"base_dir": str(home / "events")},
+        },
+        "compute_logs": {
+            "module": "dagster._core.storage.noop_compute_log_manager",
+            "class": "NoOpComputeLogManager",
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def _instance_template() -> Iterator[Path]:
+    """The storage of an empty SQLite instance, created once (its schema takes ~0.5 s)."""
+    template = Path(tempfile.mkdtemp(prefix="llm-assets-instance-", dir=INSTANCE_DISK))
+    with dg.instance_for_test(temp_dir=str(template), overrides=_test_storage(template)):
+        pass
+    yield template
+    shutil.rmtree(template, ignore_errors=True)
+
+
 @pytest.fixture
-def instance(tmp_path) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        yield instance
+def instance(_instance_template: Path) -> Iterator[dg.DagsterInstance]:
+    """A fresh SQLite-backed Dagster instance of its own (a copy of the empty template)."""
+    home = Path(tempfile.mkdtemp(prefix="llm-assets-instance-", dir=INSTANCE_DISK))
+    shutil.copytree(_instance_template, home, dirs_exist_ok=True)
+    try:
+        with dg.instance_for_test(temp_dir=str(home), overrides=_test_storage(home)) as instance:
+            yield instance
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 Materialize = Callable[..., dg.ExecuteInProcessResult]

@@ -48,12 +48,14 @@ def race(url: str, processes: int = 4) -> list[int]:
     return [sum(counts) for counts in zip(*granted, strict=True)]
 
 
+@pytest.mark.slow  # spawns processes
 def test_processes_racing_for_one_budget_never_take_more_than_it_together(tmp_path):
     url = f"sqlite:///{tmp_path / 'budgets.db'}"
     assert race(url) == [LIMIT // 7] * len(RACES)  # every grant fit, and the last one was taken: 142 of 7 tokens
     assert SharedBudget(url, scope=RACES[0], ttl=600).totals() == Spending(tokens=LIMIT // 7 * 7)
 
 
+@pytest.mark.slow  # spawns a process and kills it
 def test_a_killed_holders_reservations_stop_counting_but_its_spending_stays(tmp_path):
     url = f"sqlite:///{tmp_path / 'budgets.db'}"
     spawn = multiprocessing.get_context("spawn")

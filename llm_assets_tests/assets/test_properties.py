@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,6 +88,7 @@ PROPERTY = settings(
 )
 
 
+@pytest.mark.slow  # 60 materializations
 @PROPERTY
 @given(factory=st.sampled_from(["chat", "embeddings"]), value=upstream_values())
 def test_any_upstream_gives_the_table_or_one_clear_error(server, materialize, factory, value):

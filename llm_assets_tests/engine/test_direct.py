@@ -28,10 +28,11 @@ async def until(condition) -> None:
 
 
 async def cancelled_once(session, path: SendPath, in_flight) -> None:
-    """Send ``CALL`` and cancel it once ``in_flight()``."""
+    """Send ``CALL`` and cancel it once ``in_flight(usage)`` (its usage so far)."""
+    usage = Usage()
     async with poster(session, path, CacheMode.OFF, 4) as post:
-        task = asyncio.create_task(post(CALL, Usage(), None))
-        await until(in_flight)
+        task = asyncio.create_task(post(CALL, usage, None))
+        await until(lambda: in_flight(usage))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -55,7 +56,7 @@ def test_a_request_cancelled_mid_body_gives_its_reservation_back(server, path):
     server.fault = stalls_mid_body
     session = OpenAIResource(api_key="sk-test", base_url=server.base_url, max_tokens_per_run=100_000).session
     try:
-        asyncio.run(cancelled_once(session, path, started.is_set))
+        asyncio.run(cancelled_once(session, path, lambda usage: started.is_set()))
     finally:
         release.set()
     totals = session.governor.budget.totals()
@@ -71,8 +72,8 @@ def test_a_retry_cancelled_before_it_is_sent_is_not_spent(server, no_backoff, pa
     session = resource.session
     budget = session.governor.budget
 
-    def waiting_to_retry() -> bool:  # the first attempt failed; the retry holds a reservation, not a place
-        return len(server.stats.requests) == 1 and budget.totals().reserved_tokens > 0
+    def waiting_to_retry(usage: Usage) -> bool:  # the first attempt failed; the retry holds a reservation, not a place
+        return usage.failed_attempts == 1 and budget.totals().reserved_tokens > 0
 
     asyncio.run(cancelled_once(session, path, waiting_to_retry))
     totals = budget.totals()
