@@ -14,6 +14,11 @@ import pytest
 
 from llm_assets import OpenAIResource, PartitionedFilesystemIOManager
 from llm_assets.testing import ScriptedOpenAIServer
+from llm_assets_tests.packaging.report import (  # noqa: F401 (hooks: the install matrix's times)
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_testnodedown,
+)
 
 #: Partitions whose names differ in length, so their prompts (and usage) differ too.
 CAPTAINS = ["Kirk", "Jean-Luc Picard", "Benjamin Lafayette Sisko"]

@@ -1,5 +1,9 @@
 """The install matrix's times, printed in the terminal summary of a run that built it,
-also when a pytest-xdist worker built it (handed to the controller as worker output)."""
+also when a pytest-xdist worker built it (handed to the controller as worker output).
+
+These are hooks of the suite's root ``conftest.py``, which imports them: under xdist the
+controller collects nothing, so it never loads this folder's conftest files.
+"""
 
 import pytest
 
