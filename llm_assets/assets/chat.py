@@ -43,6 +43,7 @@ from llm_assets.assets.upstream import (
     upstream_input,
     upstream_partitions,
 )
+from llm_assets.assets.versions import code_version, frame_version, translator_identity
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.engine.rows import ColumnSpec
@@ -51,6 +52,10 @@ from llm_assets.errors import LLMAssetsError
 from llm_assets.http.checks import check_body, check_model, check_text
 
 Rows = Mapping[str | None, Sequence[Mapping[str, Any]]]  # per partition: each request's row values
+
+#: Columns that differ between runs giving the same answers (a cache hit has no latency):
+#: left out of the data version.
+VARYING_COLUMNS = frozenset({"latency_s", "cached", "prompt_tokens", "completion_tokens", "total_tokens"})
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,20 @@ class ChatPrompts:
     @property
     def uses_question(self) -> bool:
         return any("question" in t.fields for t in self.templates.values())
+
+    def code_version(self, defaults: Mapping[str, Any], rows: Mapping[str, Any] | None) -> str:
+        """The asset's code version: the templates, the run config ``defaults`` that fill
+        them or are sent, the response schema, the translator and how upstream ``rows``
+        become requests (:func:`~llm_assets.assets.versions.code_version`)."""
+        parts = {
+            "prompt": self.prompt.template,
+            "system_prompt": self.system_prompt.template if self.system_prompt else None,
+            "defaults": dict(defaults),
+            "response_schema": self.schema.schema if self.schema else None,  # its name follows the asset's
+            "translator": translator_identity(self.translator),
+            "rows": dict(rows) if rows is not None else None,
+        }
+        return code_version("chat_answers", parts)
 
     def check(self, available: set[str]) -> None:
         """Fail at definition time on a placeholder nothing can fill."""
@@ -184,6 +203,8 @@ def build_chat_answers_asset(
     config = config_class(ChatConfig, name.to_python_identifier(), defaults)
     source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
     checks_ = AssetChecks(name, CHAT_CHECKS, checks, skip=[] if schema else ["valid_structured_answers"])
+    sent = config().model_dump(include={"question", "variables", "chat_model", "max_tokens", "temperature"})
+    rows = {"text_column": text_column, "one_request_per_row": one_request_per_row} if source else None
     return define_asset(
         _answers(prompts, source, one_request_per_row, max_concurrency, options, checks_),
         key=name,
@@ -194,6 +215,7 @@ def build_chat_answers_asset(
         options=options,
         description="Chat answers: one row per request, with model, finish reason, tokens and latency.",
         kinds={"openai"},
+        code_version=prompts.code_version(sent, rows),
         check_specs=checks_.specs,
     )
 
@@ -257,7 +279,8 @@ def _answers(
         for pk in (pk for pk, frame in frames.items() if frame is None):  # partitions without requests
             finished(pk, [])
         frame = concat_answers(frames.values(), prompts.columns)
-        return checked(frame, chat_results(checks, frame, len(requests), run, resource.redact_text))
+        results = chat_results(checks, frame, len(requests), run, resource.redact_text)
+        return checked(frame, results, data_version=frame_version(frame, VARYING_COLUMNS))
 
     return answers
 

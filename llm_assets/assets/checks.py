@@ -158,10 +158,15 @@ def checks_of(checks: ChecksOption, kinds: Sequence[CheckKind]) -> ChecksOption:
 
 
 def checked(
-    value: Any, results: Sequence[dg.AssetCheckResult], metadata: Mapping[str, Any] | None = None
+    value: Any,
+    results: Sequence[dg.AssetCheckResult],
+    metadata: Mapping[str, Any] | None = None,
+    data_version: str | None = None,
 ) -> dg.MaterializeResult:
-    """An asset body's return: its output ``value`` with its check results (and metadata)."""
-    return dg.MaterializeResult(value=value, check_results=list(results), metadata=metadata)
+    """An asset body's return: its output ``value`` with its check results (and metadata,
+    and the data version of ``value``: :mod:`~llm_assets.assets.versions`)."""
+    version = dg.DataVersion(data_version) if data_version is not None else None
+    return dg.MaterializeResult(value=value, check_results=list(results), metadata=metadata, data_version=version)
 
 
 def _rules(kinds: Sequence[CheckKind], checks: ChecksOption, key: dg.AssetKey) -> list[tuple[CheckKind, CheckRule]]:

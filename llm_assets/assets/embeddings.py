@@ -36,6 +36,7 @@ from llm_assets.assets.upstream import (
     upstream_input,
     upstream_partitions,
 )
+from llm_assets.assets.versions import code_version, frame_version
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
@@ -117,16 +118,19 @@ def build_embeddings_asset(
     check_partitions(partitions_def, name)
     check_max_concurrency(max_concurrency, name)
     asset_checks = AssetChecks(name, EMBEDDING_CHECKS, checks)
+    config = config_class(EmbeddingConfig, name.to_python_identifier(), defaults)
+    embedded = {"text_column": text_column, **config().model_dump(include={"embedding_model", "dimensions"})}
     return define_asset(
         _embeddings(source.key, text_column, max_concurrency, options, asset_checks),
         key=name,
-        config_class=config_class(EmbeddingConfig, name.to_python_identifier(), defaults),
+        config_class=config,
         columns=EMBEDDING_COLUMNS,
         ins={"upstream": source},
         partitions_def=partitions_def,
         options=options,
         description=f"Embeddings of {source.key.to_user_string()}.{text_column}, one float32 column per dimension.",
         kinds={"openai"},
+        code_version=code_version("embeddings", embedded),
         check_specs=asset_checks.specs,
     )
 
@@ -157,6 +161,7 @@ def _embeddings(
         run = report_run(context, "texts embedded", count, len(texts), engine.seconds)
         frame = report_embeddings(context, texts, results, params["model"])
         dimensions = {**recorded_dimensions(context), **{str(pk): r.vectors.shape[1] for pk, r in results.items()}}
-        return checked(frame, embedding_results(checks, frame, count, dimensions, run, resource.redact_text))
+        results = embedding_results(checks, frame, count, dimensions, run, resource.redact_text)
+        return checked(frame, results, data_version=frame_version(frame))
 
     return embeddings

@@ -41,6 +41,12 @@ class AssetOptions(TypedDict, total=False):
     tags: Mapping[str, str] | None
     owners: Sequence[str] | None
     metadata: Mapping[str, Any] | None  #: added to the column schema and partition_expr
+    code_version: str | None  #: overrides the one derived from the factory's arguments
+    automation_condition: dg.AutomationCondition | None  #: e.g. ``dg.AutomationCondition.eager()``
+    freshness_policy: dg.FreshnessPolicy | None
+    deps: Sequence[dg.AssetDep | dg.AssetKey | str | dg.AssetsDefinition | dg.AssetSpec] | None  #: not loaded
+    op_tags: Mapping[str, Any] | None  #: tags of the step, e.g. for the executor
+    hooks: Sequence[dg.HookDefinition] | None
 
 
 DEFAULTS: AssetOptions = {"resource_key": "openai", "io_manager_key": "io_manager", "backfill_policy": SINGLE_RUN}
@@ -107,11 +113,13 @@ def define_asset(
     options: AssetOptions,
     description: str,
     kinds: set[str],
+    code_version: str,
     uses_resource: bool = True,
     check_specs: Sequence[dg.AssetCheckSpec] = (),
 ) -> dg.AssetsDefinition:
     """The ``@dg.asset`` of a factory: ``compute(context, config, **inputs)`` with the
-    factory's run config class, column schema, ``options`` and generated checks."""
+    factory's run config class, column schema, ``options``, generated checks and
+    ``code_version`` (:mod:`~llm_assets.assets.versions`; the ``code_version`` option wins)."""
     compute.__annotations__["config"] = config_class
     compute.__annotations__.pop("return", None)  # Dagster would type the output (and checks) by it
     compute.__name__ = key.to_python_identifier()
@@ -135,4 +143,10 @@ def define_asset(
             required_resource_keys={options["resource_key"]} if uses_resource else set(),
             io_manager_key=options["io_manager_key"],
             check_specs=list(check_specs) or None,
+            code_version=options.get("code_version") or code_version,
+            automation_condition=options.get("automation_condition"),
+            freshness_policy=options.get("freshness_policy"),
+            deps=options.get("deps"),
+            op_tags=options.get("op_tags"),
+            hooks=set(options.get("hooks") or ()) or None,
         )(compute)

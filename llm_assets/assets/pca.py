@@ -54,6 +54,10 @@ def stack_vectors(frames: MutableMapping[Any, pd.DataFrame]) -> tuple[pd.DataFra
     return (pd.concat(meta, ignore_index=True) if meta else pd.DataFrame()), matrix
 
 
+#: How :func:`project_2d` projects: part of the map's code version.
+PROJECTION = {"method": "PCA", "n_components": 2, "svd_solver": "covariance_eigh"}
+
+
 def project_2d(matrix: np.ndarray, chunk_rows: int = 16_384) -> Projection:
     """PCA of ``matrix`` (rows are vectors) onto its first two components, with
     scikit-learn's covariance solver (memory: a d × d matrix, not a copy of the data)."""
@@ -67,7 +71,7 @@ def project_2d(matrix: np.ndarray, chunk_rows: int = 16_384) -> Projection:
 
     components = min(2, matrix.shape[0], matrix.shape[1])
     with sklearn.config_context(assume_finite=True):  # checked by the caller, chunk by chunk
-        pca = PCA(n_components=components, svd_solver="covariance_eigh").fit(matrix)
+        pca = PCA(n_components=components, svd_solver=PROJECTION["svd_solver"]).fit(matrix)
         points = np.vstack(
             [pca.transform(matrix[i : i + chunk_rows]) for i in range(0, matrix.shape[0], chunk_rows)]
         ).astype(np.float64)

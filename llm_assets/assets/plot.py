@@ -22,9 +22,10 @@ from llm_assets.assets.checks import PLOT_CHECKS, AssetChecks, ChecksOption, che
 from llm_assets.assets.config import PlotConfig, config_class
 from llm_assets.assets.frames import PLOT_COLUMNS, preview, typed_columns, vector_columns
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
-from llm_assets.assets.pca import Projection, markdown_image, project_2d, scatter_png, stack_vectors
+from llm_assets.assets.pca import PROJECTION, Projection, markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata
 from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
+from llm_assets.assets.versions import code_version, frame_version
 from llm_assets.errors import LLMAssetsError
 
 _COORDINATES = dg.TableSchema(
@@ -145,10 +146,12 @@ def build_pca_plot_asset(
     )
     asset_checks = AssetChecks(name, PLOT_CHECKS, checks)
     answers = dg.AssetKey.from_coercible(questions_from) if questions_from is not None else None
+    config = config_class(PlotConfig, name.to_python_identifier(), {"title": title})
+    drawn = {"label_column": label_column, "title": config().title, "projection": PROJECTION}
     return define_asset(
         _answer_map(name, source.key, partitioned, label_column, plot_dir, answers, asset_checks),
         key=name,
-        config_class=config_class(PlotConfig, name.to_python_identifier(), {"title": title}),
+        config_class=config,
         columns=PLOT_COLUMNS,
         ins={"upstream": source},
         partitions_def=None,
@@ -156,6 +159,7 @@ def build_pca_plot_asset(
         description=f"2-D PCA map of {source.key.to_user_string()}, as a labelled scatter plot.",
         kinds={"scikitlearn", "matplotlib"},
         uses_resource=False,
+        code_version=code_version("pca_map", drawn),
         check_specs=asset_checks.specs,
     )
 
@@ -198,6 +202,7 @@ def _answer_map(
         axes = tuple(f"PC {i} ({r:.0%} of variance)" for i, r in enumerate(projection.explained_variance_ratio, 1))
         scatter_png(projection.points, labels, png, title=title, axes=axes)  # type: ignore[arg-type]
         metadata = {**report_plot(points, projection, png, name.to_user_string()), **described}
-        return checked(points, plot_results(checks, points, projection.explained_variance_ratio), metadata)
+        results = plot_results(checks, points, projection.explained_variance_ratio)
+        return checked(points, results, metadata, data_version=frame_version(points))
 
     return answer_map

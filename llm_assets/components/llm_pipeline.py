@@ -11,6 +11,7 @@
       question: What is the most important quality of a starship captain?
       mode: BATCH          # optional: the OpenAI Batch API by default (LIVE otherwise)
       pool: openai         # optional: a Dagster pool for the two requesting steps
+      automation_condition: "{{ dg.AutomationCondition.eager() }}"  # optional: all three assets
       checks:              # optional: the generated asset checks, by name
         no_truncated_answers: {max_rate: 0.1, severity: ERROR, blocking: true}
         no_refusals: false
@@ -20,7 +21,7 @@ The assets need an ``openai`` resource (and, for single-run backfills, an
 definitions, where the API key stays an ``EnvVar``.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import dagster as dg
 import pydantic
@@ -31,6 +32,8 @@ from llm_assets.batch.settings import RequestMode
 
 class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     """One question asked per partition, the answers embedded and mapped in 2-D with PCA."""
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)  # the resolved automation condition
 
     partitions: list[str] = pydantic.Field(description="Static partition keys, e.g. one per persona.")
     prompt: str = pydantic.Field(description="User prompt template: {partition_key}, {question}, …")
@@ -66,6 +69,33 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
         description="The generated asset checks by name (e.g. no_truncated_answers): false turns one off, or "
         "{max_rate, severity: WARN|ERROR, blocking, enabled} (a CheckRule).",
     )
+    automation_condition: Annotated[
+        dg.AutomationCondition | None,
+        dg.Resolver.default(
+            model_field_type=str,
+            description="When Dagster materializes the three assets by itself, e.g. "
+            "'{{ dg.AutomationCondition.eager() }}' (the automation sensor must be running).",
+        ),
+    ] = None
+    freshness_policy: Annotated[
+        dg.FreshnessPolicy | None,
+        dg.Resolver.default(
+            model_field_type=str,
+            description="How fresh the three assets must be, e.g. "
+            "'{{ dg.FreshnessPolicy.time_window(fail_window=datetime.timedelta(hours=24)) }}'.",
+        ),
+    ] = None
+    code_version: str | None = pydantic.Field(
+        default=None,
+        description="Code version of the three assets; by default each derives its own from its prompts, "
+        "models and parameters, so an edit here marks it changed.",
+    )
+    deps: list[str] | None = pydantic.Field(
+        default=None, description="Keys (a/b) of assets the three depend on without loading them."
+    )
+    op_tags: dict[str, Any] | None = pydantic.Field(
+        default=None, description="Tags of the steps, e.g. for the executor (dagster-k8s/config…)."
+    )
     resource_key: str | None = pydantic.Field(default=None, description="Key of the OpenAIResource (openai).")
     io_manager_key: str | None = pydantic.Field(default=None, description="Key of the I/O manager (io_manager).")
 
@@ -88,5 +118,10 @@ class LLMPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
             checks=self.checks if self.checks is not None else True,
             resource_key=self.resource_key,
             io_manager_key=self.io_manager_key,
+            automation_condition=self.automation_condition,
+            freshness_policy=self.freshness_policy,
+            code_version=self.code_version,
+            deps=[dg.AssetKey.from_user_string(key) for key in self.deps] if self.deps else None,
+            op_tags=self.op_tags,
         )
         return dg.Definitions(assets=list(pipeline))
