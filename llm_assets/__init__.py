@@ -31,6 +31,7 @@ from llm_assets.errors import LLMAssetsError
 from llm_assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.resource import OpenAIResource
 from llm_assets.session import RunSession
+from llm_assets.usage_metadata import with_usage_metadata
 
 try:
     __version__ = version("llm-assets")  # the installed distribution's, from pyproject.toml
@@ -64,4 +65,5 @@ __all__ = [
     "build_llm_pipeline_assets",
     "build_pca_plot_asset",
     "vectors",
+    "with_usage_metadata",
 ]

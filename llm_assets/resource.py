@@ -4,7 +4,10 @@ A drop-in superset of :class:`dagster_openai.OpenAIResource`: the same fields an
 ``get_client`` / ``get_client_for_asset`` context managers yielding an ``openai.OpenAI``
 client, so existing code only changes its import. Every block gets its own lightweight
 client whose HTTP transport meters the usage the server reports, over one shared
-connection pool; no client is ever patched.
+connection pool; no client is ever patched. As with dagster-openai, the client stays
+usable after its block (until the resource is torn down), and what it spends then still
+lands on the block's asset. In an op, usage lands on the asset the op materializes (an
+op of a graph-backed asset) or else on the op's output.
 
 Example:
     >>> import dagster as dg
@@ -176,7 +179,8 @@ class OpenAIResource(dagster_openai.OpenAIResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._session is not None:
-            self._session.close()
+            self._session.close()  # the pool every sync client shared: they refuse requests from now on
+            self._session = None
 
     @property
     def session(self) -> RunSession:
@@ -254,24 +258,25 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     ) -> Iterator[openai.OpenAI]:
         """Yield an ``openai.OpenAI`` client whose usage is recorded on the asset being
         materialized (``asset_key`` picks one asset of a multi-asset) and, when given, on
-        one ``partition_key`` of a run that materializes several partitions. With
-        ``cache=True`` identical non-streamed requests are answered from the request cache.
+        one ``partition_key`` of a run that materializes several partitions; in an op, on
+        the asset it materializes or else its output. With ``cache=True`` identical
+        non-streamed requests are answered from the request cache. The client stays usable
+        after the block: later calls are recorded on the same asset or output.
+
+        Raises :class:`~llm_assets.errors.UsageTargetError` (a
+        ``dagster.DagsterInvariantViolationError`` too) in a multi-asset without ``asset_key``.
 
         Example:
             >>> with openai.get_client(context) as client:  # doctest: +SKIP
             ...     client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
         """
         with self.session.metered(context, asset_key, partition_key) as usage:
-            client = self.session.client(usage, cache)
-            try:
-                yield client
-            finally:
-                client.close()
+            yield self.session.client(usage, cache)  # not closed: it shares the session's pool, closed at teardown
 
     @contextmanager
     def get_client_for_asset(
         self,
-        context: dg.AssetExecutionContext,
+        context: AnyContext,
         asset_key: dg.AssetKey,
         partition_key: str | None = None,
         cache: CacheMode | bool = False,

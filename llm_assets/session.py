@@ -31,13 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import openai
+from dagster import AssetKey
 
 from llm_assets.accounting.governance import Governor
-from llm_assets.accounting.ledger import LedgerKey, UsageLedger
+from llm_assets.accounting.ledger import LedgerKey
 from llm_assets.accounting.limits import RateLimits
 from llm_assets.accounting.prices import ModelPrice, price_table
 from llm_assets.accounting.run_budget import run_budget
-from llm_assets.accounting.usage import Usage
+from llm_assets.accounting.targets import AnyContext, UsageReporter, UsageTarget, usage_target
+from llm_assets.accounting.usage import LiveUsage, Usage
 from llm_assets.cache import CacheKeys, CacheMode, RequestCache
 from llm_assets.errors import LLMAssetsError
 from llm_assets.http.answers import answer_problem
@@ -49,8 +51,6 @@ if TYPE_CHECKING:
 
 #: Where the SDK sends requests when no base URL is configured.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-
-AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
 
 
 @dataclass(frozen=True)
@@ -111,15 +111,19 @@ class RunSession:
         self.limits = RateLimits(
             resource.requests_per_minute, resource.tokens_per_minute, resource.follow_provider_limits
         )
-        self.ledger = UsageLedger()
+        self.reporter = UsageReporter(self.prices)
+        self.ledger = self.reporter.ledger
         self._warned: set[str] = set()  # cache problems already logged (each once)
         self._warned_lock = threading.Lock()
         self._pool: httpx.BaseTransport | None = None
+        self.closed = False
 
     # -- clients ----------------------------------------------------------------------------
 
     def sync_pool(self) -> httpx.BaseTransport:
-        """The connection pool every sync client of this session shares."""
+        """The connection pool every sync client of this session shares (until :meth:`close`)."""
+        if self.closed:
+            raise RuntimeError("This session was closed (its resource was torn down): it makes no more clients.")
         if self._pool is None:
             self._pool = sync_pool()
         return self._pool
@@ -146,6 +150,8 @@ class RunSession:
             await client.close()  # closes the transport, and so its pool
 
     def close(self) -> None:
+        """Close the shared pool (the sync clients it served refuse requests from now on)."""
+        self.closed = True
         try:
             self.governor.close()
         finally:
@@ -231,47 +237,44 @@ class RunSession:
     # -- usage ------------------------------------------------------------------------------
 
     @staticmethod
-    def ledger_key(context: AnyContext, asset_key: dg.AssetKey | None, partition_key: str | None) -> LedgerKey | None:
-        """Whose spending a client's usage is: an asset (and partition) of this step attempt,
-        or ``None`` outside an asset."""
-        if not isinstance(context, dg.AssetExecutionContext):
-            return None
-        if asset_key is None:
-            if len(context.assets_def.keys) > 1:
-                raise LLMAssetsError(
-                    "asset_key is required in a multi_asset: use "
-                    "openai.get_client_for_asset(context, asset_key) to say which asset the usage is for."
-                )
-            asset_key = context.asset_key
-        run_keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
-        if partition_key is not None and partition_key not in run_keys:
-            raise LLMAssetsError(
-                f"partition_key {partition_key!r} is not a partition of this run ({list(run_keys)[:10]}): pass one of "
-                "context.partition_keys to get_client, or none."
-            )
-        step = str(context.op_execution_context.op_handle)
-        return LedgerKey(context.run.run_id, step, context.retry_number, tuple(asset_key.path), partition_key)
+    def ledger_key(context: AnyContext, asset_key: AssetKey | None, partition_key: str | None) -> LedgerKey | None:
+        """Whose spending a client's usage is (see :func:`usage_target`), or ``None``."""
+        target = usage_target(context, asset_key, partition_key)
+        return None if target is None else target.key
 
-    def report(self, context: AnyContext, key: LedgerKey | None, usage: Usage) -> None:
-        """Add ``usage`` to the ledger and emit the key's running total as asset metadata."""
-        if key is None or not isinstance(context, dg.AssetExecutionContext):
-            if usage.calls:
-                context.log.info(f"OpenAI usage (not attributed to an asset): {usage.to_metadata()}")
-            return
-        total = self.ledger.add(key, usage)
-        context.add_asset_metadata(
-            total.to_metadata(self.prices), asset_key=dg.AssetKey(list(key.asset)), partition_key=key.partition_key
-        )
+    def report(self, context: AnyContext, target: UsageTarget | None, usage: Usage) -> None:
+        """Add ``usage`` to ``target``'s running total and emit it as the target's metadata."""
+        try:
+            self.reporter.report(context, target, usage)
+        finally:
+            self.governor.flush()
+
+    def close_block(self, context: AnyContext, target: UsageTarget | None, usage: LiveUsage) -> None:
+        """Report what ``usage`` counted in its block, and from now on each later change
+        (a client used past its block, a stream read after it) as it comes."""
+
+        def late(change: Usage) -> None:
+            try:
+                self.report(context, target, change)
+            except Exception as error:  # never fail the SDK call (a stream being read) over metadata
+                dg.get_dagster_logger("llm_assets").warning(
+                    f"OpenAI usage of a call made after its block could not be recorded ({error}): "
+                    f"{change.to_metadata()}"
+                )
+
+        usage.close(late)
+        self.report(context, target, usage)
 
     @contextmanager
     def metered(
-        self, context: AnyContext, asset_key: dg.AssetKey | None = None, partition_key: str | None = None
+        self, context: AnyContext, asset_key: AssetKey | None = None, partition_key: str | None = None
     ) -> Iterator[Usage]:
-        """A fresh usage counter for one block of work, reported when the block ends."""
-        key = self.ledger_key(context, asset_key, partition_key)
-        usage = Usage()
+        """A fresh usage counter for one block of work, reported when the block ends; what it
+        counts later (its client used after the block) is reported as it comes, on the same
+        asset, partition or output (see :func:`usage_target`)."""
+        target = usage_target(context, asset_key, partition_key)
+        usage = LiveUsage()
         try:
             yield usage
         finally:
-            self.report(context, key, usage)
-            self.governor.flush()
+            self.close_block(context, target, usage)

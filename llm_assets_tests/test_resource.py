@@ -20,6 +20,14 @@ def test_is_a_drop_in_superset_of_dagster_openai():
         assert field.description, f"field {name} has no description"
 
 
+def test_every_public_name_of_dagster_openai_imports_from_llm_assets():
+    import llm_assets
+
+    public = [name for name in ("OpenAIResource", "with_usage_metadata") if hasattr(dagster_openai, name)]
+    assert public == ["OpenAIResource", "with_usage_metadata"]
+    assert all(name in llm_assets.__all__ and callable(getattr(llm_assets, name)) for name in public)
+
+
 def test_dagster_openai_style_code_only_changes_its_import(server, materialize):
     @dg.asset(compute_kind="OpenAI")
     def openai_asset(context: dg.AssetExecutionContext, openai: OpenAIResource):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,3 +267,57 @@ class Usage:
             else:
                 metadata["openai.cost_usd"] = round(sum(costs.values()), 8)
         return metadata
+
+
+class LiveUsage(Usage):
+    """The usage of one block of work: summed while the block is open; once the block
+    is closed (:meth:`close`), each change is handed to its reporter as it happens.
+
+    Example:
+        >>> late = []
+        >>> usage = LiveUsage()
+        >>> usage.add_response("m", {"prompt_tokens": 2, "total_tokens": 2})
+        >>> usage.close(late.append)
+        >>> usage.add_response("m", {"prompt_tokens": 3, "total_tokens": 3})
+        >>> usage.total_tokens, [change.total_tokens for change in late]
+        (2, [3])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate = threading.Lock()
+        self._late: Callable[[Usage], None] | None = None
+
+    def close(self, late: Callable[[Usage], None]) -> None:
+        """End the block: this counter stays as it is; later changes go to ``late``, each
+        as a :class:`Usage` of its own."""
+        with self._gate:
+            self._late = late
+
+    def _change(self, change: Callable[[Usage], None]) -> None:
+        with self._gate:
+            late = self._late
+            if late is None:
+                change(self)
+                return
+        delta = Usage()
+        change(delta)
+        late(delta)
+
+    def add_cache_hit(self, model: str | None) -> None:
+        self._change(lambda usage: Usage.add_cache_hit(usage, model))
+
+    def add_failed_attempt(self, kind: str) -> None:
+        self._change(lambda usage: Usage.add_failed_attempt(usage, kind))
+
+    def add_parse_retry(self) -> None:
+        self._change(Usage.add_parse_retry)
+
+    def add_cache_store_failure(self) -> None:
+        self._change(Usage.add_cache_store_failure)
+
+    def add_response(self, model: str | None, usage: Mapping[str, Any] | None, batch: bool = False) -> None:
+        self._change(lambda counters: Usage.add_response(counters, model, usage, batch))
+
+    def merge(self, other: Usage) -> None:
+        self._change(lambda usage: Usage.merge(usage, other))

@@ -5,7 +5,8 @@ engine shares one client among the partitions of a run, so it names the counter 
 request: each of its tasks runs inside :func:`billed_to`, a ``contextvars`` scope that
 the transport reads when the request reaches it. A metered request with neither is a
 bug in the code that sent it: the transport raises :class:`UnattributedRequestError`
-instead of billing a neighbour.
+instead of billing a neighbour. A :func:`rerouted` block (``with_usage_metadata``'s
+wrapper) names the counter per session instead, whichever client sends the request.
 
 Example:
     >>> usage = Usage()
@@ -17,10 +18,11 @@ Example:
     llm_assets.http.attribution.UnattributedRequestError: A metered request was sent through a shared client...
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from llm_assets.accounting.usage import Usage
 
@@ -36,6 +38,10 @@ class BillingScope:
 
 _scope: ContextVar[BillingScope | None] = ContextVar("llm_assets_billing_scope", default=None)
 
+#: ``route(session) -> Usage``: the counter of a :func:`rerouted` block, per session.
+Route = Callable[[Any], Usage]
+_route: ContextVar[Route | None] = ContextVar("llm_assets_billing_route", default=None)
+
 
 class UnattributedRequestError(RuntimeError):
     """A metered request reached the transport without naming whose usage it is."""
@@ -44,15 +50,46 @@ class UnattributedRequestError(RuntimeError):
 @contextmanager
 def billed_to(usage: Usage, looked_up: bool = False) -> Iterator[None]:
     """Bill the requests sent in this block (this task, in asyncio) to ``usage``."""
-    token = _scope.set(BillingScope(usage, looked_up))
+    token, unrouted = _scope.set(BillingScope(usage, looked_up)), _route.set(None)
     try:
         yield
     finally:
+        _route.reset(unrouted)
         _scope.reset(token)
 
 
-def resolve_scope(client_usage: Usage | None) -> BillingScope:
-    """The scope of a metered request: its client's counter, else the task's scope."""
+@contextmanager
+def rerouted(route: Route) -> Iterator[None]:
+    """Bill the metered requests sent in this block (this task) to ``route(session)``, the
+    session being the one whose transport meters the request, even through a client that
+    bills its own counter. The innermost block wins; :func:`billed_to` inside it too.
+
+    Example:
+        >>> mine = Usage()
+        >>> with rerouted(lambda session: mine):
+        ...     resolve_scope(client_usage=Usage(), session=None).usage is mine
+        True
+    """
+    token = _route.set(route)
+    try:
+        yield
+    finally:
+        _route.reset(token)
+
+
+def notice(session: Any) -> None:
+    """An unbilled request (a GET, a file, a fine-tuning job) reached ``session``'s
+    transport: a :func:`rerouted` block learns that its requests go through the library,
+    which meters them, so it must not read usage from what its call returns."""
+    if (route := _route.get()) is not None:
+        route(session)
+
+
+def resolve_scope(client_usage: Usage | None, session: Any = None) -> BillingScope:
+    """The scope of a metered request sent through ``session``'s transport: a
+    :func:`rerouted` block's counter, else its client's, else the task's scope."""
+    if (route := _route.get()) is not None:
+        return BillingScope(route(session))
     if client_usage is not None:
         return BillingScope(client_usage)
     scope = _scope.get()

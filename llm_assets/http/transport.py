@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
 from llm_assets.cache import CacheMode
-from llm_assets.http.attribution import resolve_scope
+from llm_assets.http.attribution import notice, resolve_scope
 from llm_assets.http.body import ACCEPT_ENCODING, BodyReader
 from llm_assets.http.exchange import Exchange
 from llm_assets.http.pools import httpx
@@ -45,7 +45,7 @@ def is_metered(request: httpx.Request) -> bool:
 
 def _exchange(request: httpx.Request, session: "RunSession", usage: Usage | None, mode: CacheMode) -> Exchange:
     """The :class:`Exchange` of a billed request reaching a transport."""
-    scope = resolve_scope(usage)
+    scope = resolve_scope(usage, session)
     request.headers["accept-encoding"] = ACCEPT_ENCODING
     endpoint = session.cache_keys.endpoint_of(request)
     return Exchange(
@@ -147,14 +147,21 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
 class MeteredTransport(httpx.BaseTransport):
     """Sync transport of a session's client: bills ``usage`` (else the request's
     :func:`~llm_assets.http.attribution.billed_to` scope) and uses the cache per
-    ``cache_mode``. The session's shared connection pool is not closed by it."""
+    ``cache_mode``. The session's shared connection pool is not closed by it, but by the
+    session, at teardown; the transport refuses requests from then on."""
 
     def __init__(self, session: "RunSession", usage: Usage | None = None, cache_mode: CacheMode = CacheMode.OFF):
         self._session, self._usage, self._mode = session, usage, cache_mode
         self._inner = session.sync_pool()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._session.closed:  # what httpx says of a closed client: the SDK retries, then raises
+            raise RuntimeError(
+                "Cannot send a request, as the client has been closed: the OpenAIResource that made it was "
+                "torn down at the end of its run (or step)."
+            )
         if not is_metered(request):
+            notice(self._session)
             return self._inner.handle_request(request)
         exchange = _exchange(request, self._session, self._usage, self._mode)
         if exchange.reads:
@@ -192,6 +199,7 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not is_metered(request):
+            notice(self._session)
             return await self._inner.handle_async_request(request)
         exchange = _exchange(request, self._session, self._usage, self._mode)
         if exchange.reads:
