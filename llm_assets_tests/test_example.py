@@ -79,6 +79,56 @@ def test_all_captains_then_embeddings_then_plot(monkeypatch, server, env_home):
         assert image.format == "PNG" and image.size[0] > 100
 
 
+def test_the_seven_captains_are_seeded_at_load_once_and_a_deleted_one_stays_deleted(monkeypatch, env_home):
+    example = importlib.reload(importlib.import_module(MODULE))  # DAGSTER_HOME names a fresh instance
+    assert isinstance(example.captains, dg.DynamicPartitionsDefinition)
+    with dg.DagsterInstance.get() as instance:
+        assert list(instance.get_dynamic_partitions("captains")) == example.CAPTAINS  # in order: ranges follow it
+        instance.delete_dynamic_partition("captains", "Pike")
+        instance.add_dynamic_partitions("captains", ["Riker"])
+    importlib.reload(example)  # as a code location reload, or the next run's process
+    with dg.DagsterInstance.get() as instance:
+        kept = list(instance.get_dynamic_partitions("captains"))
+    assert kept == [c for c in example.CAPTAINS if c != "Pike"] + ["Riker"]
+
+
+def test_the_example_loads_where_no_instance_is_reachable(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no-such-folder"))
+    with caplog.at_level("WARNING"):
+        example = importlib.reload(importlib.import_module(MODULE))
+    dg.Definitions.validate_loadable(example.defs)
+    assert "could not add the seven captains" in caplog.text and "seed_captains" in caplog.text
+    monkeypatch.delenv("DAGSTER_HOME")
+    dg.Definitions.validate_loadable(importlib.reload(example).defs)  # no instance named at all
+
+
+def test_the_seed_sensor_adds_the_captains_to_an_empty_set_on_its_first_tick_only(instance):
+    from llm_assets.examples.captains import CAPTAINS, seed_captains_sensor
+
+    first = seed_captains_sensor(dg.build_sensor_context(instance=instance))
+    (request,) = first.dynamic_partitions_requests
+    assert (request.partitions_def_name, list(request.partition_keys)) == ("captains", CAPTAINS)
+    later = seed_captains_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert not later.dynamic_partitions_requests and later.skip_reason
+    instance.add_dynamic_partitions("captains", ["Riker"])  # seeded elsewhere (at load), or by hand
+    elsewhere = seed_captains_sensor(dg.build_sensor_context(instance=instance))
+    assert not elsewhere.dynamic_partitions_requests and elsewhere.cursor == first.cursor
+
+
+def test_a_captain_added_to_the_instance_is_answered_and_on_the_map(monkeypatch, server, env_home):
+    example = load_example(monkeypatch, server.base_url)
+    assets, resources = list(example.pipeline), example.defs.resources
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("captains", ["Riker"])  # what the UI's "Add a partition" does
+        crew = {"dagster/asset_partition_range_start": "Kirk", "dagster/asset_partition_range_end": "Riker"}
+        for asset, tags in ((example.pipeline.answers, crew), (example.pipeline.embeddings, crew)):
+            dg.materialize(assets, selection=[asset.key], resources=resources, instance=instance, tags=tags)
+        drawn = dg.materialize(assets, selection=[example.pipeline.plot.key], resources=resources, instance=instance)
+    assert sorted(drawn.output_for_node("captains__answer_map")["label"]) == sorted([*example.CAPTAINS, "Riker"])
+    riker = server.usage_where(lambda b: "Captain Riker " in b.get("messages", [{}])[0].get("content", ""))
+    assert riker.calls == 1
+
+
 @pytest.mark.slow
 def test_cli_materializes_the_example(server, env_home):
     env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "DAGSTER_HOME": env_home}

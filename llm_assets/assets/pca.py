@@ -1,7 +1,12 @@
 """Project embeddings to 2-D with scikit-learn PCA and draw a labelled scatter PNG.
 
-scikit-learn and matplotlib are imported inside the functions: they cost ~2 s to
-import, and code locations should load fast.
+scikit-learn, matplotlib and adjustText are imported inside the functions: they cost ~2 s
+to import, and code locations should load fast.
+
+Labels are moved apart with adjustText (as in the Airflow captains tutorial) up to
+:data:`ADJUSTED_LABELS_MAX` of them: its cost grows much faster than the label count
+(measured in ``benchmarks/pca_plot.py``). Up to :data:`LABELS_MAX` labels are drawn beside
+their points, pointing inwards; beyond that none are (they would be unreadable).
 
 Example:
     >>> projection = project_2d(np.random.default_rng(0).normal(size=(5, 8)))
@@ -12,16 +17,29 @@ Example:
 from __future__ import annotations
 
 import base64
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from llm_assets.assets.frames import vector_columns
 from llm_assets.errors import LLMAssetsError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: The most labels a map draws; beyond, its points only.
+LABELS_MAX = 200
+#: The most labels moved apart with adjustText; beyond, they are placed beside their points.
+ADJUSTED_LABELS_MAX = 50
+#: adjustText's iterations at most (a count, not a time limit: the same map on any machine).
+ADJUST_ITERATIONS = 100
+#: Labels longer than this are cut, with an ellipsis.
+LABEL_CHARS_MAX = 40
 
 
 @dataclass(frozen=True)
@@ -85,41 +103,99 @@ def project_2d(matrix: np.ndarray, chunk_rows: int = 16_384) -> Projection:
 def scatter_png(
     points: np.ndarray, labels: Sequence[str], path: Path, title: str, axes: tuple[str, str] = ("PC 1", "PC 2")
 ) -> Path:
-    """Write a labelled scatter plot of ``points`` to ``path`` (PNG) and return it; labels
-    point inwards, so they stay inside the frame."""
+    """Write a labelled scatter plot of ``points`` to ``path`` (PNG) and return it (see
+    :func:`labelled_scatter` for how labels are placed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with labelled_scatter(points, labels, title, axes) as fig:
+        fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+@contextmanager
+def labelled_scatter(
+    points: np.ndarray,
+    labels: Sequence[str],
+    title: str,
+    axes: tuple[str, str] = ("PC 1", "PC 2"),
+    adjusted_max: int = ADJUSTED_LABELS_MAX,
+) -> Iterator[Figure]:
+    """The scatter plot of ``points`` labelled with ``labels`` (the axes' texts, in order),
+    closed on exit. Up to ``adjusted_max`` labels are moved apart with adjustText so none
+    overlap (a thin line joins a moved label to its point); up to :data:`LABELS_MAX` are
+    drawn beside their points, pointing inwards; more are not drawn.
+
+    Example:
+        >>> with labelled_scatter(np.array([[0.0, 0.0], [0.001, 0.0]]), ["Kirk", "Archer"], "Crew") as fig:
+        ...     [t.get_text() for t in fig.axes[0].texts]
+        ['Kirk', 'Archer']
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
     try:
         ax.scatter(points[:, 0], points[:, 1], s=40, alpha=0.8)
         ax.margins(0.15)
-        if len(labels) <= 200:  # beyond that, labels are unreadable
-            middle = float(np.median(points[:, 0])) if len(points) else 0.0
-            for (x, y), label in zip(points, labels, strict=True):
-                text = str(label) if len(str(label)) <= 40 else str(label)[:39] + "…"
-                right = x <= middle  # left half: label to the right; right half: to the left
-                ax.annotate(
-                    text,
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(5 if right else -5, 4),
-                    ha="left" if right else "right",
-                    fontsize=9,
-                    annotation_clip=True,
-                )
         ax.set_title(title, fontsize=11, wrap=True)
         ax.set_xlabel(axes[0])
         ax.set_ylabel(axes[1])
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, format="png", bbox_inches="tight")
+        if len(labels) <= min(adjusted_max, LABELS_MAX):
+            fig.tight_layout()  # first: adjustText places labels for the axes' final size
+            _adjusted_labels(ax, points, [_short(label) for label in labels])
+        else:
+            if len(labels) <= LABELS_MAX:
+                _inward_labels(ax, points, [_short(label) for label in labels])
+            fig.tight_layout()
+        yield fig
     finally:
         plt.close(fig)
-    return path
+
+
+def _short(label: object) -> str:
+    text = str(label)
+    return text if len(text) <= LABEL_CHARS_MAX else text[: LABEL_CHARS_MAX - 1] + "…"
+
+
+def _inward_labels(ax: Any, points: np.ndarray, texts: Sequence[str]) -> None:
+    """Each label beside its point: right of it in the left half, left of it in the right half."""
+    middle = float(np.median(points[:, 0])) if len(points) else 0.0
+    for (x, y), text in zip(points, texts, strict=True):
+        right = x <= middle
+        ax.annotate(
+            text,
+            (x, y),
+            textcoords="offset points",
+            xytext=(5 if right else -5, 4),
+            ha="left" if right else "right",
+            fontsize=9,
+            annotation_clip=True,
+        )
+
+
+def _adjusted_labels(ax: Any, points: np.ndarray, texts: Sequence[str]) -> None:
+    """Labels at their points, then moved off the points and off each other by adjustText,
+    kept inside the axes."""
+    if not texts:
+        return
+    from adjustText import adjust_text
+
+    middle = float(np.median(points[:, 0]))
+    labels = [
+        ax.text(x, y, text, fontsize=9, ha="left" if x <= middle else "right", va="bottom")
+        for (x, y), text in zip(points, texts, strict=True)
+    ]
+    adjust_text(
+        labels,
+        x=points[:, 0],
+        y=points[:, 1],
+        ax=ax,
+        iter_lim=ADJUST_ITERATIONS,
+        ensure_inside_axes=True,
+        arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.6},
+    )
 
 
 def markdown_image(path: Path, alt: str = "plot") -> str:

@@ -1,7 +1,9 @@
 """Prompt templates filled from partition keys, run config and upstream rows.
 
 Templates use ``str.format`` placeholders. A placeholder no value is given for is an
-error naming it and the names that are available, raised before anything is sent.
+error naming it and the names that are available, raised before anything is sent. So is a
+partition key that can't fill one: empty, longer than :data:`MAX_PARTITION_KEY_CHARS`, or
+holding control characters (a key added from the UI's "Add partition" is whatever was typed).
 
 Example:
     >>> template = PromptTemplate("You are Captain {captain}. {question}")
@@ -12,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import string
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -61,15 +64,70 @@ class PromptTemplate:
         return self.template.format_map({k: values[k] for k in self.fields})
 
 
+#: The longest partition key (or dimension of a multi-partition key) that fills a prompt: a
+#: name or a topic, not a text (texts come from upstream rows or run config ``variables``).
+MAX_PARTITION_KEY_CHARS = 200
+#: Unicode categories a key may not hold: control characters (newlines, tabs, NUL, escapes…)
+#: and the line and paragraph separators U+2028 and U+2029.
+_UNPRINTABLE = frozenset({"Cc", "Zl", "Zp"})
+
+
+def check_partition_key(key: str, placeholder: str, partitions_def: dg.PartitionsDefinition | None = None) -> None:
+    """Raise if partition key ``key`` can't fill ``{placeholder}``: empty (or blank), longer
+    than :data:`MAX_PARTITION_KEY_CHARS` characters, or holding a control character.
+
+    Example:
+        >>> check_partition_key("Picard", "partition_key")
+        >>> check_partition_key("", "partition_key")
+        Traceback (most recent call last):
+        ...
+        llm_assets.errors.LLMAssetsError: The partition key '' can't fill {partition_key}: it is empty. ...
+    """
+    problem = None
+    if not key.strip():
+        problem = "it is empty" if not key else "it is only blanks"
+    elif len(key) > MAX_PARTITION_KEY_CHARS:
+        problem = f"it has {len(key)} characters, more than {MAX_PARTITION_KEY_CHARS}"
+    else:
+        bad = next((c for c in key if unicodedata.category(c) in _UNPRINTABLE), None)
+        if bad is not None:
+            problem = f"it holds the control character {bad!r} at character {key.index(bad)}"
+    if problem is None:
+        return
+    shown = key if len(key) <= 60 else key[:57] + "..."
+    if isinstance(partitions_def, dg.DynamicPartitionsDefinition) and partitions_def.name:
+        fix = (
+            f"delete it from the dynamic partitions {partitions_def.name!r} (the asset page's menu, Delete "
+            f"partitions; or instance.delete_dynamic_partition({partitions_def.name!r}, key)) and add one"
+        )
+    else:
+        fix = "use a partition key"
+    raise LLMAssetsError(
+        f"The partition key {shown!r} can't fill {{{placeholder}}}: {problem}. Nothing was sent: {fix} of 1 to "
+        f"{MAX_PARTITION_KEY_CHARS} characters with no control characters (longer texts belong in upstream rows "
+        "or run config `variables`)."
+    )
+
+
 def partition_values(partitions_def: dg.PartitionsDefinition | None, partition_key: str | None) -> dict[str, str]:
     """Placeholder values of one partition: ``partition_key`` and, for a multi-partition,
-    each dimension by name."""
+    each dimension by name; each checked with :func:`check_partition_key`.
+
+    Example:
+        >>> partition_values(dg.DynamicPartitionsDefinition(name="captains"), "Riker")
+        {'partition_key': 'Riker'}
+    """
     if partition_key is None:
         return {}
     values = {"partition_key": partition_key}
     if isinstance(partitions_def, dg.MultiPartitionsDefinition):
         key = partitions_def.get_partition_key_from_str(partition_key)
-        values.update(key.keys_by_dimension)
+        dimensions = key.keys_by_dimension
+        for name, value in dimensions.items():
+            check_partition_key(value, name, partitions_def.get_partitions_def_for_dimension(name))
+        values.update(dimensions)
+    else:
+        check_partition_key(partition_key, "partition_key", partitions_def)
     return values
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from llm_assets import LLMAssetsError, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.assets.frames import ANSWER_COLUMNS, EMBEDDING_COLUMNS, split_output
+from llm_assets.assets.prompts import MAX_PARTITION_KEY_CHARS, partition_values
 from llm_assets.assets.upstream import load_texts
 from llm_assets_tests.conftest import CAPTAINS, captains, event_of, failure_message, metadata_values
 
@@ -243,3 +244,61 @@ def test_a_max_concurrency_that_is_not_a_count_is_refused_when_the_factory_is_ca
         build_chat_answers_asset(key="answers", prompt="Hi", max_concurrency=max_concurrency)
     with pytest.raises(LLMAssetsError, match=r"max_concurrency of embeddings is"):
         build_embeddings_asset(key="embeddings", upstream="texts", max_concurrency=max_concurrency)
+
+
+# -- partition keys that can't fill a prompt --------------------------------------------------
+
+#: Partitions users add to (from the UI's "Add a partition", or the instance's API).
+crew = dg.DynamicPartitionsDefinition(name="crew")
+TOO_LONG = "x" * (MAX_PARTITION_KEY_CHARS + 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("", "it is empty"),
+        ("  ", "it is only blanks"),
+        (TOO_LONG, f"it has {MAX_PARTITION_KEY_CHARS + 1} characters, more than {MAX_PARTITION_KEY_CHARS}"),
+        ("Kirk\nSpock", "it holds the control character '\\n' at character 4"),
+        ("Kirk\x1b[31m", "it holds the control character '\\x1b' at character 4"),
+        ("Kirk\u2028", "it holds the control character '\\u2028' at character 4"),
+    ],
+)
+def test_a_partition_key_that_cannot_fill_a_prompt_is_one_error_saying_why_and_the_fix(key, problem):
+    with pytest.raises(LLMAssetsError) as raised:
+        partition_values(crew, key)
+    message = str(raised.value)
+    assert "can't fill {partition_key}" in message and problem in message, message
+    assert (
+        "delete it from the dynamic partitions 'crew'" in message
+        and f"1 to {MAX_PARTITION_KEY_CHARS} characters" in message
+    )
+
+
+def test_partition_keys_up_to_the_limit_fill_prompts():
+    for key in ("x" * MAX_PARTITION_KEY_CHARS, "Jean-Luc Picard", "Nyota Uhura 🖖", "Ro Laren (Bajoran)"):
+        assert partition_values(crew, key) == {"partition_key": key}
+
+
+def test_each_dimension_of_a_multi_partition_key_is_checked_by_its_name():
+    ships = dg.MultiPartitionsDefinition({"captain": crew, "ship": dg.StaticPartitionsDefinition(["Enterprise"])})
+    assert partition_values(ships, "Riker|Enterprise") == {
+        "partition_key": "Riker|Enterprise",
+        "captain": "Riker",
+        "ship": "Enterprise",
+    }
+    with pytest.raises(
+        LLMAssetsError, match=r"can't fill \{captain\}: it has 201 characters.*dynamic partitions 'crew'"
+    ):
+        partition_values(ships, f"{TOO_LONG}|Enterprise")
+
+
+@pytest.mark.parametrize("key", [TOO_LONG, "Riker\tand Troi"])
+def test_a_run_with_a_partition_key_that_cannot_fill_the_prompt_sends_nothing(server, materialize, instance, key):
+    instance.add_dynamic_partitions(crew.name, ["Kirk", key])  # as the instance's API allows
+    answers = build_chat_answers_asset(key="answers", partitions_def=crew, prompt="Captain {partition_key}")
+    result = materialize([answers], partitions=["Kirk", key], raise_on_error=False)
+    assert not result.success
+    message = failure_message(result)
+    assert "LLMAssetsError" in message and "can't fill {partition_key}" in message, message
+    assert server.stats.requests == []  # not even Kirk's

@@ -1,5 +1,7 @@
 """build_pca_plot_asset (and the three factories together): a PNG of every materialized
-partition, and clear errors for what cannot be projected."""
+partition, labels that don't overlap, and clear errors for what cannot be projected."""
+
+from itertools import combinations
 
 import dagster as dg
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from llm_assets import build_llm_pipeline_assets, build_pca_plot_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
+from llm_assets.assets import pca
 from llm_assets.assets.frames import embeddings_frame
 from llm_assets.assets.plot import embedding_parts
 from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
@@ -133,3 +136,53 @@ def test_the_map_names_the_question_its_answers_answered(server, materialize):
     assert "question" not in mixed and f"| {CAPTAINS[0]} | Tea or coffee? |" in mixed["questions"]
     assert f"| {CAPTAINS[1]} | Why explore? |" in mixed["questions"]
     assert mixed["explained_variance_pc1"] == round(mixed["explained_variance_pc1"], 4)
+
+
+# -- labels ------------------------------------------------------------------------------------
+
+#: The README's map (docs/answer-map.png, before adjustText): Archer's label, right of its
+#: point, ran into Kirk's, left of its point.
+CREW = ["Kirk", "Archer", "Picard", "Sisko", "Janeway", "Pike", "Burnham"]
+CREW_POINTS = np.array(
+    [[0.052, 0.05], [0.012, 0.04], [-0.214, -0.004], [-0.056, -0.202], [0.135, -0.042], [-0.045, 0.171], [0.12, -0.014]]
+)
+
+
+def label_boxes(points: np.ndarray, labels: list[str], **kwargs) -> tuple[dict, object]:
+    """Each label's bounding box on the rendered figure (display pixels), and the axes' box."""
+    with pca.labelled_scatter(points, labels, "Crew", **kwargs) as fig:
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        return {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}, ax.get_window_extent(renderer)
+
+
+def overlapping(boxes: dict) -> set[tuple[str, str]]:
+    return {(a, b) for a, b in combinations(sorted(boxes), 2) if boxes[a].overlaps(boxes[b])}
+
+
+def test_labels_that_would_overlap_are_moved_apart_inside_the_axes():
+    beside, _ = label_boxes(CREW_POINTS, CREW, adjusted_max=0)  # each beside its point, unadjusted
+    assert overlapping(beside) == {("Archer", "Kirk")}
+    adjusted, frame = label_boxes(CREW_POINTS, CREW)
+    assert sorted(adjusted) == sorted(CREW)
+    assert overlapping(adjusted) == set()
+    assert all(
+        frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in adjusted.values()
+    )
+
+
+def test_labels_are_adjusted_up_to_a_count_beside_their_points_up_to_another_then_not_drawn(monkeypatch):
+    import adjustText
+
+    calls = []
+    monkeypatch.setattr(adjustText, "adjust_text", lambda texts, **kwargs: calls.append(len(texts)))
+    rng = np.random.default_rng(0)
+    for count in (pca.ADJUSTED_LABELS_MAX, pca.ADJUSTED_LABELS_MAX + 1, pca.LABELS_MAX, pca.LABELS_MAX + 1):
+        boxes, _ = label_boxes(rng.normal(size=(count, 2)), [f"c{i}" for i in range(count)])
+        assert len(boxes) == (count if count <= pca.LABELS_MAX else 0)
+    assert calls == [pca.ADJUSTED_LABELS_MAX]  # adjustText's cost grows too fast beyond
+
+
+def test_the_map_of_the_captains_writes_a_png_with_adjusted_labels(tmp_path):
+    png = pca.scatter_png(CREW_POINTS, CREW, tmp_path / "map" / "crew.png", title="Crew")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

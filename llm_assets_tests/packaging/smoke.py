@@ -93,6 +93,7 @@ def check_pipeline_on_any_server(home: Path) -> None:
             "dagster/asset_partition_range_end": captains.CAPTAINS[-1],
         }
         with dg.instance_for_test(temp_dir=str(home)) as instance:
+            captains.seed_captains(instance)  # the captains are dynamic partitions, of each instance
             for asset, tags in (
                 (captains.pipeline.answers, everyone),
                 (captains.pipeline.embeddings, everyone),
