@@ -52,6 +52,22 @@ def wait_visible(page: Page, target: Locator, timeout_s: float = RUN_TIMEOUT_S, 
             page.reload()
 
 
+#: True once ``element`` and every element around it are opaque and still: a dialog's fade-in done.
+_SETTLED_JS = """element => {
+    for (let e = element; e; e = e.parentElement) {
+        if (getComputedStyle(e).opacity !== "1" || e.getAnimations().some(a => a.playState === "running")) {
+            return false;
+        }
+    }
+    return true;
+}"""
+
+
+def wait_settled(page: Page, target: Locator) -> None:
+    """Waits until ``target`` (a dialog…) has finished appearing, so a screenshot shows it whole."""
+    page.wait_for_function(_SETTLED_JS, arg=target.element_handle())
+
+
 def toast_id(page: Page, message: str) -> str:
     """The id at the end of the toast ``message <id>`` (a launch's confirmation), once it shows."""
     from playwright.sync_api import expect
@@ -77,9 +93,9 @@ def wait_for_asset_graph(page: Page, location: str, group: str, assets: list[str
     expect(page.get_by_text("Loading...")).to_have_count(0)
 
 
-def materialize_all_partitions(page: Page, location: str, group: str, assets: list[str], partitions: int) -> str:
-    """Selects ``assets`` (paths) in the group's list, Materialize selected, All partitions,
-    Launch backfill; returns the backfill's id from the toast."""
+def choose_partitions(page: Page, location: str, group: str, assets: list[str]) -> Locator:
+    """Selects ``assets`` (paths) in the group's list and clicks Materialize selected;
+    returns the dialog that opens ("Launch runs to materialize …", no partition chosen)."""
     from playwright.sync_api import expect
 
     goto(page, f"/locations/{location}/asset-groups/{group}/list")
@@ -87,11 +103,65 @@ def materialize_all_partitions(page: Page, location: str, group: str, assets: li
         page.locator("label").filter(has=page.get_by_test_id(f"checkbox-{asset_path}")).click()
         expect(page.get_by_test_id(f"checkbox-{asset_path}")).to_be_checked()
     page.get_by_role("button", name=re.compile(r"Materialize selected")).click()
-    dialog = page.get_by_role("dialog")
+    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
+    expect(dialog).to_be_visible()
+    return dialog
+
+
+def materialize_all_partitions(
+    page: Page, location: str, group: str, assets: list[str], partitions: int | list[str]
+) -> str:
+    """Selects ``assets`` (paths) in the group's list, Materialize selected, All partitions,
+    Launch backfill; returns the backfill's id from the toast. ``partitions``: how many
+    (the dialog says "N partitions selected"), or a few by name (it lists them instead)."""
+    from playwright.sync_api import expect
+
+    dialog = choose_partitions(page, location, group, assets)
     dialog.get_by_role("button", name="All", exact=True).click()  # it opens on "Custom", no partition
-    expect(dialog).to_contain_text(f"{partitions} partitions selected")
+    if isinstance(partitions, int):
+        expect(dialog).to_contain_text(f"{partitions} partitions selected")
+    else:
+        expect(dialog).to_contain_text(f"Partition selection{len(partitions)} partitions")
+        for partition in partitions:
+            expect(dialog.get_by_text(partition, exact=True).first).to_be_visible()
     dialog.get_by_role("button", name="Launch backfill").click()
     return toast_id(page, "Created backfill")
+
+
+def add_partition(page: Page, dialog: Locator, name: str, screenshot_to: Path | None = None) -> None:
+    """In the partitions ``dialog`` of assets with dynamic partitions: the "Add a partition"
+    link, ``name`` typed in its dialog (a full-page screenshot ``screenshot_to`` then, if
+    given), Save; waits until the new partition is the one selected."""
+    from playwright.sync_api import expect
+
+    dialog.get_by_text("Add a partition", exact=True).click()
+    adding = page.get_by_role("dialog").filter(has_text="Add a partition for")
+    adding.get_by_placeholder("name").fill(name)
+    if screenshot_to is not None:
+        wait_settled(page, adding)
+        page.screenshot(path=screenshot_to, full_page=True)
+    adding.get_by_role("button", name="Save", exact=True).click()
+    expect(adding).to_have_count(0)  # saved: a refused name keeps the dialog and shows an alert
+    expect(dialog.get_by_text(name, exact=True).first).to_be_visible()  # the selector's new tag
+    expect(dialog.get_by_role("button", name="Launch 1 run")).to_be_enabled()
+
+
+def launch_one_run(page: Page, dialog: Locator, what: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+    """The partitions ``dialog``'s Launch 1 run, then the run's page until it ends; asserts
+    it succeeded (``what`` names it in the message) and returns its id."""
+    dialog.get_by_role("button", name="Launch 1 run").click()
+    return follow_run(page, toast_id(page, "Launched run"), what, timeout_s)
+
+
+def follow_run(page: Page, short_id: str, what: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+    """Opens the run of the toast's View link (``short_id``) and waits until it ends; asserts
+    it succeeded and returns its id."""
+    view = page.locator(f"a[href^='/runs/{short_id}']", has_text="View").first
+    run_id = (view.get_attribute("href") or "").rsplit("/", 1)[-1]
+    view.click()
+    status = wait_visible(page, page.get_by_text(_RUN_DONE), timeout_s)
+    assert status == "Success", f"run {run_id} of {what}: {status}"
+    return run_id
 
 
 def wait_for_partitions(page: Page, asset_path: str, materialized: int, timeout_s: float = RUN_TIMEOUT_S) -> None:
@@ -118,19 +188,27 @@ def materialize(page: Page, asset_path: str, timeout_s: float = RUN_TIMEOUT_S) -
     ends; asserts it succeeded and returns the run's id."""
     open_asset_tab(page, asset_path, "Overview")
     page.get_by_role("button", name=re.compile(r"\bMaterialize$")).click()
-    short_id = toast_id(page, "Launched run")
-    view = page.locator(f"a[href^='/runs/{short_id}']", has_text="View").first
-    run_id = (view.get_attribute("href") or "").rsplit("/", 1)[-1]
-    view.click()
-    status = wait_visible(page, page.get_by_text(_RUN_DONE), timeout_s)
-    assert status == "Success", f"run {run_id} of {asset_path}: {status}"
-    return run_id
+    return follow_run(page, toast_id(page, "Launched run"), asset_path, timeout_s)
+
+
+def wait_for_metadata(page: Page, asset_path: str, entry: str, value: str, timeout_s: float = PAGE_TIMEOUT_S) -> None:
+    """The asset's Overview until the metadata ``entry`` of its latest materialization shows
+    ``value``; fails naming what it shows instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    open_asset_tab(page, asset_path, "Overview")
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=entry, exact=True))
+    try:
+        wait_visible(page, row.filter(has=page.get_by_role("cell", name=value, exact=True)), timeout_s)
+    except PlaywrightTimeoutError:
+        shown = row.first.inner_text() if row.count() else "no such row"
+        raise AssertionError(f"{asset_path}: metadata {entry!r} shows {shown!r}, expected {value!r}") from None
 
 
 def open_markdown_image(page: Page, asset_path: str, entry: str) -> tuple[str, int, int]:
     """Opens the Markdown metadata ``entry`` of the asset's latest materialization ("[Show
-    Markdown]" in its metadata table: a dialog renders it) and waits for its image to load;
-    returns the image's ``src`` and natural width and height."""
+    Markdown]" in its metadata table: a dialog renders it) and waits for its image to load and
+    its dialog to finish appearing; returns the image's ``src`` and natural width and height."""
     from playwright.sync_api import expect
 
     open_asset_tab(page, asset_path, "Overview")
@@ -140,6 +218,7 @@ def open_markdown_image(page: Page, asset_path: str, entry: str) -> tuple[str, i
     image = page.get_by_role("dialog").get_by_role("img", name=asset_path)  # the plot's alt text
     expect(image).to_be_visible()
     page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=image.element_handle())
+    wait_settled(page, page.get_by_role("dialog").filter(has=page.get_by_role("img", name=asset_path)))
     width, height = image.evaluate("image => [image.naturalWidth, image.naturalHeight]")
     return image.get_attribute("src") or "", width, height
 

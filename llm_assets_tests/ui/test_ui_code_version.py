@@ -117,27 +117,6 @@ def reload_location(page: "Page", location: str) -> None:
     expect(page.get_by_text("Code location reloaded!")).to_be_visible(timeout=ui.RUN_TIMEOUT_S * 1000)
 
 
-def materialize_all_partitions(
-    page: "Page", location: str, group: str, assets: list[str], partitions: list[str]
-) -> str:
-    """``ui.materialize_all_partitions`` for a few partitions: the dialog lists each one by
-    name (and "N partitions") instead of saying "N partitions selected"."""
-    from playwright.sync_api import expect
-
-    ui.goto(page, f"/locations/{location}/asset-groups/{group}/list")
-    for asset_path in assets:  # the checkbox input is hidden behind its label's drawing
-        page.locator("label").filter(has=page.get_by_test_id(f"checkbox-{asset_path}")).click()
-        expect(page.get_by_test_id(f"checkbox-{asset_path}")).to_be_checked()
-    page.get_by_role("button", name=re.compile(r"Materialize selected")).click()
-    dialog = page.get_by_role("dialog")
-    dialog.get_by_role("button", name="All", exact=True).click()  # it opens on "Custom", no partition
-    expect(dialog).to_contain_text(f"Partition selection{len(partitions)} partitions")
-    for partition in partitions:
-        expect(dialog.get_by_text(partition, exact=True).first).to_be_visible()
-    dialog.get_by_role("button", name="Launch backfill").click()
-    return ui.toast_id(page, "Created backfill")
-
-
 def partition_header(page: "Page", asset_path: str, partition: str) -> "Locator":
     """The asset's Partitions tab with ``partition`` selected; returns the panel's header (the
     partition's name, its "Materialized" tag and its "Unsynced (n)" tag, if any), once its
@@ -165,7 +144,7 @@ def test_an_edited_prompt_shows_as_a_code_version_change_in_the_dagster_ui(
 
     page.goto(crew_dagster_dev.url)
     ui.wait_for_asset_graph(page, LOCATION, GROUP, ["answers", "embeddings", "answer_map"])
-    materialize_all_partitions(page, LOCATION, GROUP, [ANSWERS, EMBEDDINGS], CAPTAINS)
+    ui.materialize_all_partitions(page, LOCATION, GROUP, [ANSWERS, EMBEDDINGS], CAPTAINS)
     ui.wait_for_partitions(page, ANSWERS, materialized=len(CAPTAINS))
     ui.wait_for_partitions(page, EMBEDDINGS, materialized=len(CAPTAINS))
     assert server.stats.paths["/v1/chat/completions"] == len(CAPTAINS)

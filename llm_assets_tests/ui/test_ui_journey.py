@@ -1,6 +1,8 @@
 """The README's UI journey, in Chromium against ``dagster dev`` on the captains example with
 the embedded local model: materialize every captain's answers and embeddings (one backfill,
-one run), then the answer map, and see its plot and the answers' checks in the UI.
+one run), then the answer map, and see its plot and the answers' checks in the UI; then add
+a captain, Riker, with the dialog's own "Add a partition", answer and embed Riker (one run),
+and re-draw the map, which then has a point more.
 
 Screenshots of each milestone go to ``$LLM_ASSETS_SCREENSHOTS`` (for docs/) or ``tmp_path``."""
 
@@ -21,6 +23,8 @@ LOCATION = GROUP = "captains"
 ANSWERS, EMBEDDINGS, ANSWER_MAP = "captains/answers", "captains/embeddings", "captains/answer_map"
 #: Checks the Checks tab of captains/answers lists (the chat factory's, without a response_format).
 MIN_ANSWER_CHECKS = 5
+#: The captain the journey adds from the UI.
+NEW_CAPTAIN = "Riker"
 
 
 @pytest.mark.slow
@@ -42,5 +46,19 @@ def test_readme_journey_in_the_dagster_ui(page: "Page", dagster_dev: "DagsterDev
     assert width > 0 and height > 0
     ui.screenshot(page, screenshots, "03-answer-map-plot.png")
 
+    ui.wait_for_metadata(page, ANSWER_MAP, "points", str(len(CAPTAINS)))
+
     ui.assert_checks_passed(page, ANSWERS, minimum=MIN_ANSWER_CHECKS)
     ui.screenshot(page, screenshots, "04-answers-checks.png")
+
+    # A captain of one's own: the captains are dynamic partitions
+    dialog = ui.choose_partitions(page, LOCATION, GROUP, [ANSWERS, EMBEDDINGS])
+    ui.add_partition(page, dialog, NEW_CAPTAIN, screenshot_to=screenshots / "05-add-partition.png")
+    ui.launch_one_run(page, dialog, f"{ANSWERS} and {EMBEDDINGS} of {NEW_CAPTAIN}")
+    crew = len(CAPTAINS) + 1
+    ui.wait_for_partitions(page, ANSWERS, materialized=crew)
+    ui.wait_for_partitions(page, EMBEDDINGS, materialized=crew)
+    ui.materialize(page, ANSWER_MAP)
+    ui.wait_for_metadata(page, ANSWER_MAP, "points", str(crew))
+    ui.open_markdown_image(page, ANSWER_MAP, "plot")
+    ui.screenshot(page, screenshots, "06-answer-map-with-riker.png")
