@@ -43,7 +43,7 @@ from llm_assets.assets.upstream import (
     upstream_input,
     upstream_partitions,
 )
-from llm_assets.assets.versions import code_version, frame_version, translator_identity
+from llm_assets.assets.versions import code_version, data_version, translator_identity
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.engine.rows import ColumnSpec
@@ -280,7 +280,7 @@ def _answers(
             finished(pk, [])
         frame = concat_answers(frames.values(), prompts.columns)
         results = chat_results(checks, frame, len(requests), run, resource.redact_text)
-        return checked(frame, results, data_version=frame_version(frame, VARYING_COLUMNS))
+        return checked(frame, results, data_version=data_version(context, frames, VARYING_COLUMNS))
 
     return answers
 

@@ -36,7 +36,7 @@ from llm_assets.assets.upstream import (
     upstream_input,
     upstream_partitions,
 )
-from llm_assets.assets.versions import code_version, frame_version
+from llm_assets.assets.versions import code_version, data_version
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import LLMAssetsError
@@ -52,20 +52,25 @@ def report_embeddings(
     texts: Mapping[str | None, list[str]],
     results: Mapping[str | None, EmbeddingResult],
     requested_model: str,
-) -> pd.DataFrame:
-    """The embeddings frame, and each partition's row count, dimensions and model (an empty
-    partition has no rows, and the run's vector columns)."""
+) -> dict[str | None, pd.DataFrame]:
+    """Each partition's embeddings frame, and its row count, dimensions and model as its
+    metadata (an empty partition has no rows, and the run's vector columns)."""
     dimensions = next((r.vectors.shape[1] for r in results.values()), 0)
-    frames = []
+    frames = {}
     for pk, items in texts.items():
         result = results.get(pk)
         model = result.model if result is not None else requested_model
         matrix = result.vectors if result is not None else np.empty((0, dimensions), np.float32)
         frame = embeddings_frame(embedding_rows(pk, items, model), matrix)
-        frames.append(frame)
+        frames[pk] = frame
         metadata = {"dagster/row_count": len(frame), "dimensions": matrix.shape[1], "model": model}
         context.add_asset_metadata({**metadata, **empty_metadata(len(frame))}, partition_key=pk)
-    kept = [frame for frame in frames if len(frame)] or frames[:1]  # an empty one would upcast the vectors
+    return frames
+
+
+def concat_embeddings(frames: Mapping[str | None, pd.DataFrame]) -> pd.DataFrame:
+    """The partitions' embeddings frames as one (an empty one would upcast the vectors)."""
+    kept = [frame for frame in frames.values() if len(frame)] or list(frames.values())[:1]
     return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
 
@@ -159,9 +164,10 @@ def _embeddings(
         )
         count = sum(len(t) for t in texts.values())
         run = report_run(context, "texts embedded", count, len(texts), engine.seconds)
-        frame = report_embeddings(context, texts, results, params["model"])
+        frames = report_embeddings(context, texts, results, params["model"])
+        frame = concat_embeddings(frames)
         dimensions = {**recorded_dimensions(context), **{str(pk): r.vectors.shape[1] for pk, r in results.items()}}
         results = embedding_results(checks, frame, count, dimensions, run, resource.redact_text)
-        return checked(frame, results, data_version=frame_version(frame))
+        return checked(frame, results, data_version=data_version(context, frames))
 
     return embeddings

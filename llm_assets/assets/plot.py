@@ -25,7 +25,7 @@ from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptio
 from llm_assets.assets.pca import PROJECTION, Projection, markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata
 from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
-from llm_assets.assets.versions import code_version, frame_version
+from llm_assets.assets.versions import code_version, data_version
 from llm_assets.errors import LLMAssetsError
 
 _COORDINATES = dg.TableSchema(
@@ -203,6 +203,6 @@ def _answer_map(
         scatter_png(projection.points, labels, png, title=title, axes=axes)  # type: ignore[arg-type]
         metadata = {**report_plot(points, projection, png, name.to_user_string()), **described}
         results = plot_results(checks, points, projection.explained_variance_ratio)
-        return checked(points, results, metadata, data_version=frame_version(points))
+        return checked(points, results, metadata, data_version=data_version(context, {None: points}))
 
     return answer_map

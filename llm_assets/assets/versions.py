@@ -24,14 +24,21 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pydantic
+
+from llm_assets.assets.reporting import MAX_LOOKUPS
 
 #: Bumped if what a hash covers changes meaning, so old versions never collide with new ones.
 _FORMAT = 1
 #: Rows of a text column encoded at a time.
 _SLICE = 50_000
+#: The tag Dagster keeps a materialization's data version in.
+DATA_VERSION_TAG = "dagster/data_version"
+#: Metadata key of each partition's own content hash.
+CONTENT_VERSION = "content_version"
 #: Hex digits kept: 48 bits, no collision in any realistic edit history of one asset.
 _LENGTH = 12
 
@@ -82,6 +89,44 @@ def frame_version(frame: pd.DataFrame, exclude: Collection[str] = frozenset()) -
                 )
                 digest.update(text.encode())
     return digest.hexdigest()[:_LENGTH]
+
+
+def data_version(
+    context: dg.AssetExecutionContext, frames: Mapping[str | None, pd.DataFrame], exclude: Collection[str] = frozenset()
+) -> str:
+    """The data version of a run's output, from each partition's frame (``None``: the
+    asset is not partitioned), each partition's own hash recorded as its
+    ``content_version`` metadata.
+
+    Dagster gives every partition of a run one data version (dagster#34013). So when each
+    partition's content is what it was and they last shared one data version, that one is
+    kept: re-running any of them to the same answers leaves their dependants up to date.
+    Otherwise it is the hash of the run's partitions' hashes (one partition: its own).
+    """
+    contents = {pk: frame_version(frame, exclude) for pk, frame in frames.items()}
+    if None in contents:
+        return contents[None]
+    for pk, version in contents.items():
+        context.add_asset_metadata({CONTENT_VERSION: version}, partition_key=pk)
+    if len(contents) <= MAX_LOOKUPS:
+        previous = [_latest_versions(context.instance, context.asset_key, pk) for pk in contents]
+        kept = {data for data, content in previous if data is not None}
+        if len(kept) == 1 and [content for _, content in previous] == list(contents.values()):
+            return kept.pop()
+    if len(contents) == 1:
+        return next(iter(contents.values()))
+    return _digest(_canonical(list(contents.items())))
+
+
+def _latest_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> tuple[str | None, str | None]:
+    """The data version and content version of the partition's latest materialization."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(key, [partition]), limit=1).records
+    event = records[0].asset_materialization if records else None
+    if event is None:
+        return None, None
+    content = event.metadata.get(CONTENT_VERSION)
+    recorded = content.value if isinstance(content, dg.TextMetadataValue) else None
+    return (event.tags or {}).get(DATA_VERSION_TAG), recorded
 
 
 def _canonical(value: Any) -> str:

@@ -241,6 +241,24 @@ def test_staleness_follows_code_and_data_versions(server, materialize, instance)
     assert stale(instance, edited) == {f"embeddings[{pk}]" for pk in CAPTAINS}  # the new prompt's answers differ
 
 
+def test_one_partition_rerun_alone_to_the_same_answers_keeps_its_dependants_up_to_date(server, materialize, instance):
+    """Dagster gives a run's partitions one data version: a partition re-run alone keeps the
+    one it shared with the others while its content is unchanged."""
+    assets = pipeline()
+    together = materialize(assets, selection=["answers", "embeddings"], partitions=CAPTAINS)
+    versions = {e.materialization.tags["dagster/data_version"] for e in together.get_asset_materialization_events()}
+    assert len(versions) == 2  # one for the answers of all three partitions, one for their embeddings
+
+    alone = materialize(assets, selection=["answers"], partitions=["Kirk"], run_config=answers_config(cache="REFRESH"))
+    (event,) = alone.get_asset_materialization_events()
+    assert event.materialization.tags["dagster/data_version"] in versions
+    assert stale(instance, assets) == set()
+
+    picard = CAPTAINS[1]
+    materialize(assets, selection=["answers"], partitions=[picard], run_config=answers_config(question="Why stay?"))
+    assert stale(instance, assets) == {f"embeddings[{picard}]"}
+
+
 def test_data_versions_are_the_content_of_what_was_materialized(server, materialize, instance):
     assets = pipeline()
     first = materialize(assets, selection=["answers"], partitions=["Kirk"])
