@@ -21,6 +21,7 @@ Example:
 import enum
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -98,10 +99,12 @@ def data_version(
     asset is not partitioned), each partition's own hash recorded as its
     ``content_version`` metadata.
 
-    Dagster gives every partition of a run one data version (dagster#34013). So when each
-    partition's content is what it was and they last shared one data version, that one is
-    kept: re-running any of them to the same answers leaves their dependants up to date.
-    Otherwise it is the hash of the run's partitions' hashes (one partition: its own).
+    Dagster gives every partition of a run one data version (dagster#34013). So the one
+    that most of the run's unchanged partitions last had is kept, unless another partition
+    of the run ever had it (with other content): their dependants stay up to date, and a
+    data version still stands for one content of each partition. Otherwise it is the hash
+    of the run's partitions' hashes (one partition: its own). A partition given a version
+    other than its last is conservatively new to its dependants.
     """
     contents = {pk: frame_version(frame, exclude) for pk, frame in frames.items()}
     if None in contents:
@@ -109,13 +112,26 @@ def data_version(
     for pk, version in contents.items():
         context.add_asset_metadata({CONTENT_VERSION: version}, partition_key=pk)
     if len(contents) <= MAX_LOOKUPS:
-        previous = [_latest_versions(context.instance, context.asset_key, pk) for pk in contents]
-        kept = {data for data, content in previous if data is not None}
-        if len(kept) == 1 and [content for _, content in previous] == list(contents.values()):
-            return kept.pop()
+        instance, key = context.instance, context.asset_key
+        previous = {pk: _latest_versions(instance, key, pk) for pk in contents}
+        unchanged = Counter(data for pk, (data, content) in previous.items() if data and content == contents[pk])
+        for candidate, _ in unchanged.most_common(3):
+            others = [pk for pk in contents if previous[pk] != (candidate, contents[pk])]
+            if not any(_ever_had(instance, key, pk, candidate) for pk in others):
+                return candidate
     if len(contents) == 1:
         return next(iter(contents.values()))
     return _digest(_canonical(list(contents.items())))
+
+
+def _ever_had(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, version: str) -> bool:
+    """Whether a materialization of the partition ever had data version ``version`` (a
+    history longer than :data:`MAX_LOOKUPS` is assumed to, to be safe)."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(key, [partition]), limit=MAX_LOOKUPS).records
+    if len(records) >= MAX_LOOKUPS:
+        return True
+    events = [record.asset_materialization for record in records]
+    return any((event.tags or {}).get(DATA_VERSION_TAG) == version for event in events if event is not None)
 
 
 def _latest_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> tuple[str | None, str | None]:

@@ -5,6 +5,7 @@ marks answers → embeddings → map as the UI shows them."""
 import os
 import subprocess
 import sys
+from typing import ClassVar
 
 import dagster as dg
 import pydantic
@@ -257,6 +258,46 @@ def test_one_partition_rerun_alone_to_the_same_answers_keeps_its_dependants_up_t
     picard = CAPTAINS[1]
     materialize(assets, selection=["answers"], partitions=[picard], run_config=answers_config(question="Why stay?"))
     assert stale(instance, assets) == {f"embeddings[{picard}]"}
+
+
+def test_a_rerun_of_all_keeps_the_data_version_most_of_them_shared(server, materialize, instance):
+    """As in the README journey: captains answered in one backfill, one more alone, then
+    all again to the same answers: only the one answered alone looks new below."""
+    assets = pipeline()
+    sisko = CAPTAINS[2]
+    materialize(assets, selection=["answers", "embeddings"], partitions=CAPTAINS[:2])
+    materialize(assets, selection=["answers", "embeddings"], partitions=[sisko])
+    materialize(assets, selection=["answers"], partitions=CAPTAINS, run_config=answers_config(cache="REFRESH"))
+    assert stale(instance, assets) == {f"embeddings[{sisko}]"}  # one data version for three: Sisko's changed
+
+
+class Retold(ChatTranslator):
+    """Adds a per-captain note to the prompt, set by the test (the code stays the same)."""
+
+    notes: ClassVar[dict[str, str]] = {}
+
+    def get_messages(self, prompt, system_prompt, values):
+        note = self.notes.get(values["partition_key"], "")
+        return super().get_messages(prompt + note, system_prompt, values)
+
+
+def test_a_kept_data_version_never_hides_a_change(server, materialize, instance, monkeypatch):
+    """A version is kept only for partitions that never had it with other content: Picard,
+    once under the version Kirk and Sisko keep, changed since, is new below."""
+    answers = build_chat_answers_asset(
+        key="answers", partitions_def=captains, prompt="{question}", question="Why?", translator=Retold()
+    )
+    embeddings = build_embeddings_asset(key="embeddings", upstream=answers)
+    assets = [answers, embeddings, build_pca_plot_asset(key="answer_map", upstream=embeddings)]
+    picard = CAPTAINS[1]
+    monkeypatch.setattr(Retold, "notes", {})
+    materialize(assets, selection=["answers", "embeddings"], partitions=CAPTAINS)
+    Retold.notes[picard] = " Tell it again."
+    materialize(assets, selection=["answers"], partitions=[picard])
+    assert stale(instance, assets) == {f"embeddings[{picard}]"}
+    Retold.notes[picard] = " Tell it a third way."
+    materialize(assets, selection=["answers"], partitions=CAPTAINS)
+    assert f"embeddings[{picard}]" in stale(instance, assets)
 
 
 def test_data_versions_are_the_content_of_what_was_materialized(server, materialize, instance):
