@@ -79,6 +79,11 @@ class ChatPrompts:
         return {"prompt": self.prompt, **({"system_prompt": self.system_prompt} if self.system_prompt else {})}
 
     @property
+    def fields(self) -> frozenset[str]:
+        """The placeholders the templates use."""
+        return frozenset().union(*(t.fields for t in self.templates.values()))
+
+    @property
     def uses_question(self) -> bool:
         return any("question" in t.fields for t in self.templates.values())
 
@@ -101,6 +106,15 @@ class ChatPrompts:
         available = available | partition_placeholders(self.partitions_def)
         for where, template in self.templates.items():
             template.check(available, where=f"{where} of {self.asset_key.to_user_string()}")
+        if _static(self.partitions_def):  # its keys are known now: checked here, not at run time
+            for key in self.partitions_def.get_partition_keys():
+                partition_values(self.partitions_def, key, self.fields)
+
+
+def _static(partitions_def: dg.PartitionsDefinition | None) -> bool:
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return all(_static(d.partitions_def) for d in partitions_def.partitions_defs)
+    return isinstance(partitions_def, dg.StaticPartitionsDefinition)
 
 
 def plan_chat_requests(
@@ -111,7 +125,7 @@ def plan_chat_requests(
     requests = []
     name = prompts.asset_key.to_user_string()
     for pk, partition_rows in rows.items():
-        base = {**values, **partition_values(prompts.partitions_def, pk)}
+        base = {**values, **partition_values(prompts.partitions_def, pk, prompts.fields)}
         for row, extra in enumerate(partition_rows):
             filled = {**base, **extra}
             rendered = {w: t.render(filled, where=f"{w} of {name}") for w, t in prompts.templates.items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import dagster as dg
@@ -109,9 +109,12 @@ def check_partition_key(key: str, placeholder: str, partitions_def: dg.Partition
     )
 
 
-def partition_values(partitions_def: dg.PartitionsDefinition | None, partition_key: str | None) -> dict[str, str]:
+def partition_values(
+    partitions_def: dg.PartitionsDefinition | None, partition_key: str | None, used: Collection[str] | None = None
+) -> dict[str, str]:
     """Placeholder values of one partition: ``partition_key`` and, for a multi-partition,
-    each dimension by name; each checked with :func:`check_partition_key`.
+    each dimension by name; each that a template ``used`` (default: all) is checked with
+    :func:`check_partition_key`.
 
     Example:
         >>> partition_values(dg.DynamicPartitionsDefinition(name="captains"), "Riker")
@@ -124,9 +127,10 @@ def partition_values(partitions_def: dg.PartitionsDefinition | None, partition_k
         key = partitions_def.get_partition_key_from_str(partition_key)
         dimensions = key.keys_by_dimension
         for name, value in dimensions.items():
-            check_partition_key(value, name, partitions_def.get_partitions_def_for_dimension(name))
+            if used is None or name in used:
+                check_partition_key(value, name, partitions_def.get_partitions_def_for_dimension(name))
         values.update(dimensions)
-    else:
+    if used is None or "partition_key" in used:
         check_partition_key(partition_key, "partition_key", partitions_def)
     return values
 

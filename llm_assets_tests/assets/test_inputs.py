@@ -302,3 +302,18 @@ def test_a_run_with_a_partition_key_that_cannot_fill_the_prompt_sends_nothing(se
     message = failure_message(result)
     assert "LLMAssetsError" in message and "can't fill {partition_key}" in message, message
     assert server.stats.requests == []  # not even Kirk's
+
+
+def test_only_the_placeholders_a_template_uses_are_checked(server, materialize, instance):
+    instance.add_dynamic_partitions(crew.name, [TOO_LONG])  # a URL or path key, say
+    answers = build_chat_answers_asset(key="answers", partitions_def=crew, prompt="Say hi.")
+    assert materialize([answers], partitions=[TOO_LONG]).success
+    ships = dg.MultiPartitionsDefinition({"captain": crew, "ship": dg.StaticPartitionsDefinition(["Enterprise"])})
+    assert partition_values(ships, f"{TOO_LONG}|Enterprise", used={"ship"})["ship"] == "Enterprise"
+
+
+def test_a_static_key_that_cannot_fill_the_prompt_is_refused_when_the_asset_is_defined():
+    partitions = dg.StaticPartitionsDefinition(["Kirk", TOO_LONG])
+    with pytest.raises(LLMAssetsError, match=r"can't fill \{partition_key\}: it has 201 characters"):
+        build_chat_answers_asset(key="answers", partitions_def=partitions, prompt="Captain {partition_key}")
+    assert build_chat_answers_asset(key="answers", partitions_def=partitions, prompt="Say hi.")  # not used: fine
