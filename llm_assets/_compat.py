@@ -19,6 +19,11 @@ of them moves, instead of a user finding out in production.
 - ``OutputContext.step_context.add_asset_metadata(..., partition_key=)``: how that I/O
   manager gives each partition of a single-run backfill its own ``path`` (output metadata
   would put one on all of them).
+- ``OpExecutionContext.get_step_execution_context()`` with the step context's
+  ``has_seen_output`` and ``add_asset_metadata``, and the asset layer's
+  ``get_op_output_handle`` / ``get_asset_key_for_node_output``: where usage made in an op
+  lands (:mod:`~llm_assets.accounting.targets`): the asset its output materializes, and
+  whether that output was already emitted.
 """
 
 from typing import Any
@@ -27,7 +32,14 @@ import openai
 from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 from openai._models import FinalRequestOptions
 
-__all__ = ["SDK_CONTRACT_METHODS", "FinalRequestOptions", "PickledObjectFilesystemIOManager", "aiohttp_transport"]
+__all__ = [
+    "ASSET_LAYER_METHODS",
+    "SDK_CONTRACT_METHODS",
+    "STEP_CONTEXT_METHODS",
+    "FinalRequestOptions",
+    "PickledObjectFilesystemIOManager",
+    "aiohttp_transport",
+]
 
 #: The official client's own methods :class:`~llm_assets.http.contract.SDKContract` calls.
 SDK_CONTRACT_METHODS = (
@@ -38,6 +50,12 @@ SDK_CONTRACT_METHODS = (
     "_sleep_for_retry",
     "_make_status_error_from_response",
 )
+
+
+#: What :mod:`~llm_assets.accounting.targets` calls on a step's execution context.
+STEP_CONTEXT_METHODS = ("has_seen_output", "add_asset_metadata")
+#: What it calls on the job's asset layer.
+ASSET_LAYER_METHODS = ("get_op_output_handle", "get_asset_key_for_node_output")
 
 
 def aiohttp_transport(**client_kwargs: Any) -> Any:

@@ -20,6 +20,10 @@ from llm_assets_tests.packaging.report import (  # noqa: F401 (hooks: the instal
     pytest_testnodedown,
 )
 
+# The tests make their own instances: never the developer's. The captains example seeds the
+# instance DAGSTER_HOME names when it is imported, and test modules import it.
+os.environ.pop("DAGSTER_HOME", None)
+
 #: Partitions whose names differ in length, so their prompts (and usage) differ too.
 CAPTAINS = ["Kirk", "Jean-Luc Picard", "Benjamin Lafayette Sisko"]
 captains = dg.StaticPartitionsDefinition(CAPTAINS)

@@ -40,3 +40,14 @@ def test_what_dagster_writes_is_a_plain_pickle(tmp_path, instance):
     resources = {"io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path))}
     assert dg.materialize([value], resources=resources, instance=instance).success
     assert pickle.loads((tmp_path / "value").read_bytes()) == {"a": 1}
+
+
+def test_dagster_still_has_what_usage_in_ops_relies_on():
+    from dagster._core.definitions.assets.job.asset_layer import AssetLayer
+    from dagster._core.execution.context.system import StepExecutionContext
+
+    assert callable(dg.OpExecutionContext.get_step_execution_context)
+    for name in _compat.STEP_CONTEXT_METHODS:
+        assert callable(getattr(StepExecutionContext, name)), name
+    for name in _compat.ASSET_LAYER_METHODS:
+        assert callable(getattr(AssetLayer, name)), name

@@ -60,7 +60,7 @@ class UsageTarget:
                 handle = step.job_def.asset_layer.get_op_output_handle(self.asset_key)
                 output = None if handle is None else handle.output_name
             return output is not None and step.has_seen_output(output) is True
-        except DagsterError:
+        except (DagsterError, AttributeError):  # no run, or Dagster moved it (llm_assets/_compat.py)
             return False
 
     def describe(self) -> str:

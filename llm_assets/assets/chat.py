@@ -218,7 +218,8 @@ def build_chat_answers_asset(
     source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
     checks_ = AssetChecks(name, CHAT_CHECKS, checks, skip=[] if schema else ["valid_structured_answers"])
     sent = config().model_dump(include={"question", "variables", "chat_model", "max_tokens", "temperature"})
-    rows = {"text_column": text_column, "one_request_per_row": one_request_per_row} if source else None
+    rows = {"text_column": text_column, "one_request_per_row": one_request_per_row, "mapping": partition_mapping}
+    rows = rows if source else None
     return define_asset(
         _answers(prompts, source, one_request_per_row, max_concurrency, options, checks_),
         key=name,

@@ -124,7 +124,8 @@ def build_embeddings_asset(
     check_max_concurrency(max_concurrency, name)
     asset_checks = AssetChecks(name, EMBEDDING_CHECKS, checks)
     config = config_class(EmbeddingConfig, name.to_python_identifier(), defaults)
-    embedded = {"text_column": text_column, **config().model_dump(include={"embedding_model", "dimensions"})}
+    embedded = {"text_column": text_column, "mapping": partition_mapping}
+    embedded.update(config().model_dump(include={"embedding_model", "dimensions"}))
     return define_asset(
         _embeddings(source.key, text_column, max_concurrency, options, asset_checks),
         key=name,

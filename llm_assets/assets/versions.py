@@ -51,9 +51,10 @@ def code_version(kind: str, parts: Mapping[str, Any]) -> str:
 
 
 def translator_identity(translator: object) -> dict[str, Any]:
-    """What a translator contributes to a code version: its class (module and qualified
-    name) and its own ``version`` attribute, if it sets one: its code is not visible to
-    the hash, so bump ``version`` when you change what it does.
+    """What a translator contributes to a code version: its class's qualified name (not
+    its module, which depends on how the code location is loaded) and its own ``version``
+    attribute, if it sets one: its code is not visible to the hash, so bump ``version``
+    when you change what it does.
 
     Example:
         >>> class FewShot:
@@ -61,8 +62,8 @@ def translator_identity(translator: object) -> dict[str, Any]:
         >>> translator_identity(FewShot())["version"]
         '2'
     """
-    cls = type(translator)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "version": getattr(translator, "version", None)}
+    version = getattr(translator, "version", None)
+    return {"class": type(translator).__qualname__, "version": None if version is None else str(version)}
 
 
 def frame_version(frame: pd.DataFrame, exclude: Collection[str] = frozenset()) -> str:
@@ -155,6 +156,8 @@ def _plain(value: Any) -> Any:
         return f"{type(value).__qualname__}.{value.name}"
     if isinstance(value, type) and issubclass(value, pydantic.BaseModel):
         return value.model_json_schema()
+    if isinstance(value, dg.PartitionMapping):
+        return json.loads(dg.serialize_value(value))
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
     if isinstance(value, (set, frozenset)):

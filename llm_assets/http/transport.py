@@ -155,7 +155,7 @@ class MeteredTransport(httpx.BaseTransport):
         self._inner = session.sync_pool()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._session.closed:  # what httpx says of a closed client: the SDK retries, then raises
+        if self._session.closed:  # what httpx says of a closed client; the SDK does not retry it
             raise RuntimeError(
                 "Cannot send a request, as the client has been closed: the OpenAIResource that made it was "
                 "torn down at the end of its run (or step)."

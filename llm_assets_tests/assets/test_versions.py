@@ -5,6 +5,7 @@ marks answers → embeddings → map as the UI shows them."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import ClassVar
 
 import dagster as dg
@@ -107,7 +108,7 @@ def test_each_edit_that_decides_the_answers_changes_their_code_version_and_no_ot
     assert answers_version(max_tokens=256, temperature=0.7) == base  # the run config's own defaults, spelled out
 
 
-def test_response_schema_and_translator_version_change_it():
+def test_response_schema_and_translator_version_change_it(monkeypatch):
     assert answers_version(response_format=Verdict) != answers_version(response_format=Verdict2)
     schema = {
         "type": "object",
@@ -119,6 +120,8 @@ def test_response_schema_and_translator_version_change_it():
     # a translator's code is invisible to the hash: its version attribute says it changed
     assert answers_version(translator=FewShot()) != answers_version(translator=FewShotV2())
     assert answers_version(translator=FewShotV2()) == answers_version(translator=FewShotV2())
+    monkeypatch.setattr(FewShotV2, "version", 3)  # any value, as text
+    assert answers_version(translator=FewShotV2()) not in {answers_version(translator=FewShot())}
 
 
 def test_how_upstream_rows_become_requests_changes_it():
@@ -129,6 +132,7 @@ def test_how_upstream_rows_become_requests_changes_it():
     base = version()
     assert version(text_column="prompt") != base
     assert version(one_request_per_row=False) != base
+    assert version(partition_mapping=dg.LastPartitionMapping()) != base  # which upstream rows fill {text}
     assert version(key="b", group_name="g") == base
 
 
@@ -139,6 +143,7 @@ def test_embedding_and_map_versions_follow_their_settings_only():
     base = embeddings()
     assert len({base, embeddings(embedding_model="text-embedding-3-large"), embeddings(dimensions=256)}) == 3
     assert embeddings(text_column="prompt") != base
+    assert embeddings(partition_mapping=dg.LastPartitionMapping()) != base
     neutral = [{"key": "f"}, {"batch_size": 10}, {"max_concurrency": 2}, {"pool": "p"}, {"mode": RequestMode.BATCH}]
     assert {embeddings(**edit) for edit in neutral} == {base}
 
@@ -167,7 +172,10 @@ def test_the_code_version_is_the_same_in_every_process():
         "print(answers_version(), answers_version(response_format=Verdict, variables={'b': '2', 'a': '1'}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    repo = Path(__file__).resolve().parents[2]  # where llm_assets_tests is importable from
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=repo, check=True
+    )
     here = [answers_version(), answers_version(response_format=Verdict, variables={"a": "1", "b": "2"})]
     assert output.stdout.split() == here
 
