@@ -57,7 +57,15 @@ def test_eager_embeddings_and_map_follow_a_new_partitions_answers(server, materi
     assert server.stats.paths["/v1/embeddings"] == 3  # one per partition: Riker embedded once
 
 
-def test_automation_never_launches_batch_mode_again_while_its_batch_is_pending(server, materialize, instance, tmp_path):
+def test_automation_never_pays_for_a_pending_batch_twice(server, materialize, instance, tmp_path):
+    """Eager answers in batch mode: the tick that asks for a new partition launches one
+    batch; while it is pending no tick asks again by itself, and when an upstream update
+    makes one ask again, the run re-attaches to the pending batch instead of creating one."""
+
+    @dg.asset
+    def roster() -> list[str]:
+        return ["Kirk", "Picard", "Sisko"]
+
     answers = build_chat_answers_asset(
         key="answers",
         partitions_def=crew,
@@ -65,15 +73,35 @@ def test_automation_never_launches_batch_mode_again_while_its_batch_is_pending(s
         question="What matters most on a starship?",
         mode=RequestMode.BATCH,
         automation_condition=eager,
+        deps=[roster],
     )
     with ScriptedBatchServer(server, finalizing_polls=1_000_000) as pending:
         openai = job.resource(pending.base_url, cache_dir=str(tmp_path), batch={"max_wait_seconds": 0})
-        tick = Ticks([answers], instance, openai)
+        tick = Ticks([roster, answers], instance, openai)
+
+        def launch(requested: dict) -> None:
+            """Runs what a tick requested, as the daemon would; each answers run waits 0 s."""
+            for key in requested:
+                partitions = [p for p in job.CAPTAINS if p in requested[key]]  # in the order they were added
+                run = materialize(
+                    [roster, answers], openai, selection=[key], partitions=partitions or None, raise_on_error=False
+                )
+                if key == "answers":
+                    assert "is still running after 0 s" in failure_message(run)
+
+        materialize([roster, answers], openai, selection=["roster"])
         assert tick() == {}
         instance.add_dynamic_partitions("crew", job.CAPTAINS)
-        assert tick() == {"answers": set(job.CAPTAINS)}  # new partitions, newly missing
-        run = materialize([answers], openai, partitions=job.CAPTAINS, raise_on_error=False)
-        assert "is still running after 0 s" in failure_message(run)
-        for _ in range(3):  # later ticks, the batch still pending
-            assert tick() == {}
+        requested = tick()
+        assert requested == {"answers": set(job.CAPTAINS)}  # new partitions, newly missing
+        launch(requested)
         assert pending.creates == 1
+        for _ in range(3):  # later ticks, the batch still pending: nothing asked again
+            assert tick() == {}
+
+        materialize([roster, answers], openai, selection=["roster"])  # an upstream update
+        requested = tick()
+        assert requested == {"answers": set(job.CAPTAINS)}
+        launch(requested)
+        assert pending.creates == 1  # re-attached to the pending batch: billed once
+        assert tick() == {}
