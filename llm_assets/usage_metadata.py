@@ -17,7 +17,9 @@ reported, once:
   total), in an op too (on its output, or on the asset of a graph-backed asset).
 
 With a client the library did not make, usage is read from the returned object (a
-response, or a raw response's parsed one); a stream's cannot be, and is logged.
+response, or a raw response's parsed one); a stream's cannot be, and is logged. Its
+running total is kept apart from ``get_client``'s: don't mix both on one asset (the
+later total would overwrite the other's keys).
 
 Example:
     >>> import dagster as dg
