@@ -34,7 +34,6 @@ import openai
 from dagster import AssetKey
 
 from llm_assets.accounting.governance import Governor
-from llm_assets.accounting.ledger import LedgerKey
 from llm_assets.accounting.limits import RateLimits
 from llm_assets.accounting.prices import ModelPrice, price_table
 from llm_assets.accounting.run_budget import run_budget
@@ -112,7 +111,6 @@ class RunSession:
             resource.requests_per_minute, resource.tokens_per_minute, resource.follow_provider_limits
         )
         self.reporter = UsageReporter(self.prices)
-        self.ledger = self.reporter.ledger
         self._warned: set[str] = set()  # cache problems already logged (each once)
         self._warned_lock = threading.Lock()
         self._pool: httpx.BaseTransport | None = None
@@ -235,12 +233,6 @@ class RunSession:
         dg.get_dagster_logger("llm_assets").warning(message)
 
     # -- usage ------------------------------------------------------------------------------
-
-    @staticmethod
-    def ledger_key(context: AnyContext, asset_key: AssetKey | None, partition_key: str | None) -> LedgerKey | None:
-        """Whose spending a client's usage is (see :func:`usage_target`), or ``None``."""
-        target = usage_target(context, asset_key, partition_key)
-        return None if target is None else target.key
 
     def report(self, context: AnyContext, target: UsageTarget | None, usage: Usage) -> None:
         """Add ``usage`` to ``target``'s running total and emit it as the target's metadata."""
