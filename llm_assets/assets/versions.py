@@ -116,34 +116,44 @@ def data_version(
         instance, key = context.instance, context.asset_key
         previous = {pk: _latest_versions(instance, key, pk) for pk in contents}
         unchanged = Counter(data for pk, (data, content) in previous.items() if data and content == contents[pk])
+        histories: dict[str, set[str] | None] = {}  # each partition's past data versions, read once
         for candidate, _ in unchanged.most_common(3):
             others = [pk for pk in contents if previous[pk] != (candidate, contents[pk])]
-            if not any(_ever_had(instance, key, pk, candidate) for pk in others):
+            for pk in others:
+                if pk not in histories:
+                    histories[pk] = _past_data_versions(instance, key, pk)
+            if not any(histories[pk] is None or candidate in histories[pk] for pk in others):
                 return candidate
     if len(contents) == 1:
         return next(iter(contents.values()))
     return _digest(_canonical(list(contents.items())))
 
 
-def _ever_had(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, version: str) -> bool:
-    """Whether a materialization of the partition ever had data version ``version`` (a
-    history longer than :data:`MAX_LOOKUPS` is assumed to, to be safe)."""
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(key, [partition]), limit=MAX_LOOKUPS).records
-    if len(records) >= MAX_LOOKUPS:
-        return True
-    events = [record.asset_materialization for record in records]
-    return any((event.tags or {}).get(DATA_VERSION_TAG) == version for event in events if event is not None)
+def _materializations(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, limit: int
+) -> list[dg.AssetMaterialization]:
+    """The partition's latest ``limit`` materializations, newest first."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(key, [partition]), limit=limit).records
+    return [record.asset_materialization for record in records if record.asset_materialization is not None]
+
+
+def _past_data_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> set[str] | None:
+    """The data versions the partition's materializations ever had (``None``: a history
+    longer than :data:`MAX_LOOKUPS`, which may hold any, to be safe)."""
+    events = _materializations(instance, key, partition, MAX_LOOKUPS)
+    if len(events) >= MAX_LOOKUPS:
+        return None
+    return {version for event in events if (version := (event.tags or {}).get(DATA_VERSION_TAG))}
 
 
 def _latest_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> tuple[str | None, str | None]:
     """The data version and content version of the partition's latest materialization."""
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(key, [partition]), limit=1).records
-    event = records[0].asset_materialization if records else None
-    if event is None:
+    events = _materializations(instance, key, partition, 1)
+    if not events:
         return None, None
-    content = event.metadata.get(CONTENT_VERSION)
+    content = events[0].metadata.get(CONTENT_VERSION)
     recorded = content.value if isinstance(content, dg.TextMetadataValue) else None
-    return (event.tags or {}).get(DATA_VERSION_TAG), recorded
+    return (events[0].tags or {}).get(DATA_VERSION_TAG), recorded
 
 
 def _canonical(value: Any) -> str:
