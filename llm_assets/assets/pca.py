@@ -142,12 +142,12 @@ def labelled_scatter(
         ax.set_xlabel(axes[0])
         ax.set_ylabel(axes[1])
         ax.grid(True, alpha=0.3)
-        if len(labels) <= min(adjusted_max, LABELS_MAX):
+        texts = [_short(label) for label in labels] if len(labels) <= LABELS_MAX else []
+        if len(texts) <= adjusted_max:
             fig.tight_layout()  # first: adjustText places labels for the axes' final size
-            _adjusted_labels(ax, points, [_short(label) for label in labels])
+            _adjusted_labels(ax, points, texts)
         else:
-            if len(labels) <= LABELS_MAX:
-                _inward_labels(ax, points, [_short(label) for label in labels])
+            _inward_labels(ax, points, texts)
             fig.tight_layout()
         yield fig
     finally:
@@ -159,11 +159,15 @@ def _short(label: object) -> str:
     return text if len(text) <= LABEL_CHARS_MAX else text[: LABEL_CHARS_MAX - 1] + "…"
 
 
+def _left_half(points: np.ndarray) -> np.ndarray:
+    """Which points lie left of the median x: their labels go to the right, the others' to
+    the left, so labels point inwards."""
+    return points[:, 0] <= np.median(points[:, 0]) if len(points) else np.zeros(0, dtype=bool)
+
+
 def _inward_labels(ax: Any, points: np.ndarray, texts: Sequence[str]) -> None:
     """Each label beside its point: right of it in the left half, left of it in the right half."""
-    middle = float(np.median(points[:, 0])) if len(points) else 0.0
-    for (x, y), text in zip(points, texts, strict=True):
-        right = x <= middle
+    for (x, y), text, right in zip(points, texts, _left_half(points), strict=True):
         ax.annotate(
             text,
             (x, y),
@@ -182,10 +186,9 @@ def _adjusted_labels(ax: Any, points: np.ndarray, texts: Sequence[str]) -> None:
         return
     from adjustText import adjust_text
 
-    middle = float(np.median(points[:, 0]))
     labels = [
-        ax.text(x, y, text, fontsize=9, ha="left" if x <= middle else "right", va="bottom")
-        for (x, y), text in zip(points, texts, strict=True)
+        ax.text(x, y, text, fontsize=9, ha="left" if right else "right", va="bottom")
+        for (x, y), text, right in zip(points, texts, _left_half(points), strict=True)
     ]
     adjust_text(
         labels,
