@@ -1,5 +1,7 @@
 """The YAML component builds the same pipeline and materializes it."""
 
+import datetime
+
 import dagster as dg
 import yaml
 from dagster.components.testing import create_defs_folder_sandbox
@@ -75,7 +77,7 @@ def test_yaml_component_takes_dagsters_asset_options():
         spec = asset.specs_by_key[asset.key]
         assert spec.automation_condition == dg.AutomationCondition.eager(), key
         assert spec.freshness_policy is not None
-        assert spec.freshness_policy.fail_window.to_timedelta().total_seconds() == 86_400
+        assert spec.freshness_policy.fail_window.to_timedelta() == datetime.timedelta(hours=24)  # as configured
         assert dg.AssetKey(["raw", "crew_list"]) in {dep.asset_key for dep in spec.deps}
         assert asset.op.tags["dagster/priority"] == "3"
         assert spec.code_version is not None and len(spec.code_version) == 12  # derived: none was given
