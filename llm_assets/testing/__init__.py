@@ -13,8 +13,9 @@ Example:
     ...     server.usage.total_tokens
     2
 
-Modules: :mod:`~llm_assets.testing.server` (the server, its stats and ``main``),
+Modules: :mod:`~llm_assets.testing.server` (the server and ``main``),
 :mod:`~llm_assets.testing.endpoints` (what each endpoint answers),
+:mod:`~llm_assets.testing.stats` (what the server saw and billed),
 :mod:`~llm_assets.testing.script` (the scripted tokenizer, answers and vectors),
 :mod:`~llm_assets.testing.encoding` (gzip and deflate replies, event-stream framing),
 :mod:`~llm_assets.testing.faults` (fault injection) and
@@ -24,7 +25,8 @@ Modules: :mod:`~llm_assets.testing.server` (the server, its stats and ``main``),
 from llm_assets.testing.faults import FAULTS, FaultInjector, first_attempts, inject_fault
 from llm_assets.testing.ratelimits import ProviderLimits
 from llm_assets.testing.script import Refusal, count_tokens, scripted_answer, scripted_vector
-from llm_assets.testing.server import ScriptedOpenAIServer, ServerStats, main
+from llm_assets.testing.server import ScriptedOpenAIServer, main
+from llm_assets.testing.stats import ServerStats
 
 __all__ = [
     "FAULTS",

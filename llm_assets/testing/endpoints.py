@@ -1,7 +1,18 @@
 """One function per endpoint: the JSON body in, a :class:`Reply` out.
 
-The functions bill the usage they report (``server._bill``) but never touch a socket;
-the HTTP handler in :mod:`llm_assets.testing.server` writes the reply.
+The functions bill the usage they report (in ``server.stats``) but never touch a socket;
+the HTTP handler in :mod:`llm_assets.testing.server` writes the reply. What they read of
+the server is the :class:`Server` protocol.
+
+Example:
+    >>> from llm_assets.testing import ScriptedOpenAIServer
+    >>> server = ScriptedOpenAIServer()
+    >>> reply = route_post(server, "/v1/embeddings", {"model": "m", "input": "hello world", "dimensions": 4})
+    >>> reply.status, len(reply.payload["data"][0]["embedding"]), reply.payload["usage"]
+    (200, 4, {'prompt_tokens': 2, 'total_tokens': 2})
+    >>> server.usage.total_tokens, route_get(server, "/v1/nowhere").status
+    (2, 404)
+    >>> server.stop()
 """
 
 from __future__ import annotations
@@ -11,14 +22,39 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from llm_assets.testing.script import Refusal, count_tokens, scripted_answer, scripted_vector, structured, text_of
+from llm_assets.testing.script import (
+    Refusal,
+    count_tokens,
+    scripted_answer,
+    scripted_vector,
+    structured,
+    text_of,
+    usage_payload,
+)
 
 if TYPE_CHECKING:
-    from llm_assets.testing.server import ScriptedOpenAIServer
+    from llm_assets.testing.ratelimits import ProviderLimits
+    from llm_assets.testing.stats import ServerStats
 
 Body = dict[str, Any]
+#: (served model, answers per choice, usage, finish reasons) of a chat request.
+ChatAnswers = tuple[str, list[str], dict[str, Any] | None, list[str]]
+
+
+class Server(Protocol):
+    """What the endpoints read of the server (a :class:`~llm_assets.testing.ScriptedOpenAIServer`):
+    its settings, its stats, and ``chat``, the answers to a chat request (tests replace it)."""
+
+    served_models: dict[str, str]
+    usage_null: bool
+    report_details: bool
+    embedding_dimensions: int
+    provider_limits: ProviderLimits | None
+    stats: ServerStats
+
+    def chat(self, body: Body) -> ChatAnswers: ...
 
 
 @dataclass
@@ -40,12 +76,21 @@ def not_found(path: str) -> Reply:
     return error(404, f"no route {path}", "not_found")
 
 
-def served_model(server: ScriptedOpenAIServer, body: Body) -> str:
+def reported_usage(
+    server: Server, prompt_tokens: int, completion_tokens: int | None, responses_api: bool = False
+) -> dict[str, Any] | None:
+    """The ``usage`` object the server reports (None when it is set to ``usage_null``)."""
+    if server.usage_null:
+        return None
+    return usage_payload(prompt_tokens, completion_tokens, details=server.report_details, responses_api=responses_api)
+
+
+def served_model(server: Server, body: Body) -> str:
     """The model name the server answers with: the mapped snapshot, or the requested name."""
     return server.served_models.get(body.get("model", ""), body.get("model", ""))
 
 
-def chat_answers(server: ScriptedOpenAIServer, body: Body) -> tuple[str, list[str], dict[str, Any] | None, list[str]]:
+def chat_answers(server: Server, body: Body) -> ChatAnswers:
     """Returns (served model, answers per choice, usage, finish reasons) of a chat request."""
     messages = body.get("messages") or []
     prompt = "\n".join(text_of(m.get("content")) for m in messages)
@@ -55,18 +100,18 @@ def chat_answers(server: ScriptedOpenAIServer, body: Body) -> tuple[str, list[st
         text = scripted_answer(prompt + ("" if i == 0 else f" #{i}"), limit)
         answers.append(structured(body.get("response_format"), text))
     finish = ["length" if limit and count_tokens(a) >= limit else "stop" for a in answers]
-    usage = server._usage(count_tokens(prompt), sum(count_tokens(a) for a in answers))
+    usage = reported_usage(server, count_tokens(prompt), sum(count_tokens(a) for a in answers))
     return served_model(server, body), answers, usage, finish
 
 
 # -- POST /chat/completions ---------------------------------------------------------------
 
 
-def chat_completion(server: ScriptedOpenAIServer, body: Body) -> Reply:
+def chat_completion(server: Server, body: Body) -> Reply:
     if body.get("stream"):
         return chat_completion_stream(server, body)
     model, answers, usage, finish = server.chat(body)
-    server._bill(model, usage, body)
+    server.stats.bill(model, usage, body)
     choices = [{"index": i, "message": _message(a), "finish_reason": finish[i]} for i, a in enumerate(answers)]
     return Reply(
         200,
@@ -87,7 +132,7 @@ def _message(answer: str) -> dict[str, Any]:
     return {"role": "assistant", "content": answer}
 
 
-def chat_completion_stream(server: ScriptedOpenAIServer, body: Body) -> Reply:
+def chat_completion_stream(server: Server, body: Body) -> Reply:
     """One chunk per word of each choice, a finish chunk per choice, then (when
     ``stream_options.include_usage``) a usage chunk with no choices, then ``[DONE]``."""
     model, answers, usage, finish = server.chat(body)
@@ -101,20 +146,20 @@ def chat_completion_stream(server: ScriptedOpenAIServer, body: Body) -> Reply:
     chunks = [{**head, "choices": [choice]} for choice in choices]
     if include_usage:
         chunks.append({**head, "choices": [], "usage": usage})
-    server._bill(model, usage if include_usage else None, body)
+    server.stats.bill(model, usage if include_usage else None, body)
     return Reply(200, events=[json.dumps(c) for c in chunks] + ["[DONE]"])
 
 
 # -- POST /completions --------------------------------------------------------------------
 
 
-def completion(server: ScriptedOpenAIServer, body: Body) -> Reply:
+def completion(server: Server, body: Body) -> Reply:
     model = served_model(server, body)
     prompt = body.get("prompt") or ""
     prompt = " ".join(prompt) if isinstance(prompt, list) else str(prompt)
     text = scripted_answer(prompt, body.get("max_tokens"))
-    usage = server._usage(count_tokens(prompt), count_tokens(text))
-    server._bill(model, usage, body)
+    usage = reported_usage(server, count_tokens(prompt), count_tokens(text))
+    server.stats.bill(model, usage, body)
     return Reply(
         200,
         {
@@ -131,7 +176,7 @@ def completion(server: ScriptedOpenAIServer, body: Body) -> Reply:
 # -- POST /embeddings ---------------------------------------------------------------------
 
 
-def embeddings(server: ScriptedOpenAIServer, body: Body) -> Reply:
+def embeddings(server: Server, body: Body) -> Reply:
     model = served_model(server, body)
     inputs = body.get("input")
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
@@ -145,22 +190,22 @@ def embeddings(server: ScriptedOpenAIServer, body: Body) -> Reply:
             base64.b64encode(vector.tobytes()).decode() if body.get("encoding_format") == "base64" else vector.tolist()
         )
         data.append({"object": "embedding", "index": i, "embedding": encoded})
-    usage = server._usage(sum(count_tokens(t) for t in inputs), None)
-    server._bill(model, usage, body)
+    usage = reported_usage(server, sum(count_tokens(t) for t in inputs), None)
+    server.stats.bill(model, usage, body)
     return Reply(200, {"object": "list", "data": data, "model": model, "usage": usage})
 
 
 # -- POST /responses ----------------------------------------------------------------------
 
 
-def _response_object(server: ScriptedOpenAIServer, body: Body) -> dict[str, Any]:
+def _response_object(server: Server, body: Body) -> dict[str, Any]:
     """The completed ``response`` object of a Responses API request, billed."""
     model = served_model(server, body)
     given = body.get("input")
     prompt = given if isinstance(given, str) else "\n".join(text_of(m.get("content")) for m in given or [])
     text = scripted_answer(prompt, body.get("max_output_tokens"))
-    usage = server._usage(count_tokens(prompt), count_tokens(text), responses_api=True)
-    server._bill(model, usage, body)
+    usage = reported_usage(server, count_tokens(prompt), count_tokens(text), responses_api=True)
+    server.stats.bill(model, usage, body)
     message = {
         "type": "message",
         "id": "msg-s",
@@ -182,13 +227,13 @@ def _response_object(server: ScriptedOpenAIServer, body: Body) -> dict[str, Any]
     }
 
 
-def response(server: ScriptedOpenAIServer, body: Body) -> Reply:
+def response(server: Server, body: Body) -> Reply:
     if body.get("stream"):
         return response_stream(server, body)
     return Reply(200, _response_object(server, body))
 
 
-def response_stream(server: ScriptedOpenAIServer, body: Body) -> Reply:
+def response_stream(server: Server, body: Body) -> Reply:
     """``response.created``, the output item and content part, one text delta, then
     ``response.completed`` carrying the usage; numbered, and named by their type."""
     response = _response_object(server, body)
@@ -212,12 +257,12 @@ def response_stream(server: ScriptedOpenAIServer, body: Body) -> Reply:
 # -- GET ----------------------------------------------------------------------------------
 
 
-def models(server: ScriptedOpenAIServer) -> Reply:
+def models(server: Server) -> Reply:
     data = [{"id": m, "object": "model", "owned_by": "scripted"} for m in server.served_models.values()]
     return Reply(200, {"object": "list", "data": data})
 
 
-def server_stats(server: ScriptedOpenAIServer) -> Reply:
+def server_stats(server: Server) -> Reply:
     """Not OpenAI: the server's own counters."""
     stats = server.stats
     counters = {"requests": len(stats.requests), "max_in_flight": stats.max_in_flight}
@@ -227,19 +272,19 @@ def server_stats(server: ScriptedOpenAIServer) -> Reply:
 
 # -- routing ------------------------------------------------------------------------------
 
-POST_ROUTES: list[tuple[str, Callable[[ScriptedOpenAIServer, Body], Reply]]] = [
+POST_ROUTES: list[tuple[str, Callable[[Server, Body], Reply]]] = [
     ("/chat/completions", chat_completion),  # before /completions, which it ends with
     ("/completions", completion),
     ("/embeddings", embeddings),
     ("/responses", response),
 ]
-GET_ROUTES: list[tuple[str, Callable[[ScriptedOpenAIServer], Reply]]] = [
+GET_ROUTES: list[tuple[str, Callable[[Server], Reply]]] = [
     ("/_stats", server_stats),
     ("/models", models),
 ]
 
 
-def route_post(server: ScriptedOpenAIServer, path: str, body: Body) -> Reply:
+def route_post(server: Server, path: str, body: Body) -> Reply:
     """The reply to a POST of ``body`` to ``path`` (matched by its ending, e.g. ``/v1/embeddings``)."""
     for suffix, endpoint in POST_ROUTES:
         if path.rstrip("/").endswith(suffix):
@@ -247,7 +292,7 @@ def route_post(server: ScriptedOpenAIServer, path: str, body: Body) -> Reply:
     return not_found(path)
 
 
-def route_get(server: ScriptedOpenAIServer, path: str) -> Reply:
+def route_get(server: Server, path: str) -> Reply:
     for suffix, endpoint in GET_ROUTES:
         if path.rstrip("/").endswith(suffix):
             return endpoint(server)

@@ -1,5 +1,17 @@
 """Fault injection for :class:`~llm_assets.testing.ScriptedOpenAIServer`: a ``fault`` hook
-that fails a seeded, random share of requests the way real servers and networks do."""
+that fails a seeded, random share of requests the way real servers and networks do.
+
+Example:
+    >>> import urllib.request
+    >>> from llm_assets.testing import ScriptedOpenAIServer
+    >>> injector = FaultInjector(rate=1.0, kinds=("429",))
+    >>> with ScriptedOpenAIServer(fault=injector) as server:
+    ...     urllib.request.urlopen(f"{server.base_url}/embeddings", data=b"{}")
+    Traceback (most recent call last):
+    urllib.error.HTTPError: HTTP Error 429: Too Many Requests
+    >>> injector.injected
+    Counter({'429': 1})
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,13 @@
 
 Everything here is a pure function of the request, so a test can compute what the
 server will say (and bill) without asking it.
+
+Example:
+    >>> answer = scripted_answer("to boldly go", 4)
+    >>> answer, count_tokens(answer)
+    ('Answer fce75dbd: to boldly', 4)
+    >>> usage_payload(3, count_tokens(answer))
+    {'prompt_tokens': 3, 'total_tokens': 7, 'completion_tokens': 4}
 """
 
 from __future__ import annotations

@@ -1,7 +1,16 @@
-"""The loopback HTTP server: lifecycle, settings, stats, and a thin request handler.
+"""The loopback HTTP server: its settings, lifecycle, a thin request handler, and ``main``.
 
-What each endpoint answers lives in :mod:`llm_assets.testing.endpoints`; how replies are
-compressed and framed in :mod:`llm_assets.testing.encoding`.
+What each endpoint answers lives in :mod:`llm_assets.testing.endpoints`, what the server
+saw in :mod:`llm_assets.testing.stats`, and how replies are compressed and framed in
+:mod:`llm_assets.testing.encoding`.
+
+Example:
+    >>> import json, urllib.request
+    >>> with ScriptedOpenAIServer(served_models={"gpt-4o": "gpt-4o-2024-08-06"}) as server:
+    ...     body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Engage"}]})
+    ...     reply = json.load(urllib.request.urlopen(f"{server.base_url}/chat/completions", body.encode()))
+    ...     reply["model"], server.stats.paths["/v1/chat/completions"], server.usage.total_tokens
+    ('gpt-4o-2024-08-06', 1, 4)
 """
 
 from __future__ import annotations
@@ -11,32 +20,16 @@ import json
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from llm_assets.accounting.usage import Usage
 from llm_assets.testing import encoding, endpoints, ratelimits
 from llm_assets.testing.ratelimits import ProviderLimits
-from llm_assets.testing.script import usage_payload
+from llm_assets.testing.stats import ServerStats
 
 POLL_INTERVAL = 0.05  # seconds serve_forever waits between shutdown checks, so stop() is quick
-
-
-@dataclass
-class ServerStats:
-    """What the server saw: requests by path, usage it reported, concurrency peaks."""
-
-    usage: Usage = field(default_factory=Usage)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    billed: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = field(default_factory=list)
-    arrivals: list[float] = field(default_factory=list)
-    paths: Counter = field(default_factory=Counter)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class ScriptedOpenAIServer:
@@ -151,26 +144,13 @@ class ScriptedOpenAIServer:
 
     # -- answers ----------------------------------------------------------------------------
 
-    def _usage(self, prompt_tokens: int, completion_tokens: int | None, responses_api: bool = False):
-        if self.usage_null:
-            return None
-        return usage_payload(prompt_tokens, completion_tokens, details=self.report_details, responses_api=responses_api)
-
-    def _bill(self, model: str, usage: dict[str, Any] | None, body: dict[str, Any]) -> None:
-        self.stats.usage.add_response(model, usage)
-        with self.stats.lock:
-            self.stats.billed.append((model, usage, body))
-
     def usage_where(self, predicate: Callable[[dict[str, Any]], bool]) -> Usage:
         """Usage the server reported for the requests whose JSON body matches ``predicate``."""
-        usage = Usage()
-        for model, reported, body in list(self.stats.billed):
-            if predicate(body):
-                usage.add_response(model, reported)
-        return usage
+        return self.stats.usage_where(predicate)
 
-    def chat(self, body: dict[str, Any]) -> tuple[str, list[str], dict[str, Any] | None, list[str]]:
-        """Returns (served model, answers per choice, usage, finish reasons)."""
+    def chat(self, body: dict[str, Any]) -> endpoints.ChatAnswers:
+        """Returns (served model, answers per choice, usage, finish reasons); tests replace it
+        to script the answers of ``/chat/completions``."""
         return endpoints.chat_answers(self, body)
 
 
@@ -207,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
             return
         stats = scripted.stats
-        self._arrive(stats, body)
+        stats.arrive(self.path, body)
         try:
             limits = scripted.provider_limits
             decision = limits.admit(self.path, self.headers.get("authorization"), body) if limits else None
@@ -221,16 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._reply(endpoints.route_post(scripted, self.path, body), decision.headers if decision else None)
         finally:
-            with stats.lock:
-                stats.in_flight -= 1
-
-    def _arrive(self, stats: ServerStats, body: Any) -> None:
-        with stats.lock:
-            stats.requests.append({"path": self.path, "body": body})
-            stats.arrivals.append(time.monotonic())
-            stats.paths[self.path] += 1
-            stats.in_flight += 1
-            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            stats.leave()
 
     # -- wire -----------------------------------------------------------------------------
 
