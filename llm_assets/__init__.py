@@ -22,14 +22,14 @@ from llm_assets.assets import (
     build_pca_plot_asset,
     vectors,
 )
+from llm_assets.assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.batch import BatchSettings, RequestMode
-from llm_assets.batch.sensor import build_batch_sensor
 from llm_assets.cache import CacheMode
 from llm_assets.engine import ChatRequest, Engine, LLMRequestError
 from llm_assets.engine.structured import OutputSchema, ResponseFormatStyle
 from llm_assets.errors import LLMAssetsError
-from llm_assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.resource import OpenAIResource
+from llm_assets.sensors import build_batch_sensor
 from llm_assets.session import RunSession
 from llm_assets.usage_metadata import with_usage_metadata
 

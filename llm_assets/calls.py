@@ -1,4 +1,4 @@
-"""What the engine sends and how it fails: :class:`Call`, :class:`ErrorPolicy`, the errors.
+"""What the engine sends: :class:`Call`, and what a failed one does: :class:`ErrorPolicy`.
 
 Example:
     >>> call = Call(None, "/embeddings", {"model": "m", "input": ["a"]}, "texts 0..0", lambda body, cached, s: body)
@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from llm_assets.errors import LLMAssetsError
-
 T = TypeVar("T")
 
 #: What a reader raises on a body that is JSON but not the endpoint's answer.
@@ -20,29 +18,6 @@ MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, Overfl
 
 #: ``read(json_body, cached, latency_seconds)``: a call's answer as the caller's result.
 Reader = Callable[[dict[str, Any], bool, float], T]
-
-
-class LLMRequestError(Exception):
-    """A request failed after the SDK's retries; names the item that caused it.
-    ``recorded`` is what its row's ``error`` says under ``on_error=RECORD`` (the message
-    itself unless given: the row already names its partition and prompt)."""
-
-    def __init__(self, message: str, recorded: str | None = None) -> None:
-        super().__init__(message)
-        self.recorded = recorded or message
-
-
-class GovernanceError(LLMRequestError):
-    """A request refused by the allow-list or a budget; it was never sent. Always fatal."""
-
-
-class HookError(LLMAssetsError):
-    """User code on the request path (a translator hook) failed on a good answer: never
-    retried, never blamed on the server."""
-
-
-class MalformedResponseError(Exception):
-    """A 2xx response whose body is not the JSON the endpoint returns (retried)."""
 
 
 class ErrorPolicy(enum.Enum):

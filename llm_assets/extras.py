@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 #: Per extra, the modules its features import and the distribution that provides each.
 #: (The ``postgres`` and ``ui`` extras add Dagster plugins and CLIs: no module imports them.)
@@ -38,7 +38,7 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingExtraError(LLMAssetsError):
+class MissingExtraError(ConfigurationError):
     """A feature was used without the extra that installs its packages."""
 
     def __init__(self, extra: str, feature: str, missing: list[str], hint: str = "") -> None:

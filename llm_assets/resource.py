@@ -36,8 +36,8 @@ from pydantic import Field, PrivateAttr
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.cache import CacheMode
 from llm_assets.engine.structured import ResponseFormatStyle
-from llm_assets.errors import LLMAssetsError
-from llm_assets.http.checks import check_base_url, check_header_name, check_header_value, check_model, is_openai
+from llm_assets.errors import ConfigurationError
+from llm_assets.http.validation import check_base_url, check_header_name, check_header_value, check_model, is_openai
 from llm_assets.session import AnyContext, RunSession
 
 #: Placeholder key sent to OpenAI-compatible servers that need none.
@@ -215,7 +215,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         api_key = (self.api_key or os.environ.get("OPENAI_API_KEY") or "").strip()
         if not api_key:
             if base_url is None or is_openai(base_url):
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     "No OpenAI API key: set the OPENAI_API_KEY environment variable (the resource reads it "
                     "with dg.EnvVar('OPENAI_API_KEY')). Only a base_url / OPENAI_BASE_URL that is not "
                     "OpenAI's (an OpenAI-compatible server that needs no key) may go without one."

@@ -40,8 +40,8 @@ from llm_assets.accounting.run_budget import run_budget
 from llm_assets.accounting.targets import AnyContext, UsageReporter, UsageTarget, usage_target
 from llm_assets.accounting.usage import LiveUsage, Usage
 from llm_assets.cache import CacheKeys, CacheMode, RequestCache
-from llm_assets.errors import LLMAssetsError
-from llm_assets.http.answers import answer_problem
+from llm_assets.cache.answers import answer_problem
+from llm_assets.errors import ConfigurationError
 from llm_assets.http.pools import async_pool, httpx, sync_pool
 from llm_assets.http.transport import AsyncMeteredTransport, MeteredTransport
 
@@ -169,14 +169,14 @@ class RunSession:
         if requested is False:
             requested = CacheMode.OFF
         if not isinstance(requested, CacheMode):
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"cache={requested!r}: pass True, False or a llm_assets.CacheMode (USE, REFRESH, OFF)."
             )
         return CacheMode.OFF if self.cache is None else requested
 
     def cached(self, keys: Sequence[str | None], requests: Iterable[tuple[str, Any]]) -> list[CachedAnswer | None]:
         """The cached answers of ``keys`` (``None``: a miss) of ``requests`` (endpoint, JSON
-        body). A damaged entry (:func:`~llm_assets.http.answers.answer_problem`) is a miss,
+        body). A damaged entry (:func:`~llm_assets.cache.answers.answer_problem`) is a miss,
         logged once; the fresh answer then overwrites it. An unreadable cache is all misses."""
         if self.cache is None:
             return [None] * len(keys)

@@ -19,14 +19,12 @@ from llm_assets_tests.packaging.report import (  # noqa: F401 (hooks: the instal
     pytest_terminal_summary,
     pytest_testnodedown,
 )
+from llm_assets_tests.support import partition_range
 
 # The tests make their own instances: never the developer's. The captains example seeds the
 # instance DAGSTER_HOME names when it is imported, and test modules import it.
 os.environ.pop("DAGSTER_HOME", None)
 
-#: Partitions whose names differ in length, so their prompts (and usage) differ too.
-CAPTAINS = ["Kirk", "Jean-Luc Picard", "Benjamin Lafayette Sisko"]
-captains = dg.StaticPartitionsDefinition(CAPTAINS)
 SERVED = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "text-embedding-3-small": "text-embedding-3-small"}
 
 
@@ -131,31 +129,6 @@ def materialize(openai_resource: OpenAIResource, instance: dg.DagsterInstance) -
         return dg.materialize(list(assets), resources=resources, instance=kwargs.pop("instance", instance), **kwargs)
 
     return run
-
-
-def partition_range(keys: Sequence[str]) -> dict[str, str]:
-    """Run tags materializing ``keys[0]…keys[-1]`` in one run."""
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-
-
-def event_of(result: dg.ExecuteInProcessResult, key: str) -> Any:
-    """The one materialization of asset ``key`` (its user string) in ``result``."""
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
-    return event
-
-
-def metadata_values(event) -> dict:
-    return {k: v.value for k, v in event.materialization.metadata.items()}
-
-
-def usage_metadata(event) -> dict:
-    return {k: v for k, v in metadata_values(event).items() if k.startswith("openai.")}
-
-
-def failure_message(result) -> str:
-    """The full error text (with causes) of the failed step of a run."""
-    (failure,) = [e for e in result.all_events if e.is_step_failure]
-    return failure.step_failure_data.error.to_string()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.cache import CacheKeys, RequestCache
 from llm_assets.engine.chat import ChatCalls, ChatRequest
-from llm_assets_tests.conftest import event_of, metadata_values, usage_metadata
+from llm_assets_tests.support import event_of, metadata_values, usage_metadata
 
 QUESTIONS = [f"cached question {i}" for i in range(60)]
 

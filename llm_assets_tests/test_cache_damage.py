@@ -15,9 +15,9 @@ import pytest
 
 from llm_assets import LLMAssetsError, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.cache import CacheKeys, RequestCache
-from llm_assets.http.answers import answer_problem
+from llm_assets.cache.answers import answer_problem
 from llm_assets.testing import first_attempts
-from llm_assets_tests.conftest import event_of, failure_message, metadata_values, usage_metadata
+from llm_assets_tests.support import event_of, failure_message, metadata_values, usage_metadata
 
 QUESTIONS = [f"question {i} about damage" for i in range(24)]
 

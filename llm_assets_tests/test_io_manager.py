@@ -5,8 +5,8 @@ import dagster as dg
 import pandas as pd
 
 from llm_assets import build_chat_answers_asset
-from llm_assets.io_manager import PartitionedFilesystemIOManager, stores_partition_ranges
-from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, partition_range
+from llm_assets.assets.io_manager import PartitionedFilesystemIOManager, stores_partition_ranges
+from llm_assets_tests.support import CAPTAINS, captains, failure_message, partition_range
 
 
 def test_which_io_managers_store_partition_ranges(instance):

@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 from llm_assets import LLMAssetsError, OpenAIResource
-from llm_assets_tests.conftest import failure_message
+from llm_assets_tests.support import failure_message
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 

@@ -5,7 +5,7 @@ import pandas as pd
 
 from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.redaction import mask_secrets, redact
-from llm_assets_tests.conftest import event_of, failure_message, metadata_values
+from llm_assets_tests.support import event_of, failure_message, metadata_values
 
 KEY = "sk-proj-SECRETvalue0123456789abcdefABCDEF"
 

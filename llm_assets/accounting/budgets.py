@@ -34,7 +34,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from llm_assets.accounting.holders import Holder
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 #: How often a holder's settled spending is written, at the latest (reservations: at once).
 FLUSH_SECONDS = 0.25
@@ -164,7 +164,7 @@ class SharedBudget:
                     written = mine if refusal is not None else mine + reservation
                     self._write(conn, written)
             except sa.exc.SQLAlchemyError as error:
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     f"The run's budget can't be checked: its database failed ({type(error).__name__}: "
                     f"{getattr(error, 'orig', None) or error}). Nothing more is sent; answers so far are kept (cached)."
                 ) from None

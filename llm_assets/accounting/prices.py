@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 PRICES_AS_OF = "2025-06-01"
 PRICES_SOURCE = "https://openai.com/api/pricing (standard tier)"
@@ -81,13 +81,13 @@ def price_table(overrides: Mapping[str, Mapping[str, float]] | None) -> dict[str
     for model, price in (overrides or {}).items():
         unknown = set(price) - names
         if unknown or "input" not in price:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"prices[{model!r}] has {sorted(price)}: give 'input' and optionally 'cached_input', "
                 "'output', 'batch_input', 'batch_cached_input' and 'batch_output', in USD per 1M tokens."
             )
         for field, value in price.items():
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     f"prices[{model!r}][{field!r}] is {value!r}: give a finite, non-negative USD per 1M tokens."
                 )
         table[model] = ModelPrice(**price)

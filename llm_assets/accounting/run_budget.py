@@ -13,7 +13,7 @@ import os
 import dagster as dg
 
 from llm_assets.accounting.budgets import SharedBudget
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 
 def run_budget(
@@ -45,7 +45,7 @@ def run_budget(
         return SharedBudget(url, scope=f"run:{run_id}:{which}", ttl=ttl)
     except Exception as error:  # SQLAlchemy's errors: name the field, never the URL (it may hold a password)
         field = "budget_url" if budget_url else "the Dagster instance's storage"
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"The run's budget can't be kept in {field} ({type(error).__name__}): check that the database is "
             "reachable, or set OpenAIResource(budget_url=...) to one that is."
         ) from None

@@ -20,7 +20,7 @@ from dagster import AssetCheckExecutionContext, AssetExecutionContext, AssetKey,
 
 from llm_assets.accounting.ledger import LedgerKey, UsageLedger
 from llm_assets.accounting.usage import Usage
-from llm_assets.errors import LLMAssetsError, UsageTargetError
+from llm_assets.errors import ConfigurationError, UsageTargetError
 
 AnyContext = AssetExecutionContext | OpExecutionContext | AssetCheckExecutionContext
 
@@ -174,7 +174,7 @@ def _check_partition(context: AssetExecutionContext | OpExecutionContext, partit
         return
     run_keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
     if partition_key not in run_keys:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"partition_key {partition_key!r} is not a partition of this run ({list(run_keys)[:10]}): pass one of "
             "context.partition_keys to get_client, or none."
         )

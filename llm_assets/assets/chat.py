@@ -48,8 +48,8 @@ from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
 from llm_assets.engine.rows import ColumnSpec
 from llm_assets.engine.structured import OutputSchema
-from llm_assets.errors import LLMAssetsError
-from llm_assets.http.checks import check_body, check_model, check_text
+from llm_assets.errors import ConfigurationError
+from llm_assets.http.validation import check_body, check_model, check_text
 
 Rows = Mapping[str | None, Sequence[Mapping[str, Any]]]  # per partition: each request's row values
 
@@ -131,7 +131,7 @@ def plan_chat_requests(
             rendered = {w: t.render(filled, where=f"{w} of {name}") for w, t in prompts.templates.items()}
             where = f"partition {pk!r}, row {row}" if pk is not None else f"row {row}"
             if not rendered["prompt"].strip():
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     f"The prompt of {name} is empty once filled ({where}): give the "
                     "placeholders non-empty values in run config or the factory."
                 )
@@ -143,7 +143,7 @@ def plan_chat_requests(
                 {"messages": messages, **hook.get_params(params, filled)}, f"The request of {name} ({where})"
             )
             if prompts.schema is not None and body.get("response_format") != params.get("response_format"):
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     f"The translator's get_params changed the response_format of {name} ({where}), which the "
                     "factory's response_format= sets and validates: set it in one place."
                 )
@@ -304,7 +304,7 @@ def _chat_params(prompts: ChatPrompts, config: ChatConfig, resource: Any) -> dic
     """The request parameters of this run, after checking its question and model."""
     if prompts.uses_question and not config.question.strip():
         name = prompts.asset_key
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"Run config 'question' of {name.to_user_string()} is empty: set "
             f"ops.{name.to_python_identifier()}.config.question in the launchpad, or "
             "question= in build_chat_answers_asset."
@@ -312,7 +312,7 @@ def _chat_params(prompts: ChatPrompts, config: ChatConfig, resource: Any) -> dic
     model = config.chat_model or resource.chat_model
     check_model(model, "chat_model", "run config chat_model, the factory's chat_model or the resource's")
     if (refused := resource.session.governor.model_refusal(model)) is not None:
-        raise LLMAssetsError(f"{refused} (set by run config or factory `chat_model`, else the resource's).")
+        raise ConfigurationError(f"{refused} (set by run config or factory `chat_model`, else the resource's).")
     params = {"model": model, "max_tokens": config.max_tokens, "temperature": config.temperature}
     if prompts.schema is not None:
         params["response_format"] = prompts.schema.response_format(resource.response_format_style)

@@ -30,7 +30,7 @@ import pandas as pd
 import pydantic
 
 from llm_assets.assets.frames import preview
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 #: How many offending rows a check's metadata shows.
 SHOWN_ROWS = 5
@@ -175,13 +175,13 @@ def _rules(kinds: Sequence[CheckKind], checks: ChecksOption, key: dg.AssetKey) -
     if isinstance(checks, bool):
         return [(kind, CheckRule()) for kind in kinds] if checks else []
     if not isinstance(checks, Mapping):
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"checks of {key.to_user_string()} is a {type(checks).__name__}: give True, False or "
             '{check name: CheckRule(...) or False}, e.g. {"no_truncated_answers": CheckRule(max_rate=0.1)}.'
         )
     unknown = sorted(set(checks) - {kind.name for kind in kinds})
     if unknown:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"Unknown check(s) {', '.join(map(str, unknown))} in checks of {key.to_user_string()}: its factory "
             f"generates {', '.join(kind.name for kind in kinds)}."
         )
@@ -196,9 +196,9 @@ def _rules(kinds: Sequence[CheckKind], checks: ChecksOption, key: dg.AssetKey) -
             )
         except pydantic.ValidationError as error:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise LLMAssetsError(f"checks[{kind.name!r}] of {key.to_user_string()}: {problems}.") from None
+            raise ConfigurationError(f"checks[{kind.name!r}] of {key.to_user_string()}: {problems}.") from None
         if rule.blocking and (rule.severity or kind.severity) == "WARN":
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"checks[{kind.name!r}] of {key.to_user_string()} is blocking at severity WARN, which Dagster never "
                 "blocks on: set severity: ERROR with blocking."
             )
@@ -212,7 +212,7 @@ def chat_results(
 ) -> list[dg.AssetCheckResult]:
     """The chat checks of an answers ``frame`` built from ``planned`` requests; the ``run``'s
     figures (request phase) go with the run-wide row count check."""
-    from llm_assets.engine.structured import INVALID_OUTPUT
+    from llm_assets.errors import INVALID_OUTPUT
 
     total, shown, none = len(frame), ["partition_key", "row", "prompt"], frame.iloc[:0]
     error = frame["error"].fillna("").astype(str)

@@ -17,9 +17,9 @@ import pydantic
 
 from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
-from llm_assets.engine.calls import ErrorPolicy
+from llm_assets.calls import ErrorPolicy
 from llm_assets.engine.embeddings import MAX_EMBEDDING_BATCH_TOKENS, MAX_EMBEDDING_INPUTS
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 _CACHE = (
     "Request cache: USE answers repeated requests from it, REFRESH re-asks the API (re-sampling) "
@@ -107,5 +107,5 @@ def config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any]) 
         configured(**given)
     except pydantic.ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise LLMAssetsError(f"Invalid default for {name}: {problems}.") from None
+        raise ConfigurationError(f"Invalid default for {name}: {problems}.") from None
     return configured

@@ -39,8 +39,8 @@ from llm_assets.assets.upstream import (
 from llm_assets.assets.versions import code_version, data_version
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
-from llm_assets.errors import LLMAssetsError
-from llm_assets.http.checks import check_model
+from llm_assets.errors import ConfigurationError
+from llm_assets.http.validation import check_model
 
 
 def embedding_rows(partition_key: str | None, texts: list[str], model: str | None) -> list[dict[str, Any]]:
@@ -154,7 +154,9 @@ def _embeddings(
         where = "run config embedding_model, the factory's embedding_model or the resource's"
         check_model(params["model"], "embedding_model", where)
         if (refused := resource.session.governor.model_refusal(params["model"])) is not None:
-            raise LLMAssetsError(f"{refused} (set by run config or factory `embedding_model`, else the resource's).")
+            raise ConfigurationError(
+                f"{refused} (set by run config or factory `embedding_model`, else the resource's)."
+            )
         if config.dimensions:
             params["dimensions"] = config.dimensions
         engine = Engine(

@@ -24,7 +24,7 @@ import pandas as pd
 
 from llm_assets.assets.options import PARTITION_COLUMN
 from llm_assets.engine.rows import AnswerRow, ColumnSpec, column, column_specs
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 from llm_assets.redaction import redact
 
 
@@ -81,7 +81,7 @@ def answers_frame(
     try:
         return typed_frame(records, columns)
     except (ValueError, TypeError, OverflowError) as error:  # a translator's get_record (answers are checked)
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"A column of the answers has values of the wrong type ({error}): check what the translator's "
             "get_record puts in the documented columns and the response_format's fields."
         ) from None
@@ -129,7 +129,7 @@ def by_partition(
         elif len(partition_keys) == 1:
             return {partition_keys[0]: value}
         else:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where} is a dict with keys {[str(k) for k in value][:10]}, none of them a partition of this "
                 f"run {list(partition_keys)[:10]}: key it by partition, or give it a '{PARTITION_COLUMN}' column."
             )
@@ -143,7 +143,7 @@ def by_partition(
         return {k: groups[k] for k in partition_keys if k in groups}
     if len(partition_keys) == 1:
         return {partition_keys[0]: value}
-    raise LLMAssetsError(
+    raise ConfigurationError(
         f"{where} is a {type(value).__name__} that can't be split across partitions {list(partition_keys)[:10]}: "
         f"give it a '{PARTITION_COLUMN}' column, or make it a {{partition_key: value}} dict."
     )
@@ -153,11 +153,11 @@ def partition_column(frame: pd.DataFrame, where: str) -> pd.Series:
     """The ``partition_key`` column of ``frame``, checked to be one column of hashable keys."""
     keys = frame[PARTITION_COLUMN]
     if isinstance(keys, pd.DataFrame):
-        raise LLMAssetsError(f"{where} has {keys.shape[1]} columns named '{PARTITION_COLUMN}': keep one.")
+        raise ConfigurationError(f"{where} has {keys.shape[1]} columns named '{PARTITION_COLUMN}': keep one.")
     try:
         keys.map(hash)
     except TypeError as error:
-        raise LLMAssetsError(f"{where} has a '{PARTITION_COLUMN}' that is not a partition key ({error}).") from None
+        raise ConfigurationError(f"{where} has a '{PARTITION_COLUMN}' that is not a partition key ({error}).") from None
     return keys
 
 
@@ -181,14 +181,14 @@ def split_output(value: Any, partition_keys: Sequence[str], where: str) -> dict[
     elif isinstance(value, Mapping):
         strays = sorted(str(k) for k in value if k not in partition_keys)
     if strays:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} has values for {strays[:10]}, which are not partitions of this run; they would be "
             f"lost: give every row (or key) one of context.partition_keys as its '{PARTITION_COLUMN}'."
         )
     parts = by_partition(value, partition_keys, where)
     missing = [k for k in partition_keys if k not in parts]
     if missing and not isinstance(value, pd.DataFrame):
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} has no value for partitions {missing[:10]}: each partition of a single-run backfill "
             "needs one (a DataFrame may have no rows for some)."
         )
@@ -199,7 +199,7 @@ def _columnar_frame(value: Mapping[str, Any], where: str) -> pd.DataFrame:
     try:
         return pd.DataFrame(dict(value))
     except (ValueError, TypeError) as error:
-        raise LLMAssetsError(f"{where} is a dict that is not a table of columns ({error}).") from None
+        raise ConfigurationError(f"{where} is a dict that is not a table of columns ({error}).") from None
 
 
 def preview(

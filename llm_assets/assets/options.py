@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 import dagster as dg
 
 from llm_assets.engine.rows import ColumnSpec
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 #: Partitioned factories default to one run for many partitions: requests of all the
 #: partitions are then sent concurrently instead of one Dagster run after another.
@@ -57,7 +57,7 @@ def resolved(options: AssetOptions) -> AssetOptions:
     error naming the valid ones."""
     unknown = sorted(set(options) - set(AssetOptions.__annotations__))
     if unknown:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"Unknown asset option(s) {', '.join(unknown)}: the factories take "
             f"{', '.join(sorted(AssetOptions.__annotations__))} (Dagster's own names)."
         )
@@ -74,7 +74,7 @@ def asset_key(key: AssetKeyLike | None, key_prefix: Sequence[str] | str | None, 
 def check_max_concurrency(max_concurrency: Any, name: dg.AssetKey) -> None:
     """``max_concurrency`` of a factory: ``None`` (the resource's) or a whole number ≥ 1."""
     if max_concurrency is not None and (type(max_concurrency) is not int or max_concurrency < 1):
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"max_concurrency of {name.to_user_string()} is {max_concurrency!r}: give a whole number of "
             "requests in flight (at least 1), or None for the resource's."
         )
@@ -90,7 +90,7 @@ def check_partitions(partitions_def: dg.PartitionsDefinition | None, name: dg.As
     for dimension, definition in dimensions.items():
         if isinstance(definition, dg.StaticPartitionsDefinition) and not definition.get_partition_keys():
             where = f"dimension {dimension!r} of " if dimension else ""
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"The {where}partitions_def of {name.to_user_string()} (given, or the upstream asset's) has no "
                 "partitions: list at least one key in dg.StaticPartitionsDefinition([...])."
             )

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from llm_assets.assets.frames import vector_columns
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -61,14 +61,14 @@ def stack_vectors(frames: MutableMapping[Any, pd.DataFrame]) -> tuple[pd.DataFra
         try:
             matrix[start : start + len(frame)] = frame[columns].to_numpy(dtype=np.float32, copy=False)
         except (ValueError, TypeError) as error:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"Some embeddings are not numbers ({error}): re-materialize the embeddings asset."
             ) from None
         meta.append(frame.drop(columns=columns))
         start += len(frame)
         del frame
     if not np.isfinite(matrix).all():
-        raise LLMAssetsError("Some embeddings are NaN or infinite: re-materialize the embeddings asset.")
+        raise ConfigurationError("Some embeddings are NaN or infinite: re-materialize the embeddings asset.")
     return (pd.concat(meta, ignore_index=True) if meta else pd.DataFrame()), matrix
 
 
@@ -80,7 +80,7 @@ def project_2d(matrix: np.ndarray, chunk_rows: int = 16_384) -> Projection:
     """PCA of ``matrix`` (rows are vectors) onto its first two components, with
     scikit-learn's covariance solver (memory: a d × d matrix, not a copy of the data)."""
     if matrix.ndim != 2 or matrix.shape[0] < 2:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"PCA needs at least 2 embeddings, got {0 if matrix.ndim != 2 else matrix.shape[0]}: "
             "materialize more partitions of the embeddings asset (or rows within them) first."
         )

@@ -26,7 +26,7 @@ from llm_assets.assets.pca import PROJECTION, Projection, markdown_image, projec
 from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata
 from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
 from llm_assets.assets.versions import code_version, data_version
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 _COORDINATES = dg.TableSchema(
     columns=[dg.TableColumn("label", "string"), dg.TableColumn("x", "float"), dg.TableColumn("y", "float")]
@@ -44,19 +44,19 @@ def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMappi
     for pk, frame in parts.items():
         where = f"{name}" + (f" partition {pk!r}" if pk is not None else "")
         if not vector_columns(frame) or frame.columns.duplicated().any():
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where} is not an embeddings frame (vector columns e0 … e{{n-1}}, each once; columns: "
                 f"{[str(c) for c in frame.columns][:10]}): point upstream= at a build_embeddings_asset asset."
             )
     widths = {pk: len(vector_columns(frame)) for pk, frame in parts.items()}
     if len(set(widths.values())) > 1:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"Embeddings of {name} differ in dimension across partitions "
             f"({widths}): re-materialize them all with one embedding model and dimensions."
         )
     columns = set().union(*(frame.columns for frame in parts.values())) if parts else set()
     if parts and label_column not in columns:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"label_column {label_column!r} is not a column of {name} "
             f"(columns: {sorted(str(c) for c in columns if not (str(c)[:1] == 'e' and str(c)[1:].isdigit()))})."
         )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,13 @@ class PromptTemplate:
         try:
             parsed = list(string.Formatter().parse(self.template))
         except ValueError as error:  # a lone { or }
-            raise LLMAssetsError(f"Template {self.template!r} is not a valid template ({error}): {hint}.") from None
+            raise ConfigurationError(f"Template {self.template!r} is not a valid template ({error}): {hint}.") from None
         for _, name, spec, conversion in parsed:
             if name is None:
                 continue
             if not name or not name.isidentifier() or spec or conversion:
                 shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     f"Template {self.template!r} has a placeholder {{{shown}}} that is not a plain name "
                     f"(no format specs or conversions): {hint}."
                 )
@@ -53,7 +53,7 @@ class PromptTemplate:
         """Raise if a placeholder can never be filled from ``available`` names."""
         missing = sorted(self.fields - available)
         if missing:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where} uses {', '.join('{' + m + '}' for m in missing)} but only "
                 f"{', '.join('{' + a + '}' for a in sorted(available)) or 'no placeholders'} can be "
                 "filled: rename the placeholder, or pass the value in run config `variables`."
@@ -81,7 +81,7 @@ def check_partition_key(key: str, placeholder: str, partitions_def: dg.Partition
         >>> check_partition_key("", "partition_key")
         Traceback (most recent call last):
         ...
-        llm_assets.errors.LLMAssetsError: The partition key '' can't fill {partition_key}: it is empty. ...
+        llm_assets.errors.ConfigurationError: The partition key '' can't fill {partition_key}: it is empty. ...
     """
     problem = None
     if not key.strip():
@@ -102,7 +102,7 @@ def check_partition_key(key: str, placeholder: str, partitions_def: dg.Partition
         )
     else:
         fix = "use a partition key"
-    raise LLMAssetsError(
+    raise ConfigurationError(
         f"The partition key {shown!r} can't fill {{{placeholder}}}: {problem}. Nothing was sent: {fix} of 1 to "
         f"{MAX_PARTITION_KEY_CHARS} characters with no control characters (longer texts belong in upstream rows "
         "or run config `variables`)."

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from llm_assets.assets.frames import by_partition, stray_keys
+from llm_assets.assets.io_manager import stores_partition_ranges
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike
-from llm_assets.errors import LLMAssetsError
-from llm_assets.http.checks import check_text
-from llm_assets.io_manager import stores_partition_ranges
+from llm_assets.errors import ConfigurationError
+from llm_assets.http.validation import check_text
 
 UpstreamAsset = dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
 
@@ -51,7 +51,7 @@ def run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> li
         return [None]
     keys = list(context.partition_keys)
     if len(keys) > 1 and not stores_partition_ranges(getattr(context.resources, io_manager_key, None)):
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"This run materializes {len(keys)} partitions of {context.asset_key.to_user_string()} at "
             f"once, which the I/O manager under '{io_manager_key}' cannot store: set resources="
             f"{{'{io_manager_key}': llm_assets.PartitionedFilesystemIOManager()}} in Definitions, or "
@@ -66,7 +66,7 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
     errors = None  # an answers frame's error and refusal columns: why a row has no text
     if isinstance(value, Mapping):
         if column not in value:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where} is a dict with keys {_listed(value)}, none of them {column!r}: return a DataFrame "
                 f"with a {column!r} column (or a {{{column!r}: [...]}} dict), or pass text_column= naming the key."
             )
@@ -76,14 +76,14 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
         if not len(value):
             return []  # no rows: an empty partition, whatever its columns
         if column not in value.columns:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where} has no column {column!r} (columns: {_listed(value.columns)}): "
                 "pass text_column= naming the column that holds the text."
             )
         errors = value[[c for c in ("error", "refusal") if c in value.columns]]
         value = value[column]
         if isinstance(value, pd.DataFrame):  # duplicate names, or a level of MultiIndex columns
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where} has {value.shape[1]} columns named {column!r}: rename or drop the "
                 "duplicates upstream so that one column holds the text."
             )
@@ -92,13 +92,13 @@ def texts_of(value: Any, column: str, where: str) -> list[str]:
     elif isinstance(value, (pd.Series, pd.Index, np.ndarray, list, tuple)) and np.ndim(value) == 1:
         values = list(value)
     else:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} is a {type(value).__name__}; expected a DataFrame with a {column!r} column, "
             "a list of strings, or {partition_key: value}."
         )
     for row, text in enumerate(values):
         if not isinstance(text, str) or not text.strip():
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where} row {row} column {column!r} holds {_excerpt(text)}, not text: "
                 f"{_failed_upstream(errors, row) or 'fill or drop that row upstream'} "
                 "(only non-empty strings can be sent)."
@@ -169,7 +169,7 @@ def load_texts(
         )
     loaded = by_partition(value, partition_keys, where, split_column)
     if not loaded and _has_rows(value):
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} has values, but none for this run's partitions {_listed(partition_keys)}: its "
             f"{PARTITION_COLUMN!r} column or dict keys must be partition keys of this asset."
         )
@@ -203,7 +203,7 @@ def _from_partitions(
     several = isinstance(value, Mapping) and len(upstream_keys) > 1 and set(value) < set(upstream_keys)
     if upstream_keys and (value is None or several):  # Dagster skipped what was never materialized
         missing = [k for k in upstream_keys if value is None or k not in value]
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} partitions {_listed(missing)} are not materialized: materialize them first (or select "
             "only materialized partitions of this asset)."
         )
@@ -211,7 +211,7 @@ def _from_partitions(
         return value
     if len(partition_keys) > 1:
         if set(upstream_keys) != set(partition_keys):
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"{where}: this run's {len(partition_keys)} partitions map to other upstream partitions "
                 f"({_listed(upstream_keys)}), which one run can't split: pass "
                 "backfill_policy=dg.BackfillPolicy.multi_run() to the factory (one partition per run)."
@@ -224,7 +224,7 @@ def _from_partitions(
         return pd.concat(parts, ignore_index=True)
     if all(isinstance(part, list | tuple | str) for part in parts):
         return [text for part in parts for text in ([part] if isinstance(part, str) else part)]
-    raise LLMAssetsError(
+    raise ConfigurationError(
         f"{where} maps {len(parts)} upstream partitions to each of this asset's, and their values are "
         f"{sorted({type(p).__name__ for p in parts})}: return DataFrames or lists of strings to combine them."
     )

@@ -2,7 +2,7 @@
 for good, split into files at the API's limits.
 
 Example:
-    >>> from llm_assets.engine.calls import Call
+    >>> from llm_assets.calls import Call
     >>> call = Call("Kirk", "/chat/completions", {"model": "m", "messages": []}, "row 0", lambda *a: a)
     >>> ids = custom_ids("captains/answers", [call, call])
     >>> ids[1] == ids[0] + "-2"
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_assets.batch.settings import BatchSettings
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 
 #: Prefix of the URLs of batch lines (the Batch API names endpoints with their version).
 API_PREFIX = "/v1"
@@ -83,7 +83,7 @@ def split_lines(lines: Sequence[BatchLine], settings: BatchSettings) -> list[lis
     size = inputs = 0
     for line in lines:
         if len(line.data) > max_bytes:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"One batch line is {len(line.data)} bytes, over BatchSettings.max_bytes_per_file {max_bytes}: "
                 "raise it (OpenAI takes 200 MB per file), or send this request in mode LIVE."
             )

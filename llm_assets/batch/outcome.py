@@ -21,9 +21,9 @@ import dagster as dg
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import BatchLine
 from llm_assets.batch.records import Submission
-from llm_assets.engine.calls import MALFORMED, Call, ErrorPolicy, HookError, LLMRequestError
-from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError
-from llm_assets.http.answers import answer_problem
+from llm_assets.cache.answers import answer_problem
+from llm_assets.calls import MALFORMED, Call, ErrorPolicy
+from llm_assets.errors import INVALID_OUTPUT, HookError, InvalidOutputError, LLMRequestError
 
 if TYPE_CHECKING:
     from llm_assets.session import RunSession

@@ -27,8 +27,8 @@ from llm_assets.batch.outcome import BatchOutcome, batch_problem
 from llm_assets.batch.records import Submission, SubmissionStore
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.batch.submit import DONE, Job, Submitter
-from llm_assets.engine.calls import Call, ErrorPolicy, LLMRequestError
-from llm_assets.errors import LLMAssetsError
+from llm_assets.calls import Call, ErrorPolicy
+from llm_assets.errors import ConfigurationError, LLMRequestError
 
 if TYPE_CHECKING:
     from llm_assets.session import RunSession
@@ -53,7 +53,7 @@ class BatchRunner:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if session.cache is None:
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 "Batch mode keeps its submissions and results next to the request cache: set "
                 "OpenAIResource(cache=True) (the default) and a writable cache_dir, or use run config mode: LIVE."
             )

@@ -20,8 +20,8 @@ from llm_assets.batch.lines import API_PREFIX, BatchLine, fingerprint
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
 from llm_assets.batch.settings import BatchSettings
-from llm_assets.engine.calls import Call, GovernanceError
-from llm_assets.errors import LLMAssetsError
+from llm_assets.calls import Call
+from llm_assets.errors import ConfigurationError, GovernanceError
 
 if TYPE_CHECKING:
     from llm_assets.session import RunSession
@@ -141,7 +141,7 @@ class Submitter:
         except openai.APIStatusError as error:
             if error.status_code not in (404, 405, 501):
                 raise
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"The server at {self.session.cache_keys.base_url} has no Batch API (HTTP {error.status_code} on "
                 f"{path}): use run config mode: LIVE for it."
             ) from None

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from llm_assets.engine.calls import Call, HookError
+from llm_assets.calls import Call
 from llm_assets.engine.rows import AnswerRow
-from llm_assets.engine.structured import InvalidOutputError, OutputSchema
+from llm_assets.engine.structured import OutputSchema
+from llm_assets.errors import HookError, InvalidOutputError
 
 #: ``translate(record, response_body) -> record``: a translator's hook on each row.
 Translate = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from llm_assets.accounting.limits import estimate_tokens
-from llm_assets.engine.calls import Call, LLMRequestError
+from llm_assets.calls import Call
+from llm_assets.errors import LLMRequestError
 
 #: The embeddings endpoint takes at most this many inputs per request…
 MAX_EMBEDDING_INPUTS = 2048

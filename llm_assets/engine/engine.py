@@ -5,7 +5,7 @@ An :class:`Engine` works for one asset of one step, through the resource's
 :class:`~llm_assets.session.RunSession`. It first looks every call up in the request
 cache in one batch (a re-run of unchanged inputs costs file reads, not requests), then
 POSTs the rest, ``max_concurrency`` workers each taking the next call as theirs finishes,
-through :mod:`~llm_assets.engine.sending` (aiohttp directly by default, with the official
+through :mod:`~llm_assets.engine.sender` (aiohttp directly by default, with the official
 client's retry contract: same retried statuses, ``Retry-After``, backoff, ``max_retries``
 and errors). Each request is billed to its partition's usage counter, metered from its
 own HTTP response. In ``RequestMode.BATCH`` the rest go through the Batch API instead
@@ -30,7 +30,7 @@ from llm_assets.accounting.usage import Usage
 from llm_assets.batch.runner import BatchRunner
 from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
-from llm_assets.engine.calls import MALFORMED, Call, ErrorPolicy, HookError
+from llm_assets.calls import MALFORMED, Call, ErrorPolicy
 from llm_assets.engine.chat import ChatCalls, ChatRequest, Translate
 from llm_assets.engine.embeddings import (
     MAX_EMBEDDING_BATCH_TOKENS,
@@ -41,7 +41,8 @@ from llm_assets.engine.embeddings import (
 from llm_assets.engine.progress import Progress
 from llm_assets.engine.results import OnPartition, Results
 from llm_assets.engine.rows import AnswerRow
-from llm_assets.engine.sending import Sender, SendPath, poster
+from llm_assets.engine.sender import Sender, SendPath, poster
+from llm_assets.errors import HookError
 from llm_assets.http.pools import loop_factory
 from llm_assets.redaction import redact
 from llm_assets.session import RunSession

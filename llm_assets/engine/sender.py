@@ -25,16 +25,16 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from llm_assets.accounting.governance import REFUSAL_CODE
 from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheMode
-from llm_assets.engine.calls import (
-    MALFORMED,
-    Call,
-    ErrorPolicy,
+from llm_assets.calls import MALFORMED, Call, ErrorPolicy
+from llm_assets.engine.structured import style_hint
+from llm_assets.errors import (
+    INVALID_OUTPUT,
     GovernanceError,
     HookError,
+    InvalidOutputError,
     LLMRequestError,
     MalformedResponseError,
 )
-from llm_assets.engine.structured import INVALID_OUTPUT, InvalidOutputError, style_hint
 from llm_assets.http.attribution import billed_to
 from llm_assets.http.direct import DirectClient
 from llm_assets.http.pools import httpx

@@ -33,10 +33,7 @@ import pydantic
 from openai.lib._parsing import type_to_response_format_param
 
 from llm_assets.engine.rows import AnswerRow, ColumnSpec, column_specs
-from llm_assets.errors import LLMAssetsError
-
-#: Every failed row's ``error`` names it so: the checks count invalid outputs by it.
-INVALID_OUTPUT = "Invalid output"
+from llm_assets.errors import ConfigurationError, InvalidOutputError
 
 #: (schema type, pandas dtype) of a top-level JSON Schema type; anything else is an object.
 _COLUMN_TYPES = {
@@ -52,15 +49,6 @@ class ResponseFormatStyle(enum.Enum):
 
     JSON_SCHEMA = "json_schema"  # OpenAI's structured outputs, strict
     JSON_OBJECT = "json_object"  # JSON mode, the schema alongside (llama.cpp constrains to it)
-
-
-class InvalidOutputError(ValueError):
-    """An answer that is not JSON matching the schema: the engine asks again, unless
-    ``retry`` is false (an answer cut at max_tokens would be cut again)."""
-
-    def __init__(self, message: str, retry: bool = True) -> None:
-        super().__init__(message)
-        self.retry = retry
 
 
 @dataclass(frozen=True)
@@ -82,7 +70,7 @@ class OutputSchema:
             return _free_names(cls(spec["name"], _strict(spec["schema"], asset), response_format), asset)
         if isinstance(response_format, Mapping):
             return _free_names(cls(_name(asset), _checked(dict(response_format), asset)), asset)
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"response_format of {asset} is a {type(response_format).__name__}: give a Pydantic model class "
             "(class Verdict(pydantic.BaseModel): ...) or a JSON Schema dict of an object."
         )
@@ -153,7 +141,7 @@ def _free_names(schema: OutputSchema, asset: str) -> OutputSchema:
     own columns."""
     taken = sorted(set(schema.columns) & set(column_specs(AnswerRow)))
     if taken:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"The response_format of {asset} has field(s) {', '.join(taken)}, which the answers frame already "
             "has as columns: rename them in the model or schema."
         )
@@ -185,10 +173,12 @@ def _checked(schema: dict[str, Any], asset: str) -> dict[str, Any]:
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
-        raise LLMAssetsError(f"The response_format of {asset} is not a valid JSON Schema: {error.message}.") from None
+        raise ConfigurationError(
+            f"The response_format of {asset} is not a valid JSON Schema: {error.message}."
+        ) from None
     properties = schema.get("properties")
     if schema.get("type") != "object" or not isinstance(properties, dict) or not properties:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"The response_format of {asset} must be the JSON Schema of an object: "
             '{"type": "object", "properties": {...}, "required": [...], "additionalProperties": false}.'
         )
@@ -200,7 +190,7 @@ def _strict(schema: dict[str, Any], asset: str) -> dict[str, Any]:
     properties required), as OpenAI's strict structured outputs require."""
     problems = list(_strict_problems(schema, "top level"))
     if problems:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"The response_format of {asset} is not strict: {'; '.join(problems[:5])} (OpenAI's strict structured "
             "outputs require every object closed with all its properties required; make a field optional with a "
             "null type, and use a list of {key, value} objects instead of a free-form dict)."

@@ -27,7 +27,7 @@ from llm_assets.accounting.limits import request_estimate
 from llm_assets.accounting.provider_limits import Ticket
 from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheMode
-from llm_assets.http.answers import answer_problem
+from llm_assets.cache.answers import answer_problem
 from llm_assets.http.body import BodySummary
 
 if TYPE_CHECKING:

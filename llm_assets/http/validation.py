@@ -3,16 +3,16 @@ values, and text for a JSON body. Each check raises one :class:`~llm_assets.LLMA
 naming the field and the fix, instead of a dependency's exception at first use.
 
 Example:
-    >>> check_base_url("http://127.0.0.1:8O80/v1", "base_url")
+    >>> check_base_url("http://127.0.0.1:8O80/v1", "base_url")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    llm_assets.errors.LLMAssetsError: base_url 'http://127.0.0.1:8O80/v1' is not a valid URL (Invalid port: '8O80'): ...
+    llm_assets.errors.ConfigurationError: base_url 'http://127.0.0.1:8O80/v1' is not a valid URL (Invalid port: ...
 """
 
 import json
 import re
 from typing import Any
 
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 from llm_assets.http.pools import httpx
 
 _HOST = re.compile(r"^[A-Za-z0-9._:-]+$")  # a name, IPv4 or IPv6 address (IDNs arrive punycoded)
@@ -30,23 +30,23 @@ def check_base_url(url: str, field: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError, TypeError) as error:
-        raise LLMAssetsError(f"{field} {_shown(url)!r} is not a valid URL ({error}): {_HINT}.") from None
+        raise ConfigurationError(f"{field} {_shown(url)!r} is not a valid URL ({error}): {_HINT}.") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise LLMAssetsError(f"{field} {_shown(url)!r} is not an http(s) URL with a host: {_HINT}.")
+        raise ConfigurationError(f"{field} {_shown(url)!r} is not an http(s) URL with a host: {_HINT}.")
     if not _HOST.match(parsed.raw_host.decode("ascii")):
-        raise LLMAssetsError(f"{field} {_shown(url)!r} is not a valid URL (invalid host {parsed.host!r}): {_HINT}.")
+        raise ConfigurationError(f"{field} {_shown(url)!r} is not a valid URL (invalid host {parsed.host!r}): {_HINT}.")
     if parsed.userinfo:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{field} {_shown(url)!r} holds credentials: remove them from the URL, and pass the key as "
             "OpenAIResource(api_key=...) (or another header with default_headers=...)."
         )
     if parsed.query or parsed.fragment or "?" in url or "#" in url:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{field} {_shown(url)!r} has a query string or fragment, which the OpenAI client can't append "
             "paths to: remove it (query parameters such as api-version belong to the server's own client)."
         )
     if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{field} {_shown(url)!r} is not a valid URL (port {parsed.port} is not in 1-65535): {_HINT}."
         )
     return parsed
@@ -60,7 +60,7 @@ def is_openai(url: str) -> bool:
 
 def check_header_name(name: str) -> None:
     if not isinstance(name, str) or not _TOKEN.match(name):
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"default_headers has the name {name!r}, which is not a valid HTTP header name: use letters, "
             "digits and -, without spaces or ':'."
         )
@@ -71,7 +71,7 @@ def check_header_value(field: str, value: str | None) -> None:
     if value is None:
         return
     if not value.isascii() or not value.isprintable():
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{field} holds a character that HTTP headers can't carry (non-ASCII, a line break or another "
             "control character, often from copy-paste): set it again, typed or copied as plain text."
         )
@@ -85,7 +85,7 @@ def check_text(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} holds {text[error.start : error.end]!r} at character {error.start}, which can't be "
             "sent (not valid Unicode text): clean it upstream, e.g. with "
             "text.encode('utf-8', 'replace').decode('utf-8'). Nothing was sent."
@@ -95,7 +95,7 @@ def check_text(text: str, where: str) -> None:
 def check_model(model: str, field: str, where: str) -> None:
     """A model name must be non-empty, sendable text (``where`` says where it is set)."""
     if not isinstance(model, str) or not model.strip():
-        raise LLMAssetsError(f"{field} is empty: set {where} to a model name, e.g. gpt-4o-mini.")
+        raise ConfigurationError(f"{field} is empty: set {where} to a model name, e.g. gpt-4o-mini.")
     check_text(model, field)
 
 
@@ -105,14 +105,14 @@ def check_body(body: Any, where: str) -> dict[str, Any]:
     keys of one type, and not a stream (the factories read whole answers). A translator's
     hooks build it; the engine and the transport must key the same body for the cache."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list | tuple) or body.get("stream"):
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} is not a non-streamed chat request (messages list, no stream=True): check the "
             "translator's get_messages and get_params."
         )
     try:
         encoded = json.dumps(body, allow_nan=False, ensure_ascii=False, sort_keys=True).encode("utf-8")
     except (TypeError, ValueError) as error:  # UnicodeEncodeError included
-        raise LLMAssetsError(
+        raise ConfigurationError(
             f"{where} can't be sent as JSON ({type(error).__name__}: {error}): give the translator's "
             "get_messages / get_params only text, finite numbers, lists and dicts."
         ) from None

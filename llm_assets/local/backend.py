@@ -23,7 +23,7 @@ import urllib.request
 import weakref
 from pathlib import Path
 
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 from llm_assets.local.server import INSTALL_HINT, chat_model_path, require_local
 
 _PR_SET_PDEATHSIG = 1
@@ -65,7 +65,7 @@ class LocalBackend:
     @property
     def base_url(self) -> str:
         if self.process is None:
-            raise LLMAssetsError("The local backend is not running: call start() or use it as a context manager.")
+            raise ConfigurationError("The local backend is not running: call start() or use it as a context manager.")
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property
@@ -80,7 +80,7 @@ class LocalBackend:
             sock.bind(("127.0.0.1", self.port))
         except OSError as error:
             sock.close()
-            raise LLMAssetsError(
+            raise ConfigurationError(
                 f"Port {self.port} on 127.0.0.1 is in use ({error.strerror}): choose another port, or 0 "
                 "to let the system pick a free one."
             ) from None
@@ -117,7 +117,7 @@ class LocalBackend:
         url = f"http://127.0.0.1:{self.port}/v1/models"
         while True:
             if self.process.poll() is not None:
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     f"The local model server exited with code {self.process.returncode} while starting:\n"
                     f"{self._log_tail()}\nFix the cause above, or {INSTALL_HINT}."
                 )
@@ -128,7 +128,7 @@ class LocalBackend:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise LLMAssetsError(
+                raise ConfigurationError(
                     f"The local model server did not answer within {self.ready_timeout:g} s "
                     f"(log: {self._log_tail()!r}): raise ready_timeout if the machine is busy."
                 )

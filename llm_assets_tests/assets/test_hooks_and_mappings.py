@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from llm_assets import ChatTranslator, LLMAssetsError, build_chat_answers_asset, build_embeddings_asset
-from llm_assets_tests.conftest import failure_message, usage_metadata
+from llm_assets_tests.support import failure_message, usage_metadata
 
 
 @dg.asset
@@ -193,7 +193,7 @@ def test_upstream_partitions_never_materialized_are_named(server, materialize, r
     chat = build_chat_answers_asset(key="answers", upstream=notes, text_column="text", prompt="{text}")
     result = materialize([notes, chat], selection=[chat.key], partitions=run, raise_on_error=False)
     message = failure_message(result)
-    assert "LLMAssetsError: Upstream notes partitions [" in message and "are not materialized" in message
+    assert "ConfigurationError: Upstream notes partitions [" in message and "are not materialized" in message
     assert "'2024-01-02'" in message and "'2024-01-01'" not in message
     assert server.stats.requests == []
 

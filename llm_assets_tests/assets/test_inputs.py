@@ -13,7 +13,7 @@ from llm_assets import LLMAssetsError, build_chat_answers_asset, build_embedding
 from llm_assets.assets.frames import ANSWER_COLUMNS, EMBEDDING_COLUMNS, split_output
 from llm_assets.assets.prompts import MAX_PARTITION_KEY_CHARS, partition_values
 from llm_assets.assets.upstream import load_texts
-from llm_assets_tests.conftest import CAPTAINS, captains, event_of, failure_message, metadata_values
+from llm_assets_tests.support import CAPTAINS, captains, event_of, failure_message, metadata_values
 
 
 def upstream_of(value) -> dg.AssetsDefinition:
@@ -159,7 +159,7 @@ def test_bad_upstream_values_fail_before_any_request(server, materialize, factor
     result = materialize([upstream_of(value), factory("texts")], raise_on_error=False)
     assert not result.success and server.stats.requests == []
     error = failure_message(result)
-    assert "LLMAssetsError" in error and "Upstream texts" in error
+    assert "ConfigurationError" in error and "Upstream texts" in error
     assert re.search(message, error), error
 
 
@@ -300,7 +300,7 @@ def test_a_run_with_a_partition_key_that_cannot_fill_the_prompt_sends_nothing(se
     result = materialize([answers], partitions=["Kirk", key], raise_on_error=False)
     assert not result.success
     message = failure_message(result)
-    assert "LLMAssetsError" in message and "can't fill {partition_key}" in message, message
+    assert "ConfigurationError" in message and "can't fill {partition_key}" in message, message
     assert server.stats.requests == []  # not even Kirk's
 
 

@@ -13,7 +13,7 @@ from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.assets import pca
 from llm_assets.assets.frames import embeddings_frame
 from llm_assets.assets.plot import embedding_parts
-from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
+from llm_assets_tests.support import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
 
 
 def test_pipeline_single_run_backfill_then_plot(server, materialize, tmp_path):
@@ -113,7 +113,7 @@ def test_a_plot_of_something_that_is_not_embeddings_is_one_clear_error(server, m
 
     plot = build_pca_plot_asset(key="plot", upstream=vectors, label_column="text")
     result = materialize([vectors, plot], raise_on_error=False)
-    assert "LLMAssetsError" in failure_message(result) and message in failure_message(result)
+    assert "ConfigurationError" in failure_message(result) and message in failure_message(result)
 
 
 def test_the_map_names_the_question_its_answers_answered(server, materialize):

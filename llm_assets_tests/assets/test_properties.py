@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_assets import build_chat_answers_asset, build_embeddings_asset
-from llm_assets_tests.conftest import failure_message
+from llm_assets_tests.support import failure_message
 
 #: Any Unicode (lone surrogates included), control characters, and now and then a long text.
 ANY_TEXT = st.one_of(

@@ -13,7 +13,7 @@ import pytest
 from llm_assets import ChatTranslator, LLMAssetsError, OpenAIResource, ResponseFormatStyle, build_chat_answers_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.testing import Refusal, count_tokens
-from llm_assets_tests.conftest import CAPTAINS, captains, failure_message, usage_metadata
+from llm_assets_tests.support import CAPTAINS, captains, failure_message, usage_metadata
 
 
 class Verdict(pydantic.BaseModel):

@@ -23,7 +23,7 @@ from llm_assets import (
     build_pca_plot_asset,
 )
 from llm_assets.batch import RequestMode
-from llm_assets_tests.conftest import CAPTAINS, captains
+from llm_assets_tests.support import CAPTAINS, captains
 
 
 class Verdict(pydantic.BaseModel):

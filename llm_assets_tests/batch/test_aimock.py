@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from llm_assets_tests.batch import job
-from llm_assets_tests.batch.conftest import REPO, start_job, stop, wait_for
-from llm_assets_tests.conftest import failure_message, usage_metadata
+from llm_assets_tests.batch.support import REPO, start_job, stop, wait_for
+from llm_assets_tests.support import failure_message, usage_metadata
 
 OUTCOME = "X-AIMock-Batch-Outcome"
 

@@ -15,11 +15,11 @@ from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import batch_lines, custom_ids
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
-from llm_assets.engine.calls import ErrorPolicy
+from llm_assets.calls import ErrorPolicy
 from llm_assets.engine.chat import ChatCalls, ChatRequest
 from llm_assets_tests.batch import job
 from llm_assets_tests.batch.job import IMPATIENT
-from llm_assets_tests.conftest import failure_message
+from llm_assets_tests.support import failure_message
 
 
 def test_the_record_is_written_before_the_upload(batch_server, instance, tmp_path, monkeypatch):

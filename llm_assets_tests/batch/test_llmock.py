@@ -12,8 +12,8 @@ import pytest
 from llm_assets import vectors
 from llm_assets.accounting.prices import DEFAULT_PRICES
 from llm_assets_tests.batch import job
-from llm_assets_tests.batch.conftest import llmock_batches, start_job, stop, wait_for
-from llm_assets_tests.conftest import failure_message, usage_metadata
+from llm_assets_tests.batch.support import llmock_batches, start_job, stop, wait_for
+from llm_assets_tests.support import failure_message, usage_metadata
 
 
 def output_usage_by_partition(answers) -> dict[str, dict[str, int]]:

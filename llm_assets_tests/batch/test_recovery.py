@@ -15,7 +15,7 @@ from llm_assets.engine.chat import ChatCalls, ChatRequest
 from llm_assets.testing.batches import ScriptedBatchServer
 from llm_assets_tests.batch import job
 from llm_assets_tests.batch.job import IMPATIENT
-from llm_assets_tests.conftest import failure_message, usage_metadata
+from llm_assets_tests.support import failure_message, usage_metadata
 
 
 def answers_usage(result) -> dict[str, dict]:

@@ -11,8 +11,8 @@ import pytest
 from llm_assets import build_batch_sensor
 from llm_assets.testing.batches import ScriptedBatchServer
 from llm_assets_tests.batch import job
-from llm_assets_tests.batch.conftest import start_job, stop, wait_for
-from llm_assets_tests.conftest import failure_message, usage_metadata
+from llm_assets_tests.batch.support import start_job, stop, wait_for
+from llm_assets_tests.support import failure_message, usage_metadata
 
 
 def fail_picard(url, body):

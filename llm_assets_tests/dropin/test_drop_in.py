@@ -15,8 +15,8 @@ import pytest
 import llm_assets
 from llm_assets import LLMAssetsError, OpenAIResource, with_usage_metadata
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
-from llm_assets_tests.conftest import event_of, usage_metadata
 from llm_assets_tests.http import MODEL, SERVED, ask, materialize_one
+from llm_assets_tests.support import event_of, usage_metadata
 
 KEY = "sk-test-not-a-real-key"
 

@@ -14,7 +14,7 @@ from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheMode
 from llm_assets.engine import ChatRequest, Engine
 from llm_assets.engine.chat import ChatCalls
-from llm_assets.engine.sending import SendPath, poster
+from llm_assets.engine.sender import SendPath, poster
 from llm_assets.http.direct import encode
 from llm_assets.testing import inject_fault
 

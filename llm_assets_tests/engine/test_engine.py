@@ -13,7 +13,7 @@ from llm_assets import ChatRequest, Engine, OpenAIResource, build_chat_answers_a
 from llm_assets.engine import pack_batches
 from llm_assets.http.attribution import UnattributedRequestError
 from llm_assets.testing import first_attempts, inject_fault
-from llm_assets_tests.conftest import event_of, usage_metadata
+from llm_assets_tests.support import event_of, usage_metadata
 
 QUESTIONS = [f"question number {i} " + "padding " * (i % 7) for i in range(60)]
 

@@ -6,7 +6,7 @@ import pytest
 
 from llm_assets import OpenAIResource, build_chat_answers_asset
 from llm_assets.testing import FAULTS, FaultInjector, first_attempts, inject_fault
-from llm_assets_tests.conftest import event_of, failure_message, metadata_values, usage_metadata
+from llm_assets_tests.support import event_of, failure_message, metadata_values, usage_metadata
 
 N = 1000
 PROMPTS = [f"Reliable question {i}" for i in range(N)]

@@ -14,11 +14,11 @@ import pytest
 
 from llm_assets import OpenAIResource
 from llm_assets.cache import CacheMode
+from llm_assets.calls import ErrorPolicy
 from llm_assets.engine import ChatRequest, Engine, SendPath
-from llm_assets.engine.calls import ErrorPolicy
 from llm_assets.http.pools import httpx
 from llm_assets.testing import inject_fault
-from llm_assets_tests.conftest import event_of, usage_metadata
+from llm_assets_tests.support import event_of, usage_metadata
 
 PROMPTS = [f"Contract question {i}" for i in range(3)]
 REQUESTS = [ChatRequest(None, i, p, ({"role": "user", "content": p},), {"model": "m"}) for i, p in enumerate(PROMPTS)]
@@ -115,7 +115,7 @@ def recorded_waits(monkeypatch) -> list[float]:
 
     monkeypatch.setattr(openai._base_client.anyio, "sleep", record)
     monkeypatch.setattr(openai._base_client, "random", lambda: 0.5)
-    monkeypatch.setattr("llm_assets.engine.sending.wait_exponential_jitter", lambda **_: lambda state: 0)
+    monkeypatch.setattr("llm_assets.engine.sender.wait_exponential_jitter", lambda **_: lambda state: 0)
     return waits
 
 

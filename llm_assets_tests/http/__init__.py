@@ -1,6 +1,6 @@
 """Shared by the HTTP-layer tests: one chat call, one materialization's usage."""
 
-from llm_assets_tests.conftest import usage_metadata
+from llm_assets_tests.support import usage_metadata
 
 MODEL = "gpt-4o-mini"
 SERVED = "gpt-4o-mini-2024-07-18"

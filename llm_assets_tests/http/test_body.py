@@ -12,7 +12,7 @@ import pytest
 from llm_assets import OpenAIResource, build_chat_answers_asset, build_embeddings_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.http.body import BodyReader
-from llm_assets_tests.conftest import event_of, usage_metadata
+from llm_assets_tests.support import event_of, usage_metadata
 
 BODY = json.dumps({"model": "gpt-x", "usage": {"prompt_tokens": 3, "total_tokens": 7}, "choices": []}).encode()
 

@@ -6,8 +6,8 @@ import pytest
 
 from llm_assets import OpenAIResource
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
-from llm_assets_tests.conftest import usage_metadata
 from llm_assets_tests.http import MODEL, SERVED, ask, materialize_one
+from llm_assets_tests.support import usage_metadata
 
 
 def test_two_get_client_blocks_in_one_asset(server, materialize):

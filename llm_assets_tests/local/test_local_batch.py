@@ -8,7 +8,7 @@ import pytest
 
 from llm_assets import vectors
 from llm_assets.local import CHAT_MODEL, LocalOpenAIResource
-from llm_assets_tests.conftest import usage_metadata
+from llm_assets_tests.support import usage_metadata
 
 pytestmark = pytest.mark.slow
 

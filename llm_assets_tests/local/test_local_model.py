@@ -25,7 +25,7 @@ from llm_assets.local import (
     LocalOpenAIResource,
     openai_resource_from_env,
 )
-from llm_assets_tests.conftest import failure_message, usage_metadata
+from llm_assets_tests.support import failure_message, usage_metadata
 
 pytestmark = pytest.mark.slow
 

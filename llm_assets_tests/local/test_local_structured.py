@@ -6,7 +6,7 @@ import pytest
 
 from llm_assets import PartitionedFilesystemIOManager, build_chat_answers_asset
 from llm_assets.local import LocalOpenAIResource
-from llm_assets_tests.conftest import partition_range
+from llm_assets_tests.support import partition_range
 
 pytestmark = pytest.mark.slow
 
