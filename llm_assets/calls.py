@@ -1,7 +1,7 @@
 """What the engine sends: :class:`Call`, and what a failed one does: :class:`ErrorPolicy`.
 
 Example:
-    >>> call = Call(None, "/embeddings", {"model": "m", "input": ["a"]}, "texts 0..0", lambda body, cached, s: body)
+    >>> call = Call(None, "/embeddings", {"model": "m", "input": ["a"]}, "texts 0..0", lambda body, **_: body)
     >>> call.items
     1
 """
@@ -9,15 +9,21 @@ Example:
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 #: What a reader raises on a body that is JSON but not the endpoint's answer.
 MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)
 
-#: ``read(json_body, cached, latency_seconds)``: a call's answer as the caller's result.
-Reader = Callable[[dict[str, Any], bool, float], T]
+
+class Reader(Protocol[T_co]):
+    """A call's answer as the caller's result: ``read(body, cached=..., latency=...)``,
+    ``cached`` when the request cache answered it, ``latency`` its seconds (``None``: not
+    timed, as in a batch)."""
+
+    def __call__(self, body: dict[str, Any], *, cached: bool, latency: float | None) -> T_co: ...
 
 
 class ErrorPolicy(enum.Enum):

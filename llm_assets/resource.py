@@ -38,7 +38,7 @@ from llm_assets.cache import CacheMode
 from llm_assets.engine.structured import ResponseFormatStyle
 from llm_assets.errors import ConfigurationError
 from llm_assets.http.validation import check_base_url, check_header_name, check_header_value, check_model, is_openai
-from llm_assets.session import AnyContext, RunSession
+from llm_assets.session import AnyContext, RunSession, SessionSettings
 
 #: Placeholder key sent to OpenAI-compatible servers that need none.
 NO_KEY = "no-key-needed"
@@ -175,7 +175,8 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         instance = context.instance
         storage = instance.storage_directory() if instance is not None else None
-        self._session = RunSession(self, storage, instance, context.run.run_id if context.run is not None else None)
+        run_id = context.run.run_id if context.run is not None else None
+        self._session = RunSession(self.session_settings(), storage, instance, run_id)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._session is not None:
@@ -188,7 +189,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         rate limits, usage ledger. Outside Dagster (a notebook) a session without the
         instance's default cache location is made on first use."""
         if self._session is None:
-            self._session = RunSession(self, storage_dir=None)
+            self._session = RunSession(self.session_settings(), storage_dir=None)
         return self._session
 
     @property
@@ -245,6 +246,29 @@ class OpenAIResource(dagster_openai.OpenAIResource):
             "max_retries": self.max_retries,
             "default_headers": self.default_headers,
         }
+
+    def session_settings(self) -> SessionSettings:
+        """What a :class:`~llm_assets.session.RunSession` of this resource is made from,
+        every field checked (bad configuration fails here, at set-up, before any request)."""
+        return SessionSettings(
+            client_kwargs=self.client_kwargs(),
+            cache_identity=self.cache_identity(),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            max_concurrency=self.max_concurrency,
+            redact_text=self.redact_text,
+            cache=self.cache,
+            cache_dir=self.cache_dir,
+            allowed_models=tuple(self.allowed_models) if self.allowed_models is not None else None,
+            max_tokens_per_run=self.max_tokens_per_run,
+            max_cost_usd_per_run=self.max_cost_usd_per_run,
+            budget_url=self.budget_url,
+            prices=self.prices,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            follow_provider_limits=self.follow_provider_limits,
+            batch=self.batch,
+        )
 
     # -- clients --------------------------------------------------------------------------
 

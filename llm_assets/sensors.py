@@ -46,7 +46,8 @@ def build_batch_sensor(
         description="Re-materializes batch-mode assets when the Batch API has finished their batches.",
     )
     def batches(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        session = RunSession(getattr(context.resources, resource_key), context.instance.storage_directory())
+        resource = getattr(context.resources, resource_key)
+        session = RunSession(resource.session_settings(), context.instance.storage_directory())
         if session.cache is None:
             return dg.SensorResult(skip_reason="The resource has no request cache, so no batches are recorded.")
         store = SubmissionStore(session.cache.root)

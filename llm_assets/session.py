@@ -13,63 +13,76 @@ What must hold for the whole run lives outside the process: the budgets in a
 :class:`~llm_assets.accounting.budgets.SharedBudget` (the instance's database), the
 provider's rate limits in the provider itself (read from its response headers).
 
+A session is built from :class:`SessionSettings`, a frozen copy of what the resource
+configures, and hands its parts to what needs them: the
+:class:`~llm_assets.accounting.gate.Gate` (governor and rate limits), the
+:class:`~llm_assets.cache.store.AnswerStore`, the shared pool. The code that sends
+requests takes those parts, never the session.
+
 Example:
-    >>> from llm_assets import OpenAIResource
-    >>> session = RunSession(OpenAIResource(base_url="http://127.0.0.1:9/v1"), storage_dir=None)
-    >>> session.cache is None, session.governor.budget.shared
+    >>> settings = SessionSettings(client_kwargs={"base_url": "http://127.0.0.1:9/v1", "api_key": "k"})
+    >>> session = RunSession(settings, storage_dir=None)
+    >>> session.answers.files is None, session.gate.governor.budget.shared
     (True, False)
     >>> session.close()
 """
 
-import json
 import os
-import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 import openai
 from dagster import AssetKey
 
+from llm_assets.accounting.gate import Gate
 from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.limits import RateLimits
 from llm_assets.accounting.prices import ModelPrice, price_table
 from llm_assets.accounting.run_budget import run_budget
 from llm_assets.accounting.targets import AnyContext, UsageReporter, UsageTarget, usage_target
 from llm_assets.accounting.usage import LiveUsage, Usage
+from llm_assets.batch.settings import BatchSettings
 from llm_assets.cache import CacheKeys, CacheMode, RequestCache
-from llm_assets.cache.answers import answer_problem
-from llm_assets.errors import ConfigurationError
-from llm_assets.http.pools import async_pool, httpx, sync_pool
+from llm_assets.cache.store import AnswerStore
+from llm_assets.http.pools import SharedPool, async_pool
 from llm_assets.http.transport import AsyncMeteredTransport, MeteredTransport
-
-if TYPE_CHECKING:
-    from llm_assets.resource import OpenAIResource
 
 #: Where the SDK sends requests when no base URL is configured.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 @dataclass(frozen=True)
-class CachedAnswer:
-    """A response body from the request cache, and its decoded JSON."""
+class SessionSettings:
+    """What a :class:`RunSession` is made from: the resource's configuration, checked
+    (:meth:`~llm_assets.OpenAIResource.session_settings`). Never shows the key."""
 
-    body: bytes
-    payload: dict[str, Any]
-
-    @property
-    def model(self) -> str | None:
-        model = self.payload.get("model")
-        return model if isinstance(model, str) else None
+    client_kwargs: Mapping[str, Any] = field(repr=False)  # the openai clients' (the API key included)
+    cache_identity: str | None = None  # what the cache keys the backend by (None: its URL)
+    timeout: float = 120.0
+    max_retries: int = 2
+    max_concurrency: int = 8
+    redact_text: bool = False
+    cache: bool = True
+    cache_dir: str | None = None
+    allowed_models: Sequence[str] | None = None
+    max_tokens_per_run: int | None = None
+    max_cost_usd_per_run: float | None = None
+    budget_url: str | None = field(default=None, repr=False)  # may hold a password
+    prices: Mapping[str, Mapping[str, float]] | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    follow_provider_limits: bool = True
+    batch: BatchSettings = field(default_factory=BatchSettings)
 
 
 class RunSession:
     """Per-resource-initialisation state (see the module docstring).
 
     Args:
-        resource: the configuration.
+        settings: the configuration.
         storage_dir: the Dagster instance's storage directory; the request cache defaults
             to ``<storage_dir>/llm_assets/request_cache``.
         instance, run_id: the Dagster instance and run whose steps share the run's budget
@@ -79,57 +92,66 @@ class RunSession:
 
     def __init__(
         self,
-        resource: "OpenAIResource",
+        settings: SessionSettings,
         storage_dir: str | None,
         instance: dg.DagsterInstance | None = None,
         run_id: str | None = None,
     ) -> None:
-        self.client_kwargs = resource.client_kwargs()  # fails here, before any asset runs, on bad config
-        self.max_concurrency = resource.max_concurrency
-        self.max_retries = resource.max_retries
-        self.redact_text = resource.redact_text
-        self.batch = resource.batch
-        self.prices: dict[str, ModelPrice] = price_table(resource.prices)
-        self.cache_keys = CacheKeys(self.client_kwargs["base_url"] or OPENAI_BASE_URL, resource.cache_identity())
-        root = resource.cache_dir
+        self.settings = settings
+        self.client_kwargs = dict(settings.client_kwargs)
+        self.prices: dict[str, ModelPrice] = price_table(dict(settings.prices) if settings.prices else None)
+        keys = CacheKeys(self.client_kwargs.get("base_url") or OPENAI_BASE_URL, settings.cache_identity)
+        root = settings.cache_dir
         if root is None and storage_dir:
             root = os.path.join(storage_dir, "llm_assets", "request_cache")
         # checked now: one clear error at set-up, not an answer lost mid-run
-        self.cache = RequestCache.checked(root) if resource.cache and root is not None else None
+        self.answers = AnswerStore(keys, RequestCache.checked(root) if settings.cache and root is not None else None)
+        limits = (settings.max_tokens_per_run, settings.max_cost_usd_per_run)
         budget = run_budget(
-            budget_url=resource.budget_url,
+            budget_url=settings.budget_url,
             instance=instance,
             run_id=run_id,
-            limits=(resource.max_tokens_per_run, resource.max_cost_usd_per_run),
-            backend=self.cache_keys.identity,  # the same server, however its URL is written
-            ttl=resource.timeout * (resource.max_retries + 1) + 60,  # no request stays in flight longer
+            limits=limits,
+            backend=keys.identity,  # the same server, however its URL is written
+            ttl=settings.timeout * (settings.max_retries + 1) + 60,  # no request stays in flight longer
         )
-        self.governor = Governor(
-            resource.allowed_models, resource.max_tokens_per_run, resource.max_cost_usd_per_run, self.prices, budget
-        )
-        self.limits = RateLimits(
-            resource.requests_per_minute, resource.tokens_per_minute, resource.follow_provider_limits
-        )
+        governor = Governor(settings.allowed_models, *limits, self.prices, budget)
+        rates = RateLimits(settings.requests_per_minute, settings.tokens_per_minute, settings.follow_provider_limits)
+        self.gate = Gate(governor, rates)
         self.reporter = UsageReporter(self.prices)
-        self._warned: set[str] = set()  # cache problems already logged (each once)
-        self._warned_lock = threading.Lock()
-        self._pool: httpx.BaseTransport | None = None
+        self._pool: SharedPool | None = None
         self.closed = False
+
+    @property
+    def governor(self) -> Governor:
+        """The allow-list and budgets (the gate's)."""
+        return self.gate.governor
+
+    @property
+    def limits(self) -> RateLimits:
+        """The rate limits (the gate's)."""
+        return self.gate.limits
+
+    @property
+    def cache(self) -> RequestCache | None:
+        """Where cached answers live (``None``: no cache)."""
+        return self.answers.files
 
     # -- clients ----------------------------------------------------------------------------
 
-    def sync_pool(self) -> httpx.BaseTransport:
+    def sync_pool(self) -> SharedPool:
         """The connection pool every sync client of this session shares (until :meth:`close`)."""
         if self.closed:
             raise RuntimeError("This session was closed (its resource was torn down): it makes no more clients.")
         if self._pool is None:
-            self._pool = sync_pool()
+            self._pool = SharedPool()
         return self._pool
 
     def client(self, usage: Usage | None, cache: CacheMode | bool = False) -> openai.OpenAI:
         """A light ``openai.OpenAI`` over the shared pool, billing ``usage``, using the cache
-        per ``cache`` (see :meth:`cache_mode`)."""
-        transport = MeteredTransport(self, usage, self.cache_mode(cache))
+        per ``cache`` (see :meth:`AnswerStore.mode <llm_assets.cache.store.AnswerStore.mode>`)."""
+        mode = self.answers.mode(cache)
+        transport = MeteredTransport(self.sync_pool(), self.gate, self.answers, usage, mode, owner=self)
         return openai.OpenAI(**self.client_kwargs, http_client=openai.DefaultHttpxClient(transport=transport))
 
     @asynccontextmanager
@@ -138,7 +160,8 @@ class RunSession:
     ) -> AsyncIterator[openai.AsyncOpenAI]:
         """An ``openai.AsyncOpenAI`` with its own pool on the running event loop, billing
         ``usage`` (``None``: each request's :func:`~llm_assets.http.attribution.billed_to`)."""
-        transport = AsyncMeteredTransport(self, async_pool(), usage, self.cache_mode(cache))
+        mode = self.answers.mode(cache)
+        transport = AsyncMeteredTransport(async_pool(), self.gate, self.answers, usage, mode, owner=self)
         client = openai.AsyncOpenAI(
             **self.client_kwargs, http_client=openai.DefaultAsyncHttpxClient(transport=transport)
         )
@@ -156,81 +179,6 @@ class RunSession:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
-
-    # -- the request cache ------------------------------------------------------------------
-
-    def cache_mode(self, requested: CacheMode | bool | str) -> CacheMode:
-        """``requested`` (``True`` means USE; a mode's name is accepted), or OFF when this
-        session has no cache."""
-        if isinstance(requested, str) and requested.upper() in CacheMode.__members__:
-            requested = CacheMode[requested.upper()]
-        if requested is True:
-            requested = CacheMode.USE
-        if requested is False:
-            requested = CacheMode.OFF
-        if not isinstance(requested, CacheMode):
-            raise ConfigurationError(
-                f"cache={requested!r}: pass True, False or a llm_assets.CacheMode (USE, REFRESH, OFF)."
-            )
-        return CacheMode.OFF if self.cache is None else requested
-
-    def cached(self, keys: Sequence[str | None], requests: Iterable[tuple[str, Any]]) -> list[CachedAnswer | None]:
-        """The cached answers of ``keys`` (``None``: a miss) of ``requests`` (endpoint, JSON
-        body). A damaged entry (:func:`~llm_assets.cache.answers.answer_problem`) is a miss,
-        logged once; the fresh answer then overwrites it. An unreadable cache is all misses."""
-        if self.cache is None:
-            return [None] * len(keys)
-        try:
-            bodies = self.cache.get_many(list(keys))
-        except Exception as error:  # any fsspec backend's error: answer live instead
-            self._warn("read", f"The request cache at {self.cache.root} can't be read ({error}): sending instead.")
-            return [None] * len(keys)
-        answers: list[CachedAnswer | None] = []
-        for key, body, (endpoint, request) in zip(keys, bodies, requests, strict=True):
-            answer = None
-            if body is not None:
-                try:
-                    payload = json.loads(body)
-                except ValueError as error:  # UnicodeDecodeError included
-                    payload, problem = None, f"not JSON ({error})"
-                else:
-                    problem = answer_problem(endpoint, payload, request)
-                if problem is None:
-                    answer = CachedAnswer(body, payload)
-                else:
-                    self.discard(key, problem)
-            answers.append(answer)
-        return answers
-
-    def discard(self, key: str, problem: str) -> None:
-        """Log (once) that the entry of ``key`` is damaged; it is a miss, and the fresh
-        answer will overwrite it."""
-        path = self.cache.path(key) if self.cache is not None else key
-        self._warn(key, f"Ignoring the damaged request cache entry {path} ({problem}): it will be asked again.")
-
-    def store(self, key: str, body: bytes, usage: Usage, durable: bool = True) -> None:
-        """Store an answer; a failure never loses it (it is already on its way to the
-        caller): it is counted on ``usage`` and logged once per session. Without
-        ``durable``, :meth:`RequestCache.sync` must follow."""
-        if self.cache is None:
-            return
-        try:
-            self.cache.put(key, body, durable)
-        except Exception as error:  # OSError, or any fsspec backend's error
-            usage.add_cache_store_failure()
-            self._warn(
-                "store",
-                f"Could not store an answer in the request cache at {self.cache.path(key)} "
-                f"({type(error).__name__}: {error}); the answer "
-                "is kept in the output, but a re-run will ask again. Fix cache_dir, or set cache=False.",
-            )
-
-    def _warn(self, topic: str, message: str) -> None:
-        with self._warned_lock:  # cache I/O runs in worker threads
-            if topic in self._warned:
-                return
-            self._warned.add(topic)
-        dg.get_dagster_logger("llm_assets").warning(message)
 
     # -- usage ------------------------------------------------------------------------------
 

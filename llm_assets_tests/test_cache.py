@@ -94,8 +94,8 @@ def test_the_engine_and_the_clients_share_one_key_function(server, materialize):
         with openai.get_client(context, cache=True) as client:  # a client stores it…
             client.chat.completions.create(**call.body)
         session = openai.session
-        key = session.cache_keys.key(call.endpoint, call.body)
-        assert session.cached([key], [(call.endpoint, call.body)])[0] is not None  # …under the engine's key
+        key = session.answers.key(call.endpoint, call.body)
+        assert session.answers.cached([key], [(call.endpoint, call.body)])[0] is not None  # …under the engine's key
 
     materialize([both])
     assert len(server.stats.requests) == 1

@@ -120,6 +120,7 @@ class Governor:
         estimate: int,
         usage: Mapping[str, Any] | None,
         served: str | None,
+        *,
         answered: bool = True,
         batch: bool = False,
     ) -> None:

@@ -150,7 +150,7 @@ class Usage:
     def failed_attempts(self) -> int:
         return sum(self.failures.values())
 
-    def add_response(self, model: str | None, usage: Mapping[str, Any] | None, batch: bool = False) -> None:
+    def add_response(self, model: str | None, usage: Mapping[str, Any] | None, *, batch: bool = False) -> None:
         """Count one response of ``model`` carrying ``usage`` (``None`` when the server sent
         none); ``batch``: answered through the Batch API (priced at its rates)."""
         with self._lock:
@@ -316,8 +316,8 @@ class LiveUsage(Usage):
     def add_cache_store_failure(self) -> None:
         self._change(Usage.add_cache_store_failure)
 
-    def add_response(self, model: str | None, usage: Mapping[str, Any] | None, batch: bool = False) -> None:
-        self._change(lambda counters: Usage.add_response(counters, model, usage, batch))
+    def add_response(self, model: str | None, usage: Mapping[str, Any] | None, *, batch: bool = False) -> None:
+        self._change(lambda counters: Usage.add_response(counters, model, usage, batch=batch))
 
     def merge(self, other: Usage) -> None:
         self._change(lambda usage: Usage.merge(usage, other))

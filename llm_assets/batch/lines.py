@@ -3,7 +3,7 @@ for good, split into files at the API's limits.
 
 Example:
     >>> from llm_assets.calls import Call
-    >>> call = Call("Kirk", "/chat/completions", {"model": "m", "messages": []}, "row 0", lambda *a: a)
+    >>> call = Call("Kirk", "/chat/completions", {"model": "m", "messages": []}, "row 0", lambda body, **_: body)
     >>> ids = custom_ids("captains/answers", [call, call])
     >>> ids[1] == ids[0] + "-2"
     True

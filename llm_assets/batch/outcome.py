@@ -7,26 +7,25 @@ into the request's result; each failed line becomes that request's failure. What
 is decided by :meth:`BatchOutcome.finish`: the rows, or one error naming what failed.
 
 Example:
-    >>> outcome = BatchOutcome(session, calls, lines, usages, results)  # doctest: +SKIP
+    >>> outcome = BatchOutcome(governor, answers, calls, lines, usages, results)  # doctest: +SKIP
     >>> outcome.read_output(client.files.content(batch.output_file_id).iter_lines(), record)  # doctest: +SKIP
 """
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 
+from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import BatchLine
 from llm_assets.batch.records import Submission
 from llm_assets.cache.answers import answer_problem
+from llm_assets.cache.store import AnswerStore
 from llm_assets.calls import MALFORMED, Call, ErrorPolicy
 from llm_assets.errors import INVALID_OUTPUT, HookError, InvalidOutputError, LLMRequestError
-
-if TYPE_CHECKING:
-    from llm_assets.session import RunSession
 
 _SHOWN = 5  # failed rows named in an error
 _WRITERS = 8  # threads storing cache entries (file I/O releases the GIL)
@@ -67,14 +66,15 @@ class BatchOutcome:
 
     def __init__(
         self,
-        session: "RunSession",
+        governor: Governor,
+        answers: AnswerStore,
         calls: Sequence[Call[Any]],
         lines: Sequence[BatchLine],
         usages: Mapping[str | None, Usage],
         results: list[Any],
         ids: Sequence[str] = (),
     ) -> None:
-        self.session, self.calls, self.usages, self.results = session, calls, usages, results
+        self.governor, self.answers, self.calls, self.usages, self.results = governor, answers, calls, usages, results
         self.wanted = {line.custom_id: line for line in lines}
         self.known = set(ids) | set(self.wanted)  # every request of the run, the cached ones too
         self.answered: set[str] = set()
@@ -153,14 +153,14 @@ class BatchOutcome:
         if usage is not None:  # billed, whatever the body holds
             usage.add_response(served, reported, batch=True)
         requested = call.body.get("model")
-        self.session.governor.settle(requested, self.estimates.pop(cid, 0), reported, served, batch=True)
+        self.governor.settle(requested, self.estimates.pop(cid, 0), reported, served, batch=True)
         if cid in self.answered:
             return True
         problem = answer_problem(line.endpoint, body, call.body)
         try:
             if problem is not None:
                 raise ValueError(problem)
-            row = call.read(body, False, None)
+            row = call.read(body, cached=False, latency=None)
         except HookError:
             raise
         except InvalidOutputError as error:  # not asked again in a batch: a batch answers once
@@ -187,7 +187,7 @@ class BatchOutcome:
 
         def store(entries: list[tuple[str, bytes, Usage]]) -> None:
             for key, answer, usage in entries:
-                self.session.store(key, answer, usage, durable=False)
+                self.answers.store(key, answer, usage, durable=False)
 
         self._writes.append(self._writers.submit(store, self._unwritten))
         self._unwritten = []
@@ -197,8 +197,8 @@ class BatchOutcome:
         self._write()
         for write in self._writes:
             write.result()
-        if self._writes and self.session.cache is not None:
-            self.session.cache.sync()
+        if self._writes:
+            self.answers.sync()
         self._writes.clear()
 
     def _fail(self, cid: Any, message: str, kind: str) -> None:
@@ -217,7 +217,7 @@ class BatchOutcome:
         self._writers.shutdown()
         for cid, estimate in self.estimates.items():
             line = self.wanted[cid]
-            self.session.governor.settle(self.calls[line.index].body.get("model"), estimate, None, None, False)
+            self.governor.settle(self.calls[line.index].body.get("model"), estimate, None, None, answered=False)
         self.estimates.clear()
 
     def finish(self, on_error: ErrorPolicy, describe: Any) -> None:

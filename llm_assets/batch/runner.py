@@ -9,29 +9,28 @@ submitted for them (:mod:`~llm_assets.batch.records`), submits only what no batc
 keeps what they completed.
 
 Example:
-    >>> runner = BatchRunner(session, context, BatchSettings(), ErrorPolicy.FAIL, describe=str)  # doctest: +SKIP
+    >>> runner = BatchRunner(governor, answers, connect, context, settings, ErrorPolicy.FAIL, str)  # doctest: +SKIP
     >>> runner.run(calls, pending, cache_keys, usages, results)  # doctest: +SKIP
 """
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any
 
 import dagster as dg
 import openai
 
+from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import batch_lines, custom_ids, split_lines
 from llm_assets.batch.outcome import BatchOutcome, batch_problem
 from llm_assets.batch.records import Submission, SubmissionStore
 from llm_assets.batch.settings import BatchSettings
 from llm_assets.batch.submit import DONE, Job, Submitter
+from llm_assets.cache.store import AnswerStore
 from llm_assets.calls import Call, ErrorPolicy
 from llm_assets.errors import ConfigurationError, LLMRequestError
-
-if TYPE_CHECKING:
-    from llm_assets.session import RunSession
 
 
 class StillRunningError(LLMRequestError):
@@ -39,29 +38,44 @@ class StillRunningError(LLMRequestError):
 
 
 class BatchRunner:
-    """Runs one materialization's requests through the Batch API (see the module docstring)."""
+    """Runs one materialization's requests through the Batch API (see the module docstring).
+
+    Args:
+        governor: reserves every new line's estimate at once, and settles each answer.
+        answers: where answers are stored; its cache location keeps the batch records.
+        connect: opens the client the Files and Batches API calls go through (metered).
+        context, settings, on_error: the asset's context, the batch settings, and what a
+            failed line does; ``describe``: text about prompts as it may be logged.
+        reads: whether the run reads the cache (else a batch already collected is asked again).
+        max_retries: retries of a ``batches.create`` that failed on the way.
+    """
 
     def __init__(
         self,
-        session: "RunSession",
+        governor: Governor,
+        answers: AnswerStore,
+        connect: Callable[[], AbstractContextManager[openai.OpenAI]],
         context: dg.AssetExecutionContext,
         settings: BatchSettings,
         on_error: ErrorPolicy,
         describe: Callable[[str], str],
+        *,
         reads: bool = True,
+        max_retries: int = 2,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if session.cache is None:
+        if answers.files is None:
             raise ConfigurationError(
                 "Batch mode keeps its submissions and results next to the request cache: set "
                 "OpenAIResource(cache=True) (the default) and a writable cache_dir, or use run config mode: LIVE."
             )
-        self.session, self.context, self.settings, self.on_error = session, context, settings, on_error
-        self.describe, self.sleep, self.clock, self.reads = describe, sleep, clock, reads
-        self.store = SubmissionStore(session.cache.root)
+        self.governor, self.answers, self.connect = governor, answers, connect
+        self.context, self.settings, self.on_error = context, settings, on_error
+        self.describe, self.sleep, self.clock, self.reads, self.max_retries = describe, sleep, clock, reads, max_retries
+        self.store = SubmissionStore(answers.files.root)
         self.asset = context.asset_key.to_user_string()
-        self.backend = session.cache_keys.identity  # records of another backend are not this run's to touch
+        self.backend = answers.keys.identity  # records of another backend are not this run's to touch
 
     def run(
         self,
@@ -77,9 +91,13 @@ class BatchRunner:
         if not pending and not records:
             return
         ids = custom_ids(self.asset, calls)
-        outcome = BatchOutcome(self.session, calls, batch_lines(ids, calls, pending, keys), usages, results, ids)
-        submitter = Submitter(self.session, self.context, self.settings, self.store)
-        with closing(self.session.client(None)) as client:
+        outcome = BatchOutcome(
+            self.governor, self.answers, calls, batch_lines(ids, calls, pending, keys), usages, results, ids
+        )
+        submitter = Submitter(
+            self.governor, self.answers.keys, self.context, self.settings, self.store, self.max_retries
+        )
+        with self.connect() as client:
             try:
                 submitter.api(lambda: client.batches.list(limit=1), "/batches")  # is there a Batch API?
                 jobs = self._attach(client, records, outcome)

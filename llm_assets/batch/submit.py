@@ -3,28 +3,27 @@ record, upload, record, ``create``, record (:mod:`~llm_assets.batch.records`), a
 ``create`` answer looked for by fingerprint before it is retried.
 
 Example:
-    >>> submitter = Submitter(session, context, BatchSettings(), store)  # doctest: +SKIP
+    >>> submitter = Submitter(governor, keys, context, BatchSettings(), store)  # doctest: +SKIP
     >>> job = submitter.submit(client, lines, part=1, parts=1)  # doctest: +SKIP
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 import openai
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from llm_assets.accounting.governance import Governor
 from llm_assets.accounting.limits import request_estimate
 from llm_assets.batch.lines import API_PREFIX, BatchLine, fingerprint
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
 from llm_assets.batch.settings import BatchSettings
+from llm_assets.cache.keys import CacheKeys
 from llm_assets.calls import Call
 from llm_assets.errors import ConfigurationError, GovernanceError
-
-if TYPE_CHECKING:
-    from llm_assets.session import RunSession
 
 DONE = ("completed", "failed", "expired", "cancelled")
 #: Failures of ``batches.create`` that are retried (as the SDK would), after a lookup.
@@ -44,21 +43,28 @@ class Submitter:
     batches it created, for a termination to cancel."""
 
     def __init__(
-        self, session: "RunSession", context: dg.AssetExecutionContext, settings: BatchSettings, store: SubmissionStore
+        self,
+        governor: Governor,
+        keys: CacheKeys,
+        context: dg.AssetExecutionContext,
+        settings: BatchSettings,
+        store: SubmissionStore,
+        max_retries: int = 2,
     ) -> None:
-        self.session, self.context, self.settings, self.store = session, context, settings, store
+        self.governor, self.keys, self.context, self.settings, self.store = governor, keys, context, settings, store
+        self.max_retries = max_retries
         self.asset = context.asset_key.to_user_string()
-        self.backend = session.cache_keys.identity
+        self.backend = keys.identity
         self.created: list[Job] = []
         self.creating: Submission | None = None  # recorded, its create maybe sent, its id not yet known
 
     def reserve(self, calls: Sequence[Call[Any]], lines: Sequence[BatchLine], outcome: BatchOutcome) -> None:
         """Reserve every new line's estimate with the governor at once, or refuse the lot."""
-        if not self.session.governor.active:
+        if not self.governor.active:
             return
         models = [calls[line.index].body.get("model") for line in lines]
         estimates = [request_estimate(line.data, calls[line.index].body) for line in lines]
-        reason = self.session.governor.refusal_of_all(list(zip(models, estimates, strict=True)))
+        reason = self.governor.refusal_of_all(list(zip(models, estimates, strict=True)))
         if reason is not None:
             raise GovernanceError(f"The batch was not submitted: {reason}")
         outcome.estimates.update((line.custom_id, estimate) for line, estimate in zip(lines, estimates, strict=True))
@@ -128,7 +134,7 @@ class Submitter:
 
         retrying = Retrying(
             retry=retry_if_exception_type(_RETRIED),
-            stop=stop_after_attempt(self.session.max_retries + 1),
+            stop=stop_after_attempt(self.max_retries + 1),
             wait=wait_exponential_jitter(multiplier=0.5, max=8),
             reraise=True,
         )
@@ -142,7 +148,7 @@ class Submitter:
             if error.status_code not in (404, 405, 501):
                 raise
             raise ConfigurationError(
-                f"The server at {self.session.cache_keys.base_url} has no Batch API (HTTP {error.status_code} on "
+                f"The server at {self.keys.base_url} has no Batch API (HTTP {error.status_code} on "
                 f"{path}): use run config mode: LIVE for it."
             ) from None
 

@@ -61,10 +61,10 @@ class RequestCache:
         found = self.root.fs.cat(list(paths.values()), on_error="omit") if paths else {}
         return [found.get(paths[key]) if key else None for key in keys]
 
-    def put(self, key: str, body: bytes, durable: bool = True) -> None:
+    def put(self, key: str, body: bytes, *, durable: bool = True) -> None:
         """Store ``body`` under ``key``: atomic, and durable (see the module docstring)
         unless many writes leave that to one :meth:`sync` at the end."""
-        self._write(self.path(key), body, durable)
+        self._write(self.path(key), body, durable=durable)
 
     def sync(self) -> None:
         """Make every write so far durable: one ``sync`` of the disks instead of two
@@ -72,7 +72,7 @@ class RequestCache:
         if self._local:
             os.sync()
 
-    def _write(self, path: UPath, body: bytes, durable: bool = True) -> None:
+    def _write(self, path: UPath, body: bytes, *, durable: bool = True) -> None:
         if not self._local:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(body)  # one PUT: object stores never show a partial object

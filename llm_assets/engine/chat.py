@@ -4,7 +4,7 @@ Example:
     >>> request = ChatRequest("Picard", 0, "Tea?", ({"role": "user", "content": "Tea?"},), {"model": "m"})
     >>> (call,) = ChatCalls([request])
     >>> body = {"model": "m", "choices": [{"message": {"content": "Earl Grey."}, "finish_reason": "stop"}]}
-    >>> call.read(body, False, 0.2).answer
+    >>> call.read(body, cached=False, latency=0.2).answer
     'Earl Grey.'
 """
 
@@ -45,7 +45,7 @@ class ChatRequest:
         where = f"partition {self.partition_key!r} " if self.partition_key is not None else ""
         return f"{where}row {self.row} (prompt {self.prompt[:60]!r})"
 
-    def answered(self, body: Mapping[str, Any], cached: bool, latency: float) -> AnswerRow:
+    def answered(self, body: Mapping[str, Any], *, cached: bool, latency: float | None) -> AnswerRow:
         """The row of a successful response (a body without choices is malformed: retried;
         a structured answer that does not validate raises :class:`InvalidOutputError`)."""
         choice = body["choices"][0]
@@ -111,7 +111,7 @@ class ChatCalls(Sequence[Call[AnswerRow]]):
             "/chat/completions",
             {"messages": list(request.messages), **request.params},
             request.describe(),
-            lambda body, cached, latency: self._finish(request.answered(body, cached, latency), body),
+            lambda body, *, cached, latency: self._finish(request.answered(body, cached=cached, latency=latency), body),
             failed=lambda message: self._finish(request.failed(message), {}),
         )
 

@@ -69,7 +69,7 @@ def vector(embedding: str | list[float]) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
-def _read(body: dict[str, Any], cached: bool, latency: float, expected: int) -> EmbeddingResult:
+def _read(body: dict[str, Any], *, cached: bool, latency: float | None, expected: int) -> EmbeddingResult:
     """The vectors of an embeddings response to ``expected`` inputs, in input order; another
     count, or vectors of unequal length, is a malformed body (``ValueError``)."""
     ordered = sorted(body["data"], key=lambda d: d["index"])

@@ -7,8 +7,10 @@ cache in one batch (a re-run of unchanged inputs costs file reads, not requests)
 POSTs the rest, ``max_concurrency`` workers each taking the next call as theirs finishes,
 through :mod:`~llm_assets.engine.sender` (aiohttp directly by default, with the official
 client's retry contract: same retried statuses, ``Retry-After``, backoff, ``max_retries``
-and errors). Each request is billed to its partition's usage counter, metered from its
-own HTTP response. In ``RequestMode.BATCH`` the rest go through the Batch API instead
+and errors; every retry is in :mod:`~llm_assets.engine.retries`). The engine hands each
+part only the session's pieces it uses: the gate, the answer store, the settings. Each
+request is billed to its partition's usage counter, metered from its own HTTP response.
+In ``RequestMode.BATCH`` the rest go through the Batch API instead
 (:class:`~llm_assets.batch.runner.BatchRunner`): same rows, same usage keys, half the price.
 
 Example:
@@ -20,11 +22,12 @@ Example:
 import asyncio
 import gc
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager, closing
+from typing import Any, TypeVar
 
 import dagster as dg
+import openai
 
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.runner import BatchRunner
@@ -40,25 +43,33 @@ from llm_assets.engine.embeddings import (
 )
 from llm_assets.engine.progress import Progress
 from llm_assets.engine.results import OnPartition, Results
+from llm_assets.engine.retries import RetryPolicy
 from llm_assets.engine.rows import AnswerRow
-from llm_assets.engine.sender import Sender, SendPath, poster
+from llm_assets.engine.sender import Poster, SDKPoster, Sender, SendPath
 from llm_assets.errors import HookError
-from llm_assets.http.pools import loop_factory
+from llm_assets.http.contract import SDKContract
+from llm_assets.http.direct import DirectClient
 from llm_assets.redaction import redact
 from llm_assets.session import RunSession
 
-if TYPE_CHECKING:
-    from llm_assets.resource import OpenAIResource
-
 T = TypeVar("T")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where installed (less CPU per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class Engine:
     """Runs chat and embedding requests for one asset of one step.
 
     Args:
-        session: the resource's session (clients, cache, limits, ledger), or the
-            :class:`~llm_assets.OpenAIResource` itself.
+        session: the resource's session (``OpenAIResource(...).session``, or the resource
+            itself): its gate, answer store and settings.
         context: the asset's execution context; usage lands on its asset, per partition.
         max_concurrency: requests in flight at once (defaults to the resource's).
         cache: how to use the request cache (default: answer from it, store new answers).
@@ -73,7 +84,7 @@ class Engine:
 
     def __init__(
         self,
-        session: "RunSession | OpenAIResource",
+        session: Any,
         context: dg.AssetExecutionContext,
         *,
         max_concurrency: int | None = None,
@@ -83,10 +94,10 @@ class Engine:
         max_parse_retries: int = 2,
         path: SendPath = SendPath.DIRECT,
     ) -> None:
-        self.session = session if isinstance(session, RunSession) else session.session
+        self.session: RunSession = session if isinstance(session, RunSession) else session.session
         self.context = context
-        self.max_concurrency = max_concurrency or self.session.max_concurrency
-        self.cache = self.session.cache_mode(cache)
+        self.max_concurrency = max_concurrency or self.session.settings.max_concurrency
+        self.cache = self.session.answers.mode(cache)
         self.on_error = on_error
         self.mode = RequestMode(mode)
         self.max_parse_retries = max_parse_retries
@@ -147,10 +158,7 @@ class Engine:
                 keys = self._cache_keys(calls)
                 pending = runner.run(self._answer_from_cache(calls, keys, usages, results, progress))
                 if self.mode is RequestMode.BATCH:  # polls in this thread: a termination reaches it
-                    batch = BatchRunner(
-                        self.session, self.context, self.session.batch, self.on_error, self._text, self.cache.reads
-                    )
-                    batch.run(calls, pending, keys, usages, results)
+                    self._batch_runner().run(calls, pending, keys, usages, results)
                 elif pending:
                     runner.run(self._send(calls, pending, keys, usages, results, progress))
                 return results.in_order()
@@ -160,11 +168,37 @@ class Engine:
             self.seconds = time.perf_counter() - started
 
     def _cache_keys(self, calls: Sequence[Call[Any]]) -> list[str | None]:
-        """The cache keys of ``calls`` where the run reads them; in batch mode always (a
-        batch's answers are paid for: they are stored whatever the cache mode)."""
-        if self.cache.reads or self.mode is RequestMode.BATCH:
-            return [self.session.cache_keys.key(call.endpoint, call.body) for call in calls]
+        """The cache keys of ``calls`` where the run stores answers (``None``: not stored);
+        in batch mode always (a batch's answers are paid for: stored whatever the cache mode)."""
+        if self.cache.writes or self.mode is RequestMode.BATCH:
+            return [self.session.answers.key(call.endpoint, call.body) for call in calls]
         return [None] * len(calls)
+
+    def _batch_runner(self) -> BatchRunner:
+        """What sends this run's requests in batch mode, given the session's parts."""
+        session = self.session
+        return BatchRunner(
+            session.gate.governor,
+            session.answers,
+            lambda: closing(session.client(None)),
+            self.context,
+            session.settings.batch,
+            self.on_error,
+            self._text,
+            reads=self.cache.reads,
+            max_retries=session.settings.max_retries,
+        )
+
+    @asynccontextmanager
+    async def _poster(self, contract: SDKContract) -> AsyncIterator[Poster]:
+        """What this run's requests are posted through (see :class:`SendPath`)."""
+        if self.path is SendPath.DIRECT:
+            session = self.session
+            async with DirectClient(contract, session.gate, session.answers, self.max_concurrency) as client:
+                yield client
+            return
+        async with self.session.async_client(None, self.cache) as sdk:
+            yield SDKPoster(sdk, looked_up=self.cache.reads)
 
     async def _send(
         self,
@@ -178,28 +212,34 @@ class Engine:
         """Send ``calls[i]`` for ``i`` in ``pending``, ``max_concurrency`` at a time (one
         worker each, taking the next as it finishes), results into ``results``; ``keys``:
         their cache keys where already computed."""
-        errors: list[Exception] = []
-        work = iter(pending)
-        async with poster(self.session, self.path, self.cache, self.max_concurrency) as post:
-            sender = Sender(post, self.session, self.on_error, self.max_parse_retries, self.context.log.warning)
+        contract = SDKContract(openai.AsyncOpenAI(**self.session.client_kwargs))
+        try:
+            async with self._poster(contract) as poster:
+                secret = self.session.client_kwargs.get("api_key")
+                policy = RetryPolicy(contract, self.max_parse_retries)
+                sender = Sender(poster, policy, self.on_error, self.context.log.warning, self._text, secret)
+                errors: list[Exception] = []
+                work = iter(pending)
 
-            async def worker() -> None:
-                for index in work:
-                    if errors:  # after a failure nothing new is sent; what is in flight finishes
+                async def worker() -> None:
+                    for index in work:
+                        if errors:  # after a failure nothing new is sent; what is in flight finishes
+                            return
+                        call = calls[index]
+                        try:
+                            outcome = await sender.outcome(call, usages[call.partition_key], keys[index])
+                            if not isinstance(outcome, Exception):
+                                progress.step(call.items)
+                                results[index] = outcome  # may complete a partition: its frame is built now
+                                continue
+                        except Exception as error:  # user code on the path (a translator, a frame): stop, don't cancel
+                            outcome = error
+                        errors.append(outcome)  # what is in flight finishes (and is cached) first
                         return
-                    call = calls[index]
-                    try:
-                        outcome = await sender.outcome(call, usages[call.partition_key], keys[index])
-                        if not isinstance(outcome, Exception):
-                            progress.step(call.items)
-                            results[index] = outcome  # may complete a partition: its frame is built now
-                            continue
-                    except Exception as error:  # user code on the path (a translator, a frame): stop, don't cancel
-                        outcome = error
-                    errors.append(outcome)  # what is in flight finishes (and is cached) first
-                    return
 
-            await asyncio.gather(*(worker() for _ in range(min(self.max_concurrency, len(pending)))))
+                await asyncio.gather(*(worker() for _ in range(min(self.max_concurrency, len(pending)))))
+        finally:
+            await contract.aclose()
         if errors:
             raise errors[0]
 
@@ -215,17 +255,17 @@ class Engine:
         if not self.cache.reads:
             return list(range(len(calls)))
         requests = ((call.endpoint, call.body) for call in calls)  # each call built as it is read
-        answers = await asyncio.to_thread(self.session.cached, keys, requests)
+        answers = await asyncio.to_thread(self.session.answers.cached, keys, requests)
         pending = []
         for index, (key, answer) in enumerate(zip(keys, answers, strict=True)):
             if answer is not None:
                 call = calls[index]
                 try:
-                    result = call.read(answer.payload, True, 0.0)
+                    result = call.read(answer.payload, cached=True, latency=0.0)
                 except HookError:
                     raise
                 except MALFORMED as error:  # damaged in a way only the reader sees: ask again
-                    self.session.discard(key, f"{type(error).__name__}: {error}")
+                    self.session.answers.discard(key, f"{type(error).__name__}: {error}")
                 else:
                     usages[call.partition_key].add_cache_hit(answer.model)
                     progress.step(call.items)
@@ -236,4 +276,4 @@ class Engine:
 
     def _text(self, text: str) -> str:
         """Text about prompts as the library may log it (redacted when asked)."""
-        return redact(text) if self.session.redact_text else text
+        return redact(text) if self.session.settings.redact_text else text

@@ -1,11 +1,13 @@
-"""How the engine sends one call: through the direct path or the SDK, asked again while a
-structured answer does not validate, and its failure named.
+"""How the engine sends one call: posted by the direct path or the SDK, asked again per
+the :class:`~llm_assets.engine.retries.RetryPolicy`, and its failure named.
 
-:func:`poster` opens what the engine's requests go through for one run:
-:class:`~llm_assets.http.direct.DirectClient` (``SendPath.DIRECT``, the default: aiohttp
-with the SDK's retry contract) or the official ``openai.AsyncOpenAI`` over the metered
-transports (``SendPath.SDK``). Both meter, cache, govern and pace each request through
-the same :class:`~llm_assets.http.exchange.Exchange`, and raise the SDK's errors.
+A :class:`Poster` sends one call's POST: :class:`~llm_assets.http.direct.DirectClient`
+(``SendPath.DIRECT``, the default: aiohttp with the SDK's retry contract) or
+:class:`SDKPoster` (``SendPath.SDK``: the official ``openai.AsyncOpenAI`` over the
+metered transports). Both meter, cache, govern and pace each request through the same
+:class:`~llm_assets.http.exchange.Exchange`, raise the SDK's errors, and raise
+:class:`~llm_assets.errors.GovernanceError` for a refused request. :class:`Sender` turns
+their answers into the call's result.
 
 Example:
     >>> SendPath("sdk")
@@ -14,18 +16,15 @@ Example:
 
 import enum
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import openai
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from llm_assets.accounting.governance import REFUSAL_CODE
 from llm_assets.accounting.usage import Usage
-from llm_assets.cache import CacheMode
 from llm_assets.calls import MALFORMED, Call, ErrorPolicy
+from llm_assets.engine.retries import RetryPolicy
 from llm_assets.engine.structured import style_hint
 from llm_assets.errors import (
     INVALID_OUTPUT,
@@ -36,16 +35,11 @@ from llm_assets.errors import (
     MalformedResponseError,
 )
 from llm_assets.http.attribution import billed_to
-from llm_assets.http.direct import DirectClient
 from llm_assets.http.pools import httpx
-from llm_assets.redaction import mask_secrets, redact
-from llm_assets.session import RunSession
+from llm_assets.http.transport import REFUSAL_CODE
+from llm_assets.redaction import mask_secrets
 
 T = TypeVar("T")
-
-#: ``post(call, usage, key)``: the decoded answer to one attempt of ``call`` (``None``: a 2xx
-#: body that is not JSON), retried by the SDK's contract on HTTP and connection errors.
-Post = Callable[[Call[Any], Usage, str | None], Awaitable[Any]]
 
 
 class SendPath(enum.Enum):
@@ -55,117 +49,106 @@ class SendPath(enum.Enum):
     SDK = "sdk"  # the official openai.AsyncOpenAI's post()
 
 
-@asynccontextmanager
-async def poster(session: RunSession, path: SendPath, cache: CacheMode, connections: int) -> AsyncIterator[Post]:
-    """The ``post`` of one engine run over ``path``; the engine has looked every call up in
-    the request cache already (``cache`` still stores answers)."""
-    if path is SendPath.DIRECT:
-        async with DirectClient(session, cache, connections) as client:
+class Poster(Protocol):
+    """Sends one call's POST, with the HTTP retries of the SDK's contract."""
 
-            async def post(call: Call[Any], usage: Usage, key: str | None) -> Any:
-                return await client.post(call.endpoint, call.body, usage, key)
+    async def post(self, endpoint: str, body: dict[str, Any], usage: Usage, key: str | None) -> Any:
+        """The decoded answer (``None``: a 2xx body that is not JSON), billed to ``usage``
+        and stored under cache ``key``."""
+        ...
 
-            yield post
-        return
-    async with session.async_client(None, cache) as sdk:
 
-        async def post_via_sdk(call: Call[Any], usage: Usage, key: str | None) -> Any:  # the transport keys it
-            with billed_to(usage, looked_up=cache.reads):
-                response = await sdk.post(call.endpoint, cast_to=httpx.Response, body=call.body)
+class SDKPoster:
+    """Posts through the official ``client`` (over a session's metered transport, which
+    keys the cache itself; ``looked_up``: the engine already read the cache)."""
+
+    def __init__(self, client: openai.AsyncOpenAI, *, looked_up: bool) -> None:
+        self.client, self.looked_up = client, looked_up
+
+    async def post(self, endpoint: str, body: dict[str, Any], usage: Usage, key: str | None) -> Any:
+        with billed_to(usage, looked_up=self.looked_up):
             try:
-                return response.json()
-            except ValueError:
-                return None
-
-        yield post_via_sdk
+                response = await self.client.post(endpoint, cast_to=httpx.Response, body=body)
+            except openai.APIStatusError as error:
+                if isinstance(error.body, dict) and error.body.get("code") == REFUSAL_CODE:
+                    raise GovernanceError(error.body["message"]) from None  # the transport's 403, decoded once
+                raise
+        try:
+            return response.json()
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
 class Sender:
-    """Sends calls with ``post``: HTTP and connection errors retried by the SDK's contract,
-    malformed 2xx bodies by tenacity (same count, exponential backoff with jitter), and
-    structured answers that do not validate asked again up to ``max_parse_retries`` times."""
+    """Sends calls with ``poster``, asked again per ``policy``; a failure is named
+    (``describe``: text about prompts as it may be logged; ``secret``: masked in
+    messages) and, under ``on_error=RECORD``, recorded in its row and logged by ``warn``."""
 
-    post: Post
-    session: RunSession
+    poster: Poster
+    policy: RetryPolicy
     on_error: ErrorPolicy
-    max_parse_retries: int
-    warn: Callable[[str], None]  # logs a failure recorded in its row
+    warn: Callable[[str], None]
+    describe: Callable[[str], str] = str
+    secret: str | None = None
 
     async def outcome(self, call: Call[T], usage: Usage, key: str | None = None) -> T | LLMRequestError:
         """The call's result, a recorded failure, or the error that stops the run (``key``:
-        its cache key, when the engine computed it already)."""
+        its cache key; ``None``: its answer is not stored)."""
         try:
-            return await self._send(call, usage, key)
+            return await self.send(call, usage, key)
         except LLMRequestError as error:
             if self.on_error is ErrorPolicy.FAIL or call.failed is None or isinstance(error, GovernanceError):
                 return error
             self.warn(str(error))
             return call.failed(error.recorded)
 
-    async def _send(self, call: Call[T], usage: Usage, key: str | None) -> T:
-        """One call, asked again while its structured answer does not validate."""
-        for attempt in range(self.max_parse_retries + 1):
+    async def send(self, call: Call[T], usage: Usage, key: str | None = None) -> T:
+        """The call's result, asked again while the policy says so; else one
+        :class:`~llm_assets.errors.LLMRequestError` naming the call."""
+        malformed = invalid = 0
+        while True:
             try:
-                return await self._send_once(call, usage, key)
+                return await self._attempt(call, usage, key)
+            except MalformedResponseError as error:
+                if not self.policy.retries_malformed(malformed):
+                    raise LLMRequestError(self._failure(call, error)) from None
+                await self.policy.wait_malformed(malformed)
+                malformed += 1
             except InvalidOutputError as error:
-                if attempt == self.max_parse_retries or not error.retry:
-                    why = f"{INVALID_OUTPUT} after {attempt + 1} attempt(s): the answer {self.text(str(error))}"
-                    raise LLMRequestError(f"Request for {self.text(call.description)} failed: {why}", why) from None
+                if not self.policy.reasks(error, invalid):
+                    why = f"{INVALID_OUTPUT} after {invalid + 1} attempt(s): the answer {self.describe(str(error))}"
+                    raise LLMRequestError(f"Request for {self.describe(call.description)} failed: {why}", why) from None
                 usage.add_parse_retry()
-        raise AssertionError("unreachable")
-
-    async def _send_once(self, call: Call[T], usage: Usage, key: str | None) -> T:
-        async def attempt() -> T:
-            sent = time.perf_counter()
-            body = await self.post(call, usage, key)
-            if not isinstance(body, dict):  # the exchange counted this failed attempt
-                raise MalformedResponseError("malformed response body (not a JSON object)")
-            try:
-                return call.read(body, False, time.perf_counter() - sent)
-            except (HookError, InvalidOutputError):
-                raise
-            except MALFORMED as error:
-                usage.add_failed_attempt("malformed")
-                raise MalformedResponseError(f"malformed response body ({type(error).__name__}: {error})") from error
-
-        try:
-            try:
-                return await attempt()
-            except MalformedResponseError:
-                if self.session.max_retries == 0:
-                    raise
-            retrying = AsyncRetrying(  # only built on the rare malformed body
-                retry=retry_if_exception_type(MalformedResponseError),
-                stop=stop_after_attempt(self.session.max_retries),
-                wait=wait_exponential_jitter(multiplier=0.5, max=8),
-                reraise=True,
-            )
-            return await retrying(attempt)
-        except openai.APIStatusError as error:
-            if isinstance(error.body, dict) and error.body.get("code") == REFUSAL_CODE:
-                raise GovernanceError(
-                    f"Request for {self.text(call.description)} was not sent: {error.body['message']}"
+                invalid, malformed = invalid + 1, 0  # a new question: its own malformed retries
+            except GovernanceError as error:
+                raise GovernanceError(f"Request for {self.describe(call.description)} was not sent: {error}") from None
+            except openai.OpenAIError as error:
+                raise LLMRequestError(self._failure(call, error)) from None
+            except UnicodeEncodeError as error:  # the factories check their texts; a translator may not
+                raise LLMRequestError(
+                    f"Request for {self.describe(call.description)} holds text that can't be sent "
+                    f"({error.reason} at {error.start}): clean it, e.g. with .encode('utf-8', 'replace').decode()."
                 ) from None
-            raise LLMRequestError(self._failure(call, error)) from None
-        except (openai.OpenAIError, MalformedResponseError) as error:
-            raise LLMRequestError(self._failure(call, error)) from None
-        except UnicodeEncodeError as error:  # the factories check their texts; a translator may not
-            raise LLMRequestError(
-                f"Request for {self.text(call.description)} holds text that can't be sent "
-                f"({error.reason} at {error.start}): clean it, e.g. with .encode('utf-8', 'replace').decode()."
-            ) from None
+
+    async def _attempt(self, call: Call[T], usage: Usage, key: str | None) -> T:
+        """One POST of ``call`` (with its HTTP retries), read into its result."""
+        sent = time.perf_counter()
+        body = await self.poster.post(call.endpoint, call.body, usage, key)
+        if not isinstance(body, dict):  # the exchange counted this failed attempt
+            raise MalformedResponseError("malformed response body (not a JSON object)")
+        try:
+            return call.read(body, cached=False, latency=time.perf_counter() - sent)
+        except (HookError, InvalidOutputError):
+            raise
+        except MALFORMED as error:
+            usage.add_failed_attempt("malformed")
+            raise MalformedResponseError(f"malformed response body ({type(error).__name__}: {error})") from error
 
     def _failure(self, call: Call[Any], error: BaseException) -> str:
         """The server's own message for an API error, else the error; secrets masked (a
         server may echo the key it was sent)."""
-        message = (
-            f"HTTP {error.status_code}: {error.message}" if isinstance(error, openai.APIStatusError) else str(error)
-        )
-        hint = style_hint(call.body, message) if isinstance(error, openai.APIStatusError) else ""
-        api_key = self.session.client_kwargs["api_key"]
-        return f"Request for {self.text(call.description)} failed: {mask_secrets(message, api_key)}{hint}"
-
-    def text(self, text: str) -> str:
-        """Text about prompts as the library may log it (redacted when asked)."""
-        return redact(text) if self.session.redact_text else text
+        api_error = isinstance(error, openai.APIStatusError)
+        message = f"HTTP {error.status_code}: {error.message}" if api_error else str(error)
+        hint = style_hint(call.body, message) if api_error else ""
+        return f"Request for {self.describe(call.description)} failed: {mask_secrets(message, self.secret)}{hint}"

@@ -49,6 +49,10 @@ class SDKContract:
         self.max_retries = client.max_retries
         self._options = FinalRequestOptions.construct(method="post", url="/", json_data={})
 
+    async def aclose(self) -> None:
+        """Close the client this contract asks (it never sends, but holds an HTTP client)."""
+        await self.client.close()
+
     async def template(self, endpoint: str) -> tuple[str, dict[str, str]]:
         """The URL and headers the client sends a POST to ``endpoint`` with (built once by
         the client itself; the body's own headers and the retry count are per request)."""

@@ -8,14 +8,16 @@ official client itself), encodes bodies with orjson, and decodes each answer onc
 engine's row, the usage and the cached body all come from that one parse.
 
 Nothing else changes: the same :class:`~llm_assets.http.exchange.Exchange` as the
-SDK's transports (usage, governance, rate limits, the cache), and the official client's
-own retry contract (:class:`~llm_assets.http.contract.SDKContract`): same retried
-statuses, waits, ``max_retries`` and exception classes. User code that calls
+SDK's transports (usage, governance, rate limits), the same
+:class:`~llm_assets.cache.store.AnswerStore`, and the official client's own retry
+contract (:class:`~llm_assets.http.contract.SDKContract`): same retried statuses, waits,
+``max_retries`` and exception classes. A request the governor refuses raises
+:class:`~llm_assets.errors.GovernanceError` before anything is sent. User code that calls
 ``get_client()`` still gets the official client.
 
 Example:
-    >>> async def answer(session, usage):  # doctest: +SKIP
-    ...     async with DirectClient(session, CacheMode.OFF, connections=64) as client:
+    >>> async def answer(contract, gate, answers, usage):  # doctest: +SKIP
+    ...     async with DirectClient(contract, gate, answers, connections=64) as client:
     ...         return await client.post("/chat/completions", {"model": "m", "messages": []}, usage)
 """
 
@@ -23,22 +25,19 @@ import asyncio
 import json
 import math
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
-import openai
 import orjson
 from multidict import CIMultiDict
 
+from llm_assets.accounting.gate import Gate
 from llm_assets.accounting.usage import Usage
-from llm_assets.cache import CacheMode
+from llm_assets.cache.store import AnswerStore
 from llm_assets.http.body import BodyReader, BodySummary, decode_json, summarize
 from llm_assets.http.contract import RETRY_COUNT_HEADER, SDKContract
 from llm_assets.http.exchange import Exchange
 from llm_assets.http.pools import httpx, ssl_context
-
-if TYPE_CHECKING:
-    from llm_assets.session import RunSession
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -83,17 +82,17 @@ class _Reply(NamedTuple):
 
 class DirectClient:
     """Sends billed JSON POSTs for one engine run (see the module docstring). The caller
-    has already looked each one up in the request cache (``mode`` still stores answers).
+    has already looked each one up in the request cache.
 
     Args:
-        session: the resource's session: its configuration, cache, governor and limits.
-        mode: the run's cache mode.
+        contract: the official client's headers, retries and errors (its caller closes it).
+        gate: admits and paces each attempt.
+        answers: where an answer with a cache key is stored.
         connections: the most connections open at once (the engine's concurrency).
     """
 
-    def __init__(self, session: "RunSession", mode: CacheMode, connections: int) -> None:
-        self.session, self.mode, self.connections = session, mode, connections
-        self.contract = SDKContract(openai.AsyncOpenAI(**session.client_kwargs))
+    def __init__(self, contract: SDKContract, gate: Gate, answers: AnswerStore, connections: int) -> None:
+        self.contract, self.gate, self.answers, self.connections = contract, gate, answers, connections
         self._templates: dict[str, tuple[str, dict[str, str]]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -110,20 +109,18 @@ class DirectClient:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None):
         assert self._http is not None
         await self._http.close()
-        await self.contract.client.close()
 
     async def post(self, endpoint: str, body: dict[str, Any], usage: Usage, key: str | None = None) -> Any:
         """POST ``body`` to ``endpoint`` billed to ``usage``, retried as the SDK retries; the
-        decoded answer (``None``: a 2xx body that is not JSON, counted as malformed).
-        ``key``: its cache key, if the caller has it. Raises the SDK's ``APIStatusError`` /
-        ``APIConnectionError`` subclasses."""
+        decoded answer (``None``: a 2xx body that is not JSON, counted as malformed), stored
+        under ``key`` (``None``: not stored). Raises the SDK's ``APIStatusError`` /
+        ``APIConnectionError`` subclasses, or :class:`~llm_assets.errors.GovernanceError`."""
         url, headers = self._templates.get(endpoint) or await self._template(endpoint)
         content = encode(body)
         for taken in range(self.contract.max_retries + 1):
             retries_left = taken < self.contract.max_retries
-            exchange = Exchange(self.session, usage, self.mode, endpoint, content, body, True, key=key)  # per attempt
-            if (refusal := await exchange.refusal_off_loop()) is not None:
-                raise self.contract.status_error(url, 403, {}, orjson.dumps(refusal))
+            exchange = Exchange(self.gate, usage, endpoint, content, body, key=key)  # per attempt
+            await exchange.admit_async()
             reply = await self._attempt(exchange, url, headers, content, taken)
             if reply.status is None:  # no response: a timeout or a connection failure
                 if retries_left:
@@ -145,9 +142,7 @@ class DirectClient:
         assert self._http is not None
         status = None
         try:
-            if exchange.paced:
-                exchange.ticket = await self.session.limits.acquire(exchange.estimate, exchange.model)
-            exchange.sent = True
+            await exchange.go()
             sent = {**headers, RETRY_COUNT_HEADER: str(taken)}
             async with self._http.post(url, data=content, headers=sent) as response:
                 status = response.status
@@ -178,7 +173,7 @@ class DirectClient:
         summary = summarize(reply.body, decode_json(reply.body))
         stored = exchange.finished(summary, complete=True)
         if stored is not None:
-            await asyncio.to_thread(self.session.store, exchange.key, stored, exchange.usage)
+            await asyncio.to_thread(self.answers.store, exchange.key, stored, exchange.usage)
         return summary.answer
 
     async def _template(self, endpoint: str) -> tuple[str, dict[str, str]]:

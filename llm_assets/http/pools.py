@@ -1,21 +1,21 @@
-"""Connection pools shared by the clients of a session, the httpx the SDK speaks, and the
-event loop the engine runs them on.
+"""Connection pools shared by the clients of a session, and the httpx the SDK speaks.
 
 Example:
-    >>> pool = sync_pool()
+    >>> pool = SharedPool()
     >>> pool.close()
+    >>> pool.handle_request(httpx.Request("GET", "http://127.0.0.1:9/"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    RuntimeError: Cannot send a request, as the client has been closed: ...
 """
 
-import asyncio
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx  # the httpx that openai 3.x speaks
 
 from llm_assets import _compat
 
-__all__ = ["async_pool", "httpx", "loop_factory", "sync_pool"]
+__all__ = ["SharedPool", "async_pool", "httpx"]
 
 POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
@@ -26,8 +26,31 @@ def ssl_context() -> Any:
     return httpx.create_ssl_context()
 
 
-def sync_pool() -> httpx.BaseTransport:
-    return httpx.HTTPTransport(limits=POOL_LIMITS, verify=ssl_context())
+class SharedPool(httpx.BaseTransport):
+    """The sync connection pool every client of a session shares (``inner``: httpx's own
+    by default; a test passes an ``httpx.MockTransport``). Closing it (the resource's
+    teardown) makes every client over it refuse requests, as httpx does for a closed
+    client; the SDK does not retry that."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
+        self._inner = inner or httpx.HTTPTransport(limits=POOL_LIMITS, verify=ssl_context())
+        self.closed = False
+
+    def check_open(self) -> None:
+        """Raise unless the pool is open (a client used after its resource was torn down)."""
+        if self.closed:
+            raise RuntimeError(
+                "Cannot send a request, as the client has been closed: the OpenAIResource that made it was "
+                "torn down at the end of its run (or step)."
+            )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.check_open()
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self.closed = True
+        self._inner.close()
 
 
 def async_pool() -> httpx.AsyncBaseTransport:
@@ -36,12 +59,3 @@ def async_pool() -> httpx.AsyncBaseTransport:
     loop that will use it."""
     transport = _compat.aiohttp_transport(limits=POOL_LIMITS, verify=ssl_context())
     return transport or httpx.AsyncHTTPTransport(limits=POOL_LIMITS, verify=ssl_context())
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where installed (less CPU per request), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop

@@ -1,5 +1,5 @@
 """HTTP transports that meter usage, answer from the request cache and enforce the
-session's governance and rate limits, under an unmodified OpenAI client.
+governance and rate limits, under an unmodified OpenAI client.
 
 The OpenAI SDK talks HTTP through an httpx client; these transports sit under it and
 read each response body as the SDK consumes it. Because nothing above the HTTP layer is
@@ -25,41 +25,48 @@ Example (what ``RunSession.client`` does):
 """
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
+from llm_assets.accounting.gate import Gate
 from llm_assets.accounting.usage import BILLED_PATH_SUFFIXES, Usage
-from llm_assets.cache import CacheMode
+from llm_assets.cache.keys import CacheMode
+from llm_assets.cache.store import AnswerStore, CachedAnswer
+from llm_assets.errors import GovernanceError
 from llm_assets.http.attribution import notice, resolve_scope
 from llm_assets.http.body import ACCEPT_ENCODING, BodyReader
 from llm_assets.http.exchange import Exchange
-from llm_assets.http.pools import httpx
+from llm_assets.http.pools import SharedPool, httpx
 
-if TYPE_CHECKING:
-    from llm_assets.session import CachedAnswer, RunSession
+#: The ``code`` of the HTTP 403 an SDK client gets for a request the governor refused.
+REFUSAL_CODE = "llm_assets_refused"
 
 
 def is_metered(request: httpx.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith(BILLED_PATH_SUFFIXES)
 
 
-def _exchange(request: httpx.Request, session: "RunSession", usage: Usage | None, mode: CacheMode) -> Exchange:
-    """The :class:`Exchange` of a billed request reaching a transport."""
-    scope = resolve_scope(usage, session)
+def _exchange(
+    request: httpx.Request, gate: Gate, answers: AnswerStore, usage: Usage | None, mode: CacheMode, owner: object
+) -> tuple[Exchange, bool]:
+    """The :class:`Exchange` of a billed request reaching a transport, and whether to look
+    it up in the cache first."""
+    scope = resolve_scope(usage, owner)
     request.headers["accept-encoding"] = ACCEPT_ENCODING
-    endpoint = session.cache_keys.endpoint_of(request)
-    return Exchange(
-        session,
-        scope.usage,
-        mode,
-        endpoint or request.url.path,
-        request.content,
-        looked_up=scope.looked_up,
-        cacheable=endpoint is not None,
-    )
+    endpoint = answers.keys.endpoint_of(request)
+    cached = mode.writes and endpoint is not None  # OFF when the session has no cache (AnswerStore.mode)
+    payload = None
+    if cached or gate.active:  # else nothing reads the body: don't parse it
+        with contextlib.suppress(ValueError):
+            payload = json.loads(request.content)
+    key = answers.key(endpoint, payload) if cached and endpoint is not None else None
+    exchange = Exchange(gate, scope.usage, endpoint or request.url.path, request.content, payload, key=key)
+    return exchange, key is not None and mode.reads and not scope.looked_up
 
 
-def _hit(exchange: Exchange, request: httpx.Request, answer: "CachedAnswer | None") -> httpx.Response | None:
+def _hit(exchange: Exchange, request: httpx.Request, answer: CachedAnswer | None) -> httpx.Response | None:
     """The response of a cache hit (counted on the usage), or ``None`` on a miss."""
     if answer is None:
         return None
@@ -67,17 +74,18 @@ def _hit(exchange: Exchange, request: httpx.Request, answer: "CachedAnswer | Non
     return httpx.Response(200, headers={"content-type": "application/json"}, content=answer.body, request=request)
 
 
-def _refused(exchange: Exchange, request: httpx.Request) -> httpx.Response | None:
-    """The governor's 403, never sent, or ``None`` (its estimate is then reserved)."""
-    error = exchange.refusal()
-    return None if error is None else httpx.Response(403, json=error, request=request)
+def refusal_response(request: httpx.Request, refused: GovernanceError) -> httpx.Response:
+    """The OpenAI-style HTTP 403 an SDK client gets for a refused request (never retried)."""
+    error = {"message": str(refused), "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}
+    return httpx.Response(403, json={"error": error}, request=request)
 
 
-def _metered(exchange: Exchange, response: httpx.Response, stream_class: type) -> httpx.Response:
-    """``response`` with its body read for usage as the SDK consumes it."""
+def _metered(exchange: Exchange, response: httpx.Response, stream_class: type, answers: AnswerStore) -> httpx.Response:
+    """``response`` with its body read for usage as the SDK consumes it (a complete
+    answer stored in ``answers``)."""
     if exchange.observe(response.status_code, response.headers):
         reader = BodyReader(response.headers.get("content-encoding", ""), response.headers.get("content-type", ""))
-        response.stream = stream_class(response.stream, reader, exchange)
+        response.stream = stream_class(response.stream, reader, exchange, answers)
     return response
 
 
@@ -92,8 +100,8 @@ def failure_kind(error: httpx.TransportError) -> str:
 
 
 class _MeteredStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, reader: BodyReader, exchange: Exchange) -> None:
-        self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
+    def __init__(self, inner: httpx.SyncByteStream, reader: BodyReader, exchange: Exchange, answers: AnswerStore):
+        self._inner, self._reader, self._exchange, self._answers, self._done = inner, reader, exchange, answers, False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -105,8 +113,9 @@ class _MeteredStream(httpx.SyncByteStream):
             self._exchange.failed(failure_kind(error))
             raise
         self._done = True
-        if (body := self._exchange.finished(self._reader.finish(), True, self._reader.damaged)) is not None:
-            self._exchange.session.store(self._exchange.key, body, self._exchange.usage)
+        exchange = self._exchange
+        if (body := exchange.finished(self._reader.finish(), complete=True, damaged=self._reader.damaged)) is not None:
+            self._answers.store(exchange.key, body, exchange.usage)
 
     def close(self) -> None:
         try:
@@ -114,12 +123,12 @@ class _MeteredStream(httpx.SyncByteStream):
         finally:
             if not self._done:
                 self._done = True
-                self._exchange.finished(self._reader.finish(), False, self._reader.damaged)
+                self._exchange.finished(self._reader.finish(), complete=False, damaged=self._reader.damaged)
 
 
 class _AsyncMeteredStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, reader: BodyReader, exchange: Exchange) -> None:
-        self._inner, self._reader, self._exchange, self._done = inner, reader, exchange, False
+    def __init__(self, inner: httpx.AsyncByteStream, reader: BodyReader, exchange: Exchange, answers: AnswerStore):
+        self._inner, self._reader, self._exchange, self._answers, self._done = inner, reader, exchange, answers, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -131,9 +140,9 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
             self._exchange.failed(failure_kind(error))
             raise
         self._done = True
-        if (body := self._exchange.finished(self._reader.finish(), True, self._reader.damaged)) is not None:
-            exchange = self._exchange
-            await asyncio.to_thread(exchange.session.store, exchange.key, body, exchange.usage)
+        exchange = self._exchange
+        if (body := exchange.finished(self._reader.finish(), complete=True, damaged=self._reader.damaged)) is not None:
+            await asyncio.to_thread(self._answers.store, exchange.key, body, exchange.usage)
 
     async def aclose(self) -> None:
         try:
@@ -141,39 +150,55 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
         finally:
             if not self._done:
                 self._done = True
-                self._exchange.finished(self._reader.finish(), False, self._reader.damaged)
+                self._exchange.finished(self._reader.finish(), complete=False, damaged=self._reader.damaged)
 
 
-class MeteredTransport(httpx.BaseTransport):
-    """Sync transport of a session's client: bills ``usage`` (else the request's
-    :func:`~llm_assets.http.attribution.billed_to` scope) and uses the cache per
-    ``cache_mode``. The session's shared connection pool is not closed by it, but by the
-    session, at teardown; the transport refuses requests from then on."""
+class _Metering:
+    """What both transports hold: the transport under them (``inner``), the ``gate`` that
+    lets requests through, the ``answers`` used per ``cache_mode``, and whom a request is
+    billed to: ``usage``, else the request's :func:`~llm_assets.http.attribution.billed_to`
+    scope, or a :func:`~llm_assets.http.attribution.rerouted` block's counter for ``owner``."""
 
-    def __init__(self, session: "RunSession", usage: Usage | None = None, cache_mode: CacheMode = CacheMode.OFF):
-        self._session, self._usage, self._mode = session, usage, cache_mode
-        self._inner = session.sync_pool()
+    def __init__(
+        self,
+        inner: Any,
+        gate: Gate,
+        answers: AnswerStore,
+        usage: Usage | None = None,
+        cache_mode: CacheMode = CacheMode.OFF,
+        *,
+        owner: object = None,
+    ) -> None:
+        self._inner, self._gate, self._answers, self._usage = inner, gate, answers, usage
+        self._mode, self._owner = cache_mode, owner
+
+    def _exchange(self, request: httpx.Request) -> tuple[Exchange, bool]:
+        return _exchange(request, self._gate, self._answers, self._usage, self._mode, self._owner)
+
+
+class MeteredTransport(_Metering, httpx.BaseTransport):
+    """Sync transport of a session's client, over the session's shared pool (a
+    :class:`~llm_assets.http.pools.SharedPool`, closed by the session at teardown, not by
+    this transport, which refuses requests from then on). See :class:`_Metering`."""
+
+    _inner: SharedPool
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._session.closed:  # what httpx says of a closed client; the SDK does not retry it
-            raise RuntimeError(
-                "Cannot send a request, as the client has been closed: the OpenAIResource that made it was "
-                "torn down at the end of its run (or step)."
-            )
+        self._inner.check_open()  # a cache hit after teardown is refused too
         if not is_metered(request):
-            notice(self._session)
+            notice(self._owner)
             return self._inner.handle_request(request)
-        exchange = _exchange(request, self._session, self._usage, self._mode)
-        if exchange.reads:
-            answer = self._session.cached([exchange.key], [(exchange.endpoint, exchange.payload)])[0]
+        exchange, look_up = self._exchange(request)
+        if look_up:
+            answer = self._answers.cached([exchange.key], [(exchange.endpoint, exchange.payload)])[0]
             if (hit := _hit(exchange, request, answer)) is not None:
                 return hit
-        if (refused := _refused(exchange, request)) is not None:
-            return refused
         try:
-            if exchange.paced:
-                exchange.ticket = self._session.limits.acquire_blocking(exchange.estimate, exchange.model)
-            exchange.sent = True
+            exchange.admit()
+        except GovernanceError as refused:
+            return refusal_response(request, refused)
+        try:
+            exchange.go_blocking()
             response = self._inner.handle_request(request)
         except httpx.TransportError as error:
             exchange.failed(failure_kind(error))
@@ -181,38 +206,31 @@ class MeteredTransport(httpx.BaseTransport):
         except BaseException:
             exchange.abandoned()
             raise
-        return _metered(exchange, response, _MeteredStream)
+        return _metered(exchange, response, _MeteredStream, self._answers)
 
 
-class AsyncMeteredTransport(httpx.AsyncBaseTransport):
+class AsyncMeteredTransport(_Metering, httpx.AsyncBaseTransport):
     """Async twin of :class:`MeteredTransport` over its own pool (``inner``, opened on the
     event loop that uses it, and closed with this transport); cache I/O runs in a thread."""
 
-    def __init__(
-        self,
-        session: "RunSession",
-        inner: httpx.AsyncBaseTransport,
-        usage: Usage | None = None,
-        cache_mode: CacheMode = CacheMode.OFF,
-    ) -> None:
-        self._session, self._inner, self._usage, self._mode = session, inner, usage, cache_mode
+    _inner: httpx.AsyncBaseTransport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not is_metered(request):
-            notice(self._session)
+            notice(self._owner)
             return await self._inner.handle_async_request(request)
-        exchange = _exchange(request, self._session, self._usage, self._mode)
-        if exchange.reads:
+        exchange, look_up = self._exchange(request)
+        if look_up:
             requests = [(exchange.endpoint, exchange.payload)]
-            answer = (await asyncio.to_thread(self._session.cached, [exchange.key], requests))[0]
+            answer = (await asyncio.to_thread(self._answers.cached, [exchange.key], requests))[0]
             if (hit := _hit(exchange, request, answer)) is not None:
                 return hit
-        if (error := await exchange.refusal_off_loop()) is not None:
-            return httpx.Response(403, json=error, request=request)
         try:
-            if exchange.paced:
-                exchange.ticket = await self._session.limits.acquire(exchange.estimate, exchange.model)
-            exchange.sent = True
+            await exchange.admit_async()
+        except GovernanceError as refused:
+            return refusal_response(request, refused)
+        try:
+            await exchange.go()
             response = await self._inner.handle_async_request(request)
         except httpx.TransportError as error:
             exchange.failed(failure_kind(error))
@@ -220,7 +238,7 @@ class AsyncMeteredTransport(httpx.AsyncBaseTransport):
         except BaseException:  # cancelled: the engine stopping after a failure, a timeout…
             exchange.abandoned()
             raise
-        return _metered(exchange, response, _AsyncMeteredStream)
+        return _metered(exchange, response, _AsyncMeteredStream, self._answers)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -155,7 +155,7 @@ def test_a_request_cancelled_while_its_budget_is_checked_gives_the_reservation_b
 
     with ScriptedOpenAIServer() as server:
         resource = OpenAIResource(base_url=server.base_url, max_tokens_per_run=10_000)
-        session = RunSession(resource, None)
+        session = RunSession(resource.session_settings(), None)
         session.governor.budget = SharedBudget(f"sqlite:///{tmp_path / 'b.db'}", "run:1", ttl=600)
         check = session.governor.refusal
         monkeypatch.setattr(session.governor, "refusal", lambda *a: time.sleep(0.5) or check(*a))  # a slow database

@@ -99,7 +99,7 @@ def test_any_upstream_gives_the_table_or_one_clear_error(server, materialize, fa
     if texts is None:
         assert not result.success, f"accepted {value!r}"
         message = failure_message(result)
-        assert "llm_assets.errors.LLMAssetsError: Upstream texts" in message, message
+        assert "llm_assets.errors.ConfigurationError: Upstream texts" in message, message
         assert sent == 0  # refused before anything was sent (and billed)
         return
     assert result.success, failure_message(result)

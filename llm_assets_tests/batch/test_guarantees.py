@@ -10,12 +10,13 @@ from types import SimpleNamespace
 import dagster as dg
 import pytest
 
-from llm_assets import Engine, OpenAIResource, RequestMode
+from llm_assets import OpenAIResource, RequestMode
 from llm_assets.accounting.usage import Usage
 from llm_assets.batch.lines import batch_lines, custom_ids
 from llm_assets.batch.outcome import BatchOutcome
 from llm_assets.batch.records import FINGERPRINT, Submission, SubmissionStore
 from llm_assets.calls import ErrorPolicy
+from llm_assets.engine import Engine
 from llm_assets.engine.chat import ChatCalls, ChatRequest
 from llm_assets_tests.batch import job
 from llm_assets_tests.batch.job import IMPATIENT
@@ -47,7 +48,7 @@ def test_lines_a_batch_never_ran_stay_open():
     request = ChatRequest("Kirk", 0, "Hi", ({"role": "user", "content": "Hi"},), {"model": "gpt-4o-mini"})
     calls = ChatCalls([request])
     (line,) = batch_lines(custom_ids("answers", calls), calls, [0], [None])
-    outcome = BatchOutcome(session, calls, [line], {"Kirk": Usage()}, [None])
+    outcome = BatchOutcome(session.governor, session.answers, calls, [line], {"Kirk": Usage()}, [None])
     error = {"custom_id": line.custom_id, "response": None, "error": {"code": "batch_expired", "message": "x"}}
     outcome.read_errors([json.dumps(error)], Submission("f", "answers", "/v1/chat/completions", {}, "run"))
     assert outcome.open == [line] and not outcome.failures

@@ -92,7 +92,7 @@ def test_a_renamed_model_gives_its_budget_reservation_back():
     request = ChatRequest("Kirk", 0, "Hi", ({"role": "user", "content": "Hi"},), {"model": "gpt-4o-mini"})
     calls = ChatCalls([request])
     (line,) = batch_lines(custom_ids("answers", calls), calls, [0], [None])
-    outcome = BatchOutcome(session, calls, [line], {"Kirk": Usage()}, [None])
+    outcome = BatchOutcome(session.governor, session.answers, calls, [line], {"Kirk": Usage()}, [None])
     assert session.governor.refusal("gpt-4o-mini", 1000) is None
     outcome.estimates[line.custom_id] = 1000
     body = {"model": "openai/gpt-4o-mini", "choices": [{"message": {"content": "Hello"}, "finish_reason": "stop"}]}
@@ -171,7 +171,8 @@ def test_a_batch_whose_files_are_gone_is_submitted_again(batch_server, instance,
 
 
 def test_repeated_identical_requests_each_get_an_answer(batch_server, instance, tmp_path):
-    from llm_assets import ChatRequest, Engine, RequestMode
+    from llm_assets import RequestMode
+    from llm_assets.engine import ChatRequest, Engine
 
     request = ChatRequest(None, 0, "Again?", ({"role": "user", "content": "Again?"},), {"model": "gpt-4o-mini"})
 

@@ -129,11 +129,11 @@ def test_client_refuses_requests_once_the_resource_is_torn_down_and_its_pool_is_
             ask(client, "inside the block")
         ask(client, "after the block")
         pool = built.openai.session.sync_pool()
-        assert pool._pool.connections  # a keep-alive connection to the server
-    assert pool._pool.connections == []  # the session closed its pool at teardown
+        assert pool._inner._pool.connections  # a keep-alive connection to the server
+    assert pool._inner._pool.connections == []  # the session closed its pool at teardown
     with pytest.raises(RuntimeError, match="client has been closed"):  # as httpx says of a closed client
         ask(client, "after teardown")
-    assert server.usage.calls == 2 and pool._pool.connections == []
+    assert server.usage.calls == 2 and pool._inner._pool.connections == []
 
 
 # -- 2. the multi-asset error is dagster-openai's type too -------------------------------------

@@ -5,8 +5,11 @@ import asyncio
 import gc
 import math
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import dagster as dg
+import openai
 import pytest
 
 from llm_assets import OpenAIResource
@@ -14,8 +17,9 @@ from llm_assets.accounting.usage import Usage
 from llm_assets.cache import CacheMode
 from llm_assets.engine import ChatRequest, Engine
 from llm_assets.engine.chat import ChatCalls
-from llm_assets.engine.sender import SendPath, poster
-from llm_assets.http.direct import encode
+from llm_assets.engine.sender import Poster, SDKPoster, SendPath
+from llm_assets.http.contract import SDKContract
+from llm_assets.http.direct import DirectClient, encode
 from llm_assets.testing import inject_fault
 
 CALL = ChatCalls([ChatRequest(None, 0, "q", ({"role": "user", "content": "q"},), {"model": "gpt-4o-mini"})])[0]
@@ -27,11 +31,26 @@ async def until(condition) -> None:
         await asyncio.sleep(0.005)
 
 
+@asynccontextmanager
+async def poster(session, path: SendPath) -> AsyncIterator[Poster]:
+    """What the engine posts through on ``path``, made from the session's parts."""
+    if path is SendPath.SDK:
+        async with session.async_client(None, CacheMode.OFF) as sdk:
+            yield SDKPoster(sdk, looked_up=False)
+        return
+    contract = SDKContract(openai.AsyncOpenAI(**session.client_kwargs))
+    try:
+        async with DirectClient(contract, session.gate, session.answers, connections=4) as client:
+            yield client
+    finally:
+        await contract.aclose()
+
+
 async def cancelled_once(session, path: SendPath, in_flight) -> None:
     """Send ``CALL`` and cancel it once ``in_flight(usage)`` (its usage so far)."""
     usage = Usage()
-    async with poster(session, path, CacheMode.OFF, 4) as post:
-        task = asyncio.create_task(post(CALL, usage, None))
+    async with poster(session, path) as post:
+        task = asyncio.create_task(post.post(CALL.endpoint, CALL.body, usage, None))
         await until(lambda: in_flight(usage))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

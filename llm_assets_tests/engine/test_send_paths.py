@@ -115,7 +115,6 @@ def recorded_waits(monkeypatch) -> list[float]:
 
     monkeypatch.setattr(openai._base_client.anyio, "sleep", record)
     monkeypatch.setattr(openai._base_client, "random", lambda: 0.5)
-    monkeypatch.setattr("llm_assets.engine.sender.wait_exponential_jitter", lambda **_: lambda state: 0)
     return waits
 
 
