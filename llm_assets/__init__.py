@@ -3,11 +3,67 @@
 ``OpenAIResource`` (a superset of dagster-openai's, with exact usage metadata), asset
 factories for partitioned chat answers, embeddings and a PCA map of them, and an I/O
 manager that stores single-run backfills one file per partition.
+
+The public names (``__all__``); engine-level ones are in :mod:`llm_assets.engine`.
+
+Factories, and what they take and return:
+
+- ``build_chat_answers_asset``: an asset of chat answers, one request per partition or upstream row.
+- ``build_embeddings_asset``: an asset embedding an upstream text column, per partition.
+- ``build_pca_plot_asset``: an asset mapping every partition of an embeddings asset in 2-D (PCA scatter PNG).
+- ``build_llm_pipeline_assets``: answers → embeddings → PCA map, in one call.
+- ``LLMPipeline``: what ``build_llm_pipeline_assets`` returns: the three assets, iterable.
+- ``build_batch_sensor``: a sensor that collects OpenAI Batch API results when they are ready.
+- ``Upstream``: what ``upstream=`` reads: an asset, with its text column and partition mapping.
+- ``AssetOptions``: the Dagster options every factory takes (``@dg.asset``'s names).
+- ``CheckRule``: how one generated asset check judges (a factory's ``checks=``).
+
+Resources:
+
+- ``OpenAIResource``: dagster-openai's resource, with exact usage metadata, limits, cache and budgets.
+- ``BatchSettings``: the resource's ``batch`` settings (OpenAI Batch API limits and polling).
+- ``with_usage_metadata``: dagster-openai's wrapper recording a call's usage as asset metadata.
+
+Run configs (each a factory's ``defaults=``) and the enums of their fields:
+
+- ``ChatConfig``: run config of a chat answers asset (question, max_tokens, temperature…).
+- ``EmbeddingConfig``: run config of an embeddings asset (model, dimensions, batch size…).
+- ``PlotConfig``: run config of a PCA plot asset (its title).
+- ``CacheMode``: the request cache: USE, REFRESH or OFF.
+- ``RequestMode``: LIVE requests, or the OpenAI Batch API (BATCH).
+- ``ErrorPolicy``: what a request that still fails does: FAIL the materialization, or RECORD it.
+- ``ResponseFormatStyle``: how a structured answer's schema is sent (the resource's ``response_format_style``).
+
+Translator, I/O manager and outputs:
+
+- ``ChatTranslator``: the hook that builds each request and each row of an answers frame.
+- ``PartitionedFilesystemIOManager``: Dagster's filesystem I/O manager, able to store single-run backfills.
+- ``embedding_matrix``: the vectors of an embeddings frame, as one float32 matrix.
+
+Errors, one tree:
+
+- ``LLMAssetsError``: the root of every error llm_assets raises on purpose.
+- ``ConfigurationError``: bad configuration or input, raised before any request it would affect is sent.
+- ``UsageTargetError``: usage with no single asset or output to land on (a ``ConfigurationError``).
+- ``LLMRequestError``: a request failed after its retries.
+- ``GovernanceError``: a request the allow-list or a budget refused before it was sent (an ``LLMRequestError``).
+- ``HookError``: user code on the request path (a translator) failed on a good answer.
+- ``InvalidOutputError``: an answer that is not JSON matching its schema.
+
+Old names (``Engine``, ``ChatRequest``, ``OutputSchema``, ``RunSession``, ``Usage``,
+``vectors``) still import from here, with a ``DeprecationWarning`` naming the new place.
+
+Example:
+    >>> import llm_assets
+    >>> issubclass(llm_assets.GovernanceError, llm_assets.LLMAssetsError)
+    True
 """
 
+import importlib
+import warnings
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from llm_assets.accounting.usage import Usage
 from llm_assets.assets import (
     AssetOptions,
     ChatConfig,
@@ -16,21 +72,29 @@ from llm_assets.assets import (
     EmbeddingConfig,
     LLMPipeline,
     PlotConfig,
+    Upstream,
     build_chat_answers_asset,
     build_embeddings_asset,
     build_llm_pipeline_assets,
     build_pca_plot_asset,
-    vectors,
+    embedding_matrix,
 )
 from llm_assets.assets.io_manager import PartitionedFilesystemIOManager
 from llm_assets.batch import BatchSettings, RequestMode
 from llm_assets.cache import CacheMode
-from llm_assets.engine import ChatRequest, Engine, LLMRequestError
-from llm_assets.engine.structured import OutputSchema, ResponseFormatStyle
-from llm_assets.errors import LLMAssetsError
+from llm_assets.calls import ErrorPolicy
+from llm_assets.engine.structured import ResponseFormatStyle
+from llm_assets.errors import (
+    ConfigurationError,
+    GovernanceError,
+    HookError,
+    InvalidOutputError,
+    LLMAssetsError,
+    LLMRequestError,
+    UsageTargetError,
+)
 from llm_assets.resource import OpenAIResource
 from llm_assets.sensors import build_batch_sensor
-from llm_assets.session import RunSession
 from llm_assets.usage_metadata import with_usage_metadata
 
 try:
@@ -43,27 +107,51 @@ __all__ = [
     "BatchSettings",
     "CacheMode",
     "ChatConfig",
-    "ChatRequest",
     "ChatTranslator",
     "CheckRule",
+    "ConfigurationError",
     "EmbeddingConfig",
-    "Engine",
+    "ErrorPolicy",
+    "GovernanceError",
+    "HookError",
+    "InvalidOutputError",
     "LLMAssetsError",
     "LLMPipeline",
     "LLMRequestError",
     "OpenAIResource",
-    "OutputSchema",
     "PartitionedFilesystemIOManager",
     "PlotConfig",
     "RequestMode",
     "ResponseFormatStyle",
-    "RunSession",
-    "Usage",
+    "Upstream",
+    "UsageTargetError",
     "build_batch_sensor",
     "build_chat_answers_asset",
     "build_embeddings_asset",
     "build_llm_pipeline_assets",
     "build_pca_plot_asset",
-    "vectors",
+    "embedding_matrix",
     "with_usage_metadata",
 ]
+
+#: Names that moved: old name → (module, name) to import instead.
+_MOVED = {
+    "ChatRequest": ("llm_assets.engine", "ChatRequest"),
+    "Engine": ("llm_assets.engine", "Engine"),
+    "OutputSchema": ("llm_assets.engine", "OutputSchema"),
+    "RunSession": ("llm_assets.engine", "RunSession"),
+    "Usage": ("llm_assets.engine", "Usage"),
+    "vectors": ("llm_assets", "embedding_matrix"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A deprecated name (``_MOVED``) still imports, with a ``DeprecationWarning``
+    naming the new import (PEP 562)."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, new = _MOVED[name]
+    warnings.warn(
+        f"llm_assets.{name} is deprecated: use `from {module} import {new}`.", DeprecationWarning, stacklevel=2
+    )
+    return getattr(importlib.import_module(module), new)

@@ -22,7 +22,7 @@ import pandas as pd
 import pydantic
 
 from llm_assets.assets.checks import CHAT_CHECKS, AssetChecks, ChecksOption, chat_results, checked
-from llm_assets.assets.config import ChatConfig, config_class
+from llm_assets.assets.config import ChatConfig, config_class, factory_defaults
 from llm_assets.assets.frames import ANSWER_COLUMNS
 from llm_assets.assets.options import (
     AssetKeyLike,
@@ -36,13 +36,7 @@ from llm_assets.assets.options import (
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.assets.reporting import concat_answers, report_partition, report_run
 from llm_assets.assets.translator import ChatTranslator
-from llm_assets.assets.upstream import (
-    UpstreamAsset,
-    load_texts,
-    run_partitions,
-    upstream_input,
-    upstream_partitions,
-)
+from llm_assets.assets.upstream import Upstream, load_texts, run_partitions
 from llm_assets.assets.versions import code_version, data_version, translator_identity
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
@@ -171,8 +165,8 @@ def build_chat_answers_asset(
     chat_model: str | None = None,
     variables: Mapping[str, str] | None = None,
     partitions_def: dg.PartitionsDefinition | None = None,
-    upstream: UpstreamAsset | None = None,
-    text_column: str = "answer",
+    upstream: Upstream | dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike | None = None,
+    text_column: str | None = None,
     one_request_per_row: bool = True,
     partition_mapping: dg.PartitionMapping | None = None,
     max_concurrency: int | None = None,
@@ -181,18 +175,22 @@ def build_chat_answers_asset(
     response_format: type[pydantic.BaseModel] | Mapping[str, Any] | None = None,
     max_parse_retries: int | None = None,
     checks: ChecksOption = True,
+    defaults: ChatConfig | None = None,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """An asset of chat answers: one request per partition, or per upstream row.
 
     ``prompt`` and ``system_prompt`` are templates filled from ``{partition_key}`` (and each
     dimension of a multi-partition by name), ``{question}`` and ``variables`` from run
-    config, and, with ``upstream``, ``{text}`` from its ``text_column``: one request per
-    row (``{row}`` is its position) or, with ``one_request_per_row=False``, one request
-    with all rows joined, which chains answers into a report. ``question``,
-    ``max_tokens``, ``temperature``, ``chat_model``, ``variables`` and ``mode`` (LIVE or
-    BATCH) are the defaults of the run config (:class:`ChatConfig`; ``None`` keeps its own). A ``translator``
-    (:class:`ChatTranslator` subclass) customises the messages, parameters and rows.
+    config, and, with ``upstream`` (an asset, or an :class:`~llm_assets.assets.upstream.Upstream`),
+    ``{text}`` from its ``text_column`` (default ``"answer"``): one request per row
+    (``{row}`` is its position) or, with ``one_request_per_row=False``, one request with
+    all rows joined, which chains answers into a report. ``question``, ``max_tokens``,
+    ``temperature``, ``chat_model``, ``variables``, ``mode`` (LIVE or BATCH) and
+    ``max_parse_retries`` are the defaults of the run config (:class:`ChatConfig`; ``None``
+    keeps its own); ``defaults=ChatConfig(...)`` gives them (and any other field of the run
+    config) in one place instead. A ``translator`` (:class:`ChatTranslator` subclass)
+    customises the messages, parameters and rows.
     ``response_format`` (a Pydantic model or JSON Schema) gives typed, validated columns
     (:mod:`~llm_assets.engine.structured`); ``checks`` configures the generated checks
     (:mod:`~llm_assets.assets.checks`). ``options`` are Dagster's (:class:`AssetOptions`).
@@ -202,30 +200,41 @@ def build_chat_answers_asset(
         ...     key="answers", partitions_def=dg.StaticPartitionsDefinition(["Kirk", "Picard"]),
         ...     prompt="You are Captain {partition_key}. {question}", question="Why explore?",
         ... )
+        >>> same = build_chat_answers_asset(  # the run config's defaults in one place: the same asset
+        ...     key="answers", partitions_def=dg.StaticPartitionsDefinition(["Kirk", "Picard"]),
+        ...     prompt="You are Captain {partition_key}. {question}", defaults=ChatConfig(question="Why explore?"),
+        ... )
+        >>> same.code_versions_by_key == answers.code_versions_by_key
+        True
     """
     options = resolved(options)
     name = asset_key(key, options.get("key_prefix"), "answers")
-    partitions_def = partitions_def or upstream_partitions(upstream)
+    where = f"build_chat_answers_asset ({name.to_user_string()})"
+    source = Upstream.of(upstream, text_column, partition_mapping, where) if upstream is not None else None
+    partitions_def = partitions_def or (source.partitions_def if source else None)
     check_partitions(partitions_def, name)
     check_max_concurrency(max_concurrency, name)
     schema = OutputSchema.of(response_format, name.to_user_string()) if response_format is not None else None
     system = PromptTemplate(system_prompt) if system_prompt else None
     prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator(), schema)
-    prompts.check({"question", *(variables or {}), *_row_placeholders(upstream, one_request_per_row)})
-    defaults = dict(question=question, max_tokens=max_tokens, temperature=temperature, chat_model=chat_model, mode=mode)
-    defaults.update(variables=variables or None, max_parse_retries=max_parse_retries)
-    config = config_class(ChatConfig, name.to_python_identifier(), defaults)
-    source = _Upstream(upstream_input(upstream, partition_mapping), text_column) if upstream is not None else None
+    keywords = dict(question=question, max_tokens=max_tokens, temperature=temperature, chat_model=chat_model, mode=mode)
+    keywords.update(variables=variables or None, max_parse_retries=max_parse_retries)
+    config = config_class(
+        ChatConfig, name.to_python_identifier(), factory_defaults(ChatConfig, keywords, defaults, where)
+    )
+    prompts.check({"question", *config().variables, *_row_placeholders(source, one_request_per_row)})
     checks_ = AssetChecks(name, CHAT_CHECKS, checks, skip=[] if schema else ["valid_structured_answers"])
     sent = config().model_dump(include={"question", "variables", "chat_model", "max_tokens", "temperature"})
-    rows = {"text_column": text_column, "one_request_per_row": one_request_per_row, "mapping": partition_mapping}
-    rows = rows if source else None
+    rows = None
+    if source is not None:
+        rows = {"text_column": source.text_column, "one_request_per_row": one_request_per_row}
+        rows["mapping"] = source.partition_mapping
     return define_asset(
         _answers(prompts, source, one_request_per_row, max_concurrency, options, checks_),
         key=name,
         config_class=config,
         columns=prompts.columns,
-        ins={"upstream": source.asset_in} if source else {},
+        ins={"upstream": source.asset_in()} if source else {},
         partitions_def=partitions_def,
         options=options,
         description="Chat answers: one row per request, with model, finish reason, tokens and latency.",
@@ -235,21 +244,15 @@ def build_chat_answers_asset(
     )
 
 
-def _row_placeholders(upstream: UpstreamAsset | None, one_request_per_row: bool) -> set[str]:
-    if upstream is None:
+def _row_placeholders(source: Upstream | None, one_request_per_row: bool) -> set[str]:
+    if source is None:
         return set()
     return {"text", "row"} if one_request_per_row else {"text"}
 
 
-@dataclass(frozen=True)
-class _Upstream:
-    asset_in: dg.AssetIn
-    text_column: str
-
-
 def _answers(
     prompts: ChatPrompts,
-    source: _Upstream | None,
+    source: Upstream | None,
     one_request_per_row: bool,
     max_concurrency: int | None,
     options: AssetOptions,
@@ -264,7 +267,7 @@ def _answers(
         params = _chat_params(prompts, config, resource)
         rows: Rows = {pk: [{}] for pk in partition_keys}
         if source is not None:
-            texts = load_texts(context, upstream, partition_keys, source.text_column, source.asset_in.key)
+            texts = load_texts(context, upstream, partition_keys, source.text_column, source.key)
             rows = upstream_rows(texts, one_request_per_row)
         return plan_chat_requests(prompts, rows, {**config.variables, "question": config.question}, params)
 

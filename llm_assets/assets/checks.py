@@ -246,9 +246,9 @@ def embedding_results(
     partition (this run's, and the latest other partition's on record)."""
     import numpy as np
 
-    from llm_assets.assets.frames import vectors
+    from llm_assets.assets.frames import embedding_matrix
 
-    matrix = vectors(frame)
+    matrix = embedding_matrix(frame)
     bad = (
         ~np.isfinite(matrix).all(axis=1) | ~(matrix != 0).any(axis=1) if matrix.shape[1] else np.zeros(len(frame), bool)
     )

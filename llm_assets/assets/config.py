@@ -1,12 +1,16 @@
 """Run config of the factories' assets (editable in the launchpad), with the factory's
 defaults applied and checked when the asset is defined.
 
-Each default is declared once, here: a factory argument left as ``None`` keeps it.
+Each default is declared once, here: a factory argument left as ``None`` keeps it. A
+factory takes its run config's defaults as separate keywords or together, as a config
+(``defaults=ChatConfig(max_tokens=60)``): :func:`factory_defaults` merges the two.
 
 Example:
     >>> Answers = config_class(ChatConfig, "answers", {"max_tokens": 60, "temperature": None})
     >>> Answers().max_tokens, Answers().temperature
     (60, 0.7)
+    >>> factory_defaults(ChatConfig, {"max_tokens": None}, ChatConfig(max_tokens=60), "build_chat_answers_asset")
+    {'max_tokens': 60}
 """
 
 from collections.abc import Mapping
@@ -88,6 +92,29 @@ class PlotConfig(dg.Config):
         default="",
         description="Plot title; defaults to the question the answers answered (or that there were several).",
     )
+
+
+def factory_defaults(
+    base: type[dg.Config], keywords: Mapping[str, Any], defaults: dg.Config | None, where: str
+) -> dict[str, Any]:
+    """A factory's run config defaults for :func:`config_class`: its separate ``keywords``
+    (``None``: not given) and the fields that its ``defaults`` config sets. A keyword that
+    disagrees with ``defaults`` is an error naming both (all such keywords, in one error)."""
+    if defaults is None:
+        return dict(keywords)
+    if not isinstance(defaults, base):
+        raise ConfigurationError(
+            f"defaults= of {where} is of type {type(defaults).__name__}: give a {base.__name__} (or leave it out)."
+        )
+    chosen = {field: getattr(defaults, field) for field in defaults.model_fields_set}
+    conflicts = [
+        f"{field}={value!r} and defaults={base.__name__}({field}={chosen[field]!r})"
+        for field, value in keywords.items()
+        if value is not None and field in chosen and value != chosen[field]
+    ]
+    if conflicts:
+        raise ConfigurationError(f"{where} got {'; '.join(conflicts)}: set each default in one place.")
+    return {**keywords, **chosen, **{field: value for field, value in keywords.items() if value is not None}}
 
 
 def config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any]) -> type[dg.Config]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from llm_assets.assets.checks import EMBEDDING_CHECKS, AssetChecks, ChecksOption, checked, embedding_results
-from llm_assets.assets.config import EmbeddingConfig, config_class
+from llm_assets.assets.config import EmbeddingConfig, config_class, factory_defaults
 from llm_assets.assets.frames import EMBEDDING_COLUMNS, embeddings_frame
 from llm_assets.assets.options import (
     AssetKeyLike,
@@ -28,14 +28,7 @@ from llm_assets.assets.options import (
     resolved,
 )
 from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata, report_run
-from llm_assets.assets.upstream import (
-    UpstreamAsset,
-    empty_metadata,
-    load_texts,
-    run_partitions,
-    upstream_input,
-    upstream_partitions,
-)
+from llm_assets.assets.upstream import Upstream, empty_metadata, load_texts, run_partitions
 from llm_assets.assets.versions import code_version, data_version
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
@@ -93,9 +86,9 @@ def recorded_dimensions(context: dg.AssetExecutionContext) -> dict[str, int]:
 
 def build_embeddings_asset(
     *,
-    upstream: UpstreamAsset,
+    upstream: Upstream | dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike,
     key: AssetKeyLike | None = None,
-    text_column: str = "answer",
+    text_column: str | None = None,
     embedding_model: str | None = None,
     dimensions: int | None = None,
     batch_size: int | None = None,
@@ -104,27 +97,38 @@ def build_embeddings_asset(
     max_concurrency: int | None = None,
     mode: RequestMode | None = None,
     checks: ChecksOption = True,
+    defaults: EmbeddingConfig | None = None,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
-    """An asset embedding ``text_column`` of ``upstream``, per partition (partitions follow
+    """An asset embedding ``text_column`` (default ``"answer"``) of ``upstream`` (an asset,
+    or an :class:`~llm_assets.assets.upstream.Upstream`), per partition (partitions follow
     the upstream's unless given). Many texts go in one request; order is kept.
     ``embedding_model``, ``dimensions``, ``batch_size`` and ``mode`` are run config defaults
-    (:class:`EmbeddingConfig`); ``checks`` configures the generated asset checks
+    (:class:`EmbeddingConfig`; ``None`` keeps its own), or ``defaults=EmbeddingConfig(...)``
+    gives them in one place; ``checks`` configures the generated asset checks
     (:mod:`~llm_assets.assets.checks`); ``options`` are Dagster's (:class:`AssetOptions`).
 
     Example:
         >>> embeddings = build_embeddings_asset(key="embeddings", upstream=answers)  # doctest: +SKIP
+        >>> embeddings = build_embeddings_asset(  # doctest: +SKIP
+        ...     upstream=Upstream(notes, text_column="text"), defaults=EmbeddingConfig(dimensions=256)
+        ... )
     """
     options = resolved(options)
     name = asset_key(key, options.get("key_prefix"), "embeddings")
-    source = upstream_input(upstream, partition_mapping)
-    defaults = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size, "mode": mode}
-    partitions_def = partitions_def or upstream_partitions(upstream)
+    where = f"build_embeddings_asset ({name.to_user_string()})"
+    read = Upstream.of(upstream, text_column, partition_mapping, where)
+    source = read.asset_in()
+    keywords = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size, "mode": mode}
+    partitions_def = partitions_def or read.partitions_def
     check_partitions(partitions_def, name)
     check_max_concurrency(max_concurrency, name)
     asset_checks = AssetChecks(name, EMBEDDING_CHECKS, checks)
-    config = config_class(EmbeddingConfig, name.to_python_identifier(), defaults)
-    embedded = {"text_column": text_column, "mapping": partition_mapping}
+    config = config_class(
+        EmbeddingConfig, name.to_python_identifier(), factory_defaults(EmbeddingConfig, keywords, defaults, where)
+    )
+    text_column = read.text_column
+    embedded = {"text_column": text_column, "mapping": read.partition_mapping}
     embedded.update(config().model_dump(include={"embedding_model", "dimensions"}))
     return define_asset(
         _embeddings(source.key, text_column, max_concurrency, options, asset_checks),

@@ -9,7 +9,7 @@
 Example:
     >>> records = [{"partition_key": "a", "row": 0, "text": "t", "model": "m"}]
     >>> frame = embeddings_frame(records, np.ones((1, 3)))
-    >>> vectors(frame).shape
+    >>> embedding_matrix(frame).shape
     (1, 3)
 """
 
@@ -102,8 +102,15 @@ def vector_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if isinstance(c, str) and c[:1] == "e" and c[1:].isdigit()]
 
 
-def vectors(frame: pd.DataFrame) -> np.ndarray:
-    """The embedding matrix (rows × dimensions, float32) of an embeddings frame."""
+def embedding_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """The embedding matrix (rows × dimensions, float32) of an embeddings frame: its
+    vector columns ``e0 … e{n-1}`` as one array, rows in the frame's order.
+
+    Example:
+        >>> frame = embeddings_frame([{"partition_key": None, "row": 0, "text": "t", "model": "m"}], [[0.5, 1.5]])
+        >>> embedding_matrix(frame)
+        array([[0.5, 1.5]], dtype=float32)
+    """
     return frame[vector_columns(frame)].to_numpy(dtype=np.float32)
 
 

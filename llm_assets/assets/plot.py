@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from llm_assets.assets.checks import PLOT_CHECKS, AssetChecks, ChecksOption, checked, plot_results
-from llm_assets.assets.config import PlotConfig, config_class
+from llm_assets.assets.config import PlotConfig, config_class, factory_defaults
 from llm_assets.assets.frames import PLOT_COLUMNS, preview, typed_columns, vector_columns
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
 from llm_assets.assets.pca import PROJECTION, Projection, markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata
-from llm_assets.assets.upstream import UpstreamAsset, log_missing, upstream_key, upstream_partitions
+from llm_assets.assets.upstream import Upstream, log_missing
 from llm_assets.assets.versions import code_version, data_version
 from llm_assets.errors import ConfigurationError
 
@@ -115,20 +115,24 @@ def report_plot(points: pd.DataFrame, projection: Projection, png: Path, name: s
 
 def build_pca_plot_asset(
     *,
-    upstream: UpstreamAsset,
+    upstream: Upstream | dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike,
     key: AssetKeyLike | None = None,
     label_column: str = PARTITION_COLUMN,
     title: str | None = None,
     plot_dir: str | None = None,
     questions_from: AssetKeyLike | None = None,
     checks: ChecksOption = True,
+    defaults: PlotConfig | None = None,
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """A non-partitioned asset projecting every materialized partition of an embeddings
     asset to 2-D with PCA, drawn as a labelled scatter PNG shown in the UI (written to
     ``plot_dir``, default: the instance's storage directory). The title says what was
     asked: the ``question`` that the partitions of ``questions_from`` (a chat answers asset)
-    answered, or that they answered different ones. ``checks`` configures the generated
+    answered, or that they answered different ones; ``title`` (or ``defaults=PlotConfig(title=...)``)
+    is the run config's default (:class:`PlotConfig`). ``upstream`` is the embeddings asset
+    (or an :class:`~llm_assets.assets.upstream.Upstream` of it: every partition is read, so
+    it takes no ``text_column`` or ``partition_mapping``). ``checks`` configures the generated
     asset checks (:mod:`~llm_assets.assets.checks`: with ``enough_points`` on, a map of
     fewer than 2 points is drawn and that check fails; off, it is an error). ``options``
     are Dagster's (:class:`AssetOptions`).
@@ -138,15 +142,24 @@ def build_pca_plot_asset(
     """
     options = resolved(options)
     name = asset_key(key, options.get("key_prefix"), "answer_map")
-    partitioned = upstream_partitions(upstream)
+    where = f"build_pca_plot_asset ({name.to_user_string()})"
+    read = upstream if isinstance(upstream, Upstream) else Upstream(upstream)
+    if read.text_column is not None or read.partition_mapping is not None:
+        raise ConfigurationError(
+            f"upstream= of {where} sets text_column or partition_mapping: the map reads every partition's "
+            "vectors, so give the embeddings asset alone (label_column= names the column of the labels)."
+        )
+    partitioned = read.partitions_def
     source = dg.AssetIn(
-        upstream_key(upstream),
+        read.key,
         partition_mapping=dg.AllPartitionMapping() if partitioned is not None else None,
         metadata={"allow_missing_partitions": True},
     )
     asset_checks = AssetChecks(name, PLOT_CHECKS, checks)
     answers = dg.AssetKey.from_coercible(questions_from) if questions_from is not None else None
-    config = config_class(PlotConfig, name.to_python_identifier(), {"title": title})
+    config = config_class(
+        PlotConfig, name.to_python_identifier(), factory_defaults(PlotConfig, {"title": title}, defaults, where)
+    )
     drawn = {"label_column": label_column, "title": config().title, "projection": PROJECTION}
     return define_asset(
         _answer_map(name, source.key, partitioned, label_column, plot_dir, answers, asset_checks),

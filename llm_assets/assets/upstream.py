@@ -1,5 +1,5 @@
-"""What a factory's asset reads: an upstream asset (its key and partitions), the partitions
-of this run, and the upstream's texts.
+"""What a factory's asset reads: an upstream asset (:class:`Upstream`: its key, partitions,
+text column and partition mapping), the partitions of this run, and the upstream's texts.
 
 Example:
     >>> texts_of(pd.DataFrame({"answer": ["a", "b"]}), "answer", where="Upstream x")
@@ -7,6 +7,7 @@ Example:
 """
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
@@ -19,29 +20,97 @@ from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike
 from llm_assets.errors import ConfigurationError
 from llm_assets.http.validation import check_text
 
-UpstreamAsset = dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
-
 #: The factories' input metadata: Dagster's filesystem I/O managers then hand over what
 #: exists, and :func:`load_texts` names the partitions that don't (instead of a raw
 #: ``FileNotFoundError``).
 LOAD_MISSING = {"allow_missing_partitions": True}
 
-
-def upstream_key(upstream: UpstreamAsset) -> dg.AssetKey:
-    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
-        return upstream.key
-    return dg.AssetKey.from_coercible(upstream)
+#: The column of the upstream asset that holds the texts, unless told otherwise.
+TEXT_COLUMN = "answer"
 
 
-def upstream_input(upstream: UpstreamAsset, partition_mapping: dg.PartitionMapping | None) -> dg.AssetIn:
-    """The factories' ``upstream`` input (see :data:`LOAD_MISSING`)."""
-    return dg.AssetIn(upstream_key(upstream), partition_mapping=partition_mapping, metadata=LOAD_MISSING)
+@dataclass(frozen=True)
+class Upstream:
+    """What a factory's ``upstream=`` reads: an ``asset`` and, optionally, how to read it.
+
+    ``asset`` is an asset definition, a ``dg.AssetSpec`` or a key (``dg.AssetKey``, a
+    ``"a/b"`` string or a list of parts); a definition or spec also gives the factory its
+    partitions. ``text_column`` is the column holding the texts (``None``: ``"answer"``, a
+    chat answers asset's); ``partition_mapping`` says which upstream partitions each of the
+    asset's reads (``None``: Dagster's default, the same keys). ``upstream=`` takes an
+    ``Upstream`` or just the asset; the factories' separate ``text_column=`` and
+    ``partition_mapping=`` keywords are the same as setting them here (set each in one place).
+
+    Example:
+        >>> from llm_assets import build_embeddings_asset
+        >>> notes = dg.AssetSpec("notes", partitions_def=dg.DailyPartitionsDefinition("2025-01-01"))
+        >>> weekly = build_embeddings_asset(  # each week embeds the texts of its days
+        ...     key="weekly_notes",
+        ...     upstream=Upstream(notes, text_column="text", partition_mapping=dg.TimeWindowPartitionMapping()),
+        ...     partitions_def=dg.WeeklyPartitionsDefinition("2025-01-05"),
+        ... )
+        >>> weekly.keys_by_input_name["upstream"].to_user_string()
+        'notes'
+        >>> Upstream.of("crew/answers").text_column  # just an asset (a key, here): the defaults
+        'answer'
+    """
+
+    asset: dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike
+    text_column: str | None = None
+    partition_mapping: dg.PartitionMapping | None = None
+
+    @property
+    def key(self) -> dg.AssetKey:
+        """The upstream asset's key."""
+        if isinstance(self.asset, (dg.AssetsDefinition, dg.AssetSpec)):
+            return self.asset.key
+        return dg.AssetKey.from_coercible(self.asset)
+
+    @property
+    def partitions_def(self) -> dg.PartitionsDefinition | None:
+        """The upstream asset's partitions, when ``asset`` is a definition or spec that has them."""
+        if isinstance(self.asset, (dg.AssetsDefinition, dg.AssetSpec)):
+            return self.asset.partitions_def
+        return None
+
+    def asset_in(self) -> dg.AssetIn:
+        """The factories' ``upstream`` input (see :data:`LOAD_MISSING`)."""
+        return dg.AssetIn(self.key, partition_mapping=self.partition_mapping, metadata=LOAD_MISSING)
+
+    @classmethod
+    def of(
+        cls,
+        upstream: "Upstream | dg.AssetsDefinition | dg.AssetSpec | AssetKeyLike",
+        text_column: str | None = None,
+        partition_mapping: dg.PartitionMapping | None = None,
+        where: str = "the factory",
+    ) -> "Upstream":
+        """``upstream`` (an :class:`Upstream` or just the asset) with the factory's separate
+        ``text_column`` and ``partition_mapping`` keywords (``None``: not given) applied and
+        the text column's default filled in; a keyword that disagrees with ``upstream`` is
+        an error naming both."""
+        given = upstream if isinstance(upstream, Upstream) else cls(upstream)
+        if isinstance(given.asset, Upstream):
+            raise ConfigurationError(f"upstream= of {where} is an Upstream of an Upstream: give the asset itself.")
+        keywords = {"text_column": text_column, "partition_mapping": partition_mapping}
+        conflicts = [
+            f"upstream=Upstream(..., {name}={getattr(given, name)!r}) and {name}={value!r}"
+            for name, value in keywords.items()
+            if value is not None and getattr(given, name) is not None and not _same(getattr(given, name), value)
+        ]
+        if conflicts:
+            raise ConfigurationError(
+                f"{where} got {'; '.join(conflicts)}: set each in one place (the Upstream or the keyword)."
+            )
+        chosen = {name: value for name, value in keywords.items() if value is not None}
+        resolved = replace(given, **chosen)
+        return resolved if resolved.text_column is not None else replace(resolved, text_column=TEXT_COLUMN)
 
 
-def upstream_partitions(upstream: UpstreamAsset | None) -> dg.PartitionsDefinition | None:
-    if isinstance(upstream, (dg.AssetsDefinition, dg.AssetSpec)):
-        return upstream.partitions_def
-    return None
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of one type: Dagster's field-less partition mappings are empty named tuples,
+    all equal to each other."""
+    return type(a) is type(b) and a == b
 
 
 def run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> list[str | None]:

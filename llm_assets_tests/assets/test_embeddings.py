@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from llm_assets import build_embeddings_asset, vectors
+from llm_assets import build_embeddings_asset, embedding_matrix
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.testing import scripted_vector
 from llm_assets_tests.support import failure_message, metadata_values, usage_metadata
@@ -22,7 +22,7 @@ def test_embeddings_batch_keep_order_and_store_columnar(server, materialize):
     frame = result.output_for_node("embeddings")
     assert server.stats.paths["/v1/embeddings"] == 3  # 4 + 4 + 2 inputs
     assert frame["text"].tolist() == texts
-    matrix = vectors(frame)
+    matrix = embedding_matrix(frame)
     assert matrix.dtype == np.float32 and matrix.shape == (10, 8)
     expected = np.stack([scripted_vector(t, 8) for t in texts])
     np.testing.assert_allclose(matrix, expected, rtol=1e-6)

@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from llm_assets import vectors
+from llm_assets import embedding_matrix
 from llm_assets.accounting.prices import DEFAULT_PRICES
 from llm_assets_tests.batch import job
 from llm_assets_tests.batch.support import llmock_batches, start_job, stop, wait_for
@@ -67,7 +67,9 @@ def test_batch_mode_equals_live_mode_with_exact_usage_at_batch_price(llmock, ins
     live_answers, batch_answers = (r.asset_value("answers") for r in (live, batch))
     assert batch_answers[columns].equals(live_answers[columns])
     assert list(batch_answers["partition_key"]) == job.CAPTAINS
-    np.testing.assert_array_equal(vectors(batch.asset_value("embeddings")), vectors(live.asset_value("embeddings")))
+    np.testing.assert_array_equal(
+        embedding_matrix(batch.asset_value("embeddings")), embedding_matrix(live.asset_value("embeddings"))
+    )
 
     billed = output_usage_by_partition(batch_answers)  # chat and embedding lines, summed per captain
     live_usage, batch_usage = by_partition(live, "answers"), by_partition(batch, "answers")

@@ -61,8 +61,9 @@ from dagster._core.execution.context.init import build_init_resource_context
 from dagster._utils.test import wrap_op_in_graph_and_execute
 from openai.resources.chat.completions import Completions
 
-from llm_assets import OpenAIResource, Usage, with_usage_metadata
+from llm_assets import OpenAIResource, with_usage_metadata
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
+from llm_assets.engine import Usage
 
 TEST_MODEL = "test_model"
 TEST_ANOTHER_MODEL = "test_another_model"

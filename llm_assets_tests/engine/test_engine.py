@@ -9,8 +9,8 @@ import openai
 import pandas as pd
 import pytest
 
-from llm_assets import ChatRequest, Engine, OpenAIResource, build_chat_answers_asset, build_embeddings_asset
-from llm_assets.engine import pack_batches
+from llm_assets import OpenAIResource, build_chat_answers_asset, build_embeddings_asset
+from llm_assets.engine import ChatRequest, Engine, pack_batches
 from llm_assets.http.attribution import UnattributedRequestError
 from llm_assets.testing import first_attempts, inject_fault
 from llm_assets_tests.support import event_of, usage_metadata

