@@ -13,6 +13,7 @@ Example:
     'Captain Kirk: Why?'
 """
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Unpack
@@ -230,7 +231,7 @@ def build_chat_answers_asset(
         rows = {"text_column": source.text_column, "one_request_per_row": one_request_per_row}
         rows["mapping"] = source.partition_mapping
     return define_asset(
-        _answers(prompts, source, one_request_per_row, max_concurrency, options, checks_),
+        _ChatAnswers(prompts, source, one_request_per_row, max_concurrency, options, checks_).compute(),
         key=name,
         config_class=config,
         columns=prompts.columns,
@@ -250,57 +251,73 @@ def _row_placeholders(source: Upstream | None, one_request_per_row: bool) -> set
     return {"text", "row"} if one_request_per_row else {"text"}
 
 
-def _answers(
-    prompts: ChatPrompts,
-    source: Upstream | None,
-    one_request_per_row: bool,
-    max_concurrency: int | None,
-    options: AssetOptions,
-    checks: AssetChecks,
-) -> Callable[..., dg.MaterializeResult]:
-    """The asset's body: plan, send through the engine, report, check."""
+@dataclass(frozen=True)
+class _ChatAnswers:
+    """The asset's body, one run at a time: plan, send through the engine, report, check."""
 
-    def plan(
-        context: dg.AssetExecutionContext, config: ChatConfig, resource: Any, partition_keys: list, upstream: Any
-    ) -> list[ChatRequest]:
-        """This run's requests (the upstream rows they come from are let go once planned)."""
-        params = _chat_params(prompts, config, resource)
-        rows: Rows = {pk: [{}] for pk in partition_keys}
-        if source is not None:
-            texts = load_texts(context, upstream, partition_keys, source.text_column, source.key)
-            rows = upstream_rows(texts, one_request_per_row)
-        return plan_chat_requests(prompts, rows, {**config.variables, "question": config.question}, params)
+    prompts: ChatPrompts
+    source: Upstream | None
+    one_request_per_row: bool
+    max_concurrency: int | None
+    options: AssetOptions
+    checks: AssetChecks
 
-    def answers(
-        context: dg.AssetExecutionContext, config: ChatConfig, **inputs: Any
-    ) -> dg.MaterializeResult[pd.DataFrame]:
-        resource = getattr(context.resources, options["resource_key"])
-        partition_keys = run_partitions(context, options["io_manager_key"])
-        requests = plan(context, config, resource, partition_keys, inputs.pop("upstream", None))
+    def compute(self) -> Callable[..., dg.MaterializeResult]:
+        """The function Dagster runs (it reads the signature and names it)."""
+
+        def answers(
+            context: dg.AssetExecutionContext, config: ChatConfig, **inputs: Any
+        ) -> dg.MaterializeResult[pd.DataFrame]:
+            return self.run(context, config, inputs.pop("upstream", None))
+
+        return answers
+
+    def run(self, context: dg.AssetExecutionContext, config: ChatConfig, upstream: Any) -> dg.MaterializeResult:
+        resource = getattr(context.resources, self.options["resource_key"])
+        partition_keys = run_partitions(context, self.options["io_manager_key"])
+        requests = self.plan(context, config, resource, partition_keys, upstream)
         engine = Engine(
             resource.session,
             context,
-            max_concurrency=max_concurrency,
+            max_concurrency=self.max_concurrency,
             cache=config.cache,
             on_error=config.on_error,
             mode=config.mode,
             max_parse_retries=config.max_parse_retries,
         )
-        question = config.question if prompts.uses_question else None
+        question = config.question if self.prompts.uses_question else None
         frames: dict[str | None, pd.DataFrame] = dict.fromkeys(partition_keys)  # each partition's, as it completes
-
-        def finished(pk: str | None, answered: list[AnswerRow]) -> None:
-            frames[pk] = report_partition(context, pk, answered, resource.redact_text, prompts.columns, question)
-
-        engine.chat(requests, prompts.translator.get_record, on_partition=finished)
+        finished = functools.partial(self.report, context, frames, resource.redact_text, question)
+        engine.chat(requests, self.prompts.translator.get_record, on_partition=finished)
         run = report_run(context, "chat requests", len(requests), len(partition_keys), engine.seconds)
         for pk in (pk for pk, frame in frames.items() if frame is None):  # partitions without requests
             finished(pk, [])
-        frame = concat_answers(frames.values(), prompts.columns)
-        results = chat_results(checks, frame, len(requests), run, resource.redact_text)
+        frame = concat_answers(frames.values(), self.prompts.columns)
+        results = chat_results(self.checks, frame, len(requests), run, resource.redact_text)
         return checked(frame, results, data_version=data_version(context, frames, VARYING_COLUMNS))
 
-    return answers
+    def plan(
+        self, context: dg.AssetExecutionContext, config: ChatConfig, resource: Any, partition_keys: list, upstream: Any
+    ) -> list[ChatRequest]:
+        """This run's requests (the upstream rows they come from are let go once planned)."""
+        params = _chat_params(self.prompts, config, resource)
+        rows: Rows = {pk: [{}] for pk in partition_keys}
+        if self.source is not None:
+            texts = load_texts(context, upstream, partition_keys, self.source.text_column, self.source.key)
+            rows = upstream_rows(texts, self.one_request_per_row)
+        return plan_chat_requests(self.prompts, rows, {**config.variables, "question": config.question}, params)
+
+    def report(
+        self,
+        context: dg.AssetExecutionContext,
+        frames: dict[str | None, pd.DataFrame],
+        redact: bool,
+        question: str | None,
+        pk: str | None,
+        answered: list[AnswerRow],
+    ) -> None:
+        """Report one partition as soon as all its rows are in (its frame kept in ``frames``)."""
+        frames[pk] = report_partition(context, pk, answered, redact, self.prompts.columns, question)
 
 
 def _chat_params(prompts: ChatPrompts, config: ChatConfig, resource: Any) -> dict[str, Any]:
