@@ -23,6 +23,7 @@ Example:
     >>> defs = dg.Definitions(assets=[haiku], resources={"openai": resource})
 """
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -250,25 +251,11 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     def session_settings(self) -> SessionSettings:
         """What a :class:`~llm_assets.session.RunSession` of this resource is made from,
         every field checked (bad configuration fails here, at set-up, before any request)."""
-        return SessionSettings(
-            client_kwargs=self.client_kwargs(),
-            cache_identity=self.cache_identity(),
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-            max_concurrency=self.max_concurrency,
-            redact_text=self.redact_text,
-            cache=self.cache,
-            cache_dir=self.cache_dir,
-            allowed_models=tuple(self.allowed_models) if self.allowed_models is not None else None,
-            max_tokens_per_run=self.max_tokens_per_run,
-            max_cost_usd_per_run=self.max_cost_usd_per_run,
-            budget_url=self.budget_url,
-            prices=self.prices,
-            requests_per_minute=self.requests_per_minute,
-            tokens_per_minute=self.tokens_per_minute,
-            follow_provider_limits=self.follow_provider_limits,
-            batch=self.batch,
-        )
+        derived = {"client_kwargs": self.client_kwargs(), "cache_identity": self.cache_identity()}
+        copied = {f.name: getattr(self, f.name) for f in dataclasses.fields(SessionSettings) if f.name not in derived}
+        if self.allowed_models is not None:
+            copied["allowed_models"] = tuple(self.allowed_models)
+        return SessionSettings(**derived, **copied)
 
     # -- clients --------------------------------------------------------------------------
 

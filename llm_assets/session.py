@@ -57,7 +57,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 @dataclass(frozen=True)
 class SessionSettings:
     """What a :class:`RunSession` is made from: the resource's configuration, checked
-    (:meth:`~llm_assets.OpenAIResource.session_settings`). Never shows the key."""
+    (:meth:`~llm_assets.OpenAIResource.session_settings`). Never shows the key. Every
+    field but the first two is the resource's field of the same name."""
 
     client_kwargs: Mapping[str, Any] = field(repr=False)  # the openai clients' (the API key included)
     cache_identity: str | None = None  # what the cache keys the backend by (None: its URL)

@@ -65,3 +65,12 @@ def test_redaction_rules():
     assert redact("write to bob.smith@corp.example.com") == "write to [email]"
     assert redact("call (415) 555-0100 today") == "call [phone] today"
     assert redact("order 7 shipped in 2026") == "order 7 shipped in 2026"  # short numbers stay
+
+
+def test_the_session_settings_and_session_never_show_the_key_or_the_budget_url(server):
+    secret_url = "postgresql://user:hunter2-secret@127.0.0.1:9/budgets"
+    resource = OpenAIResource(api_key=KEY, base_url=server.base_url, budget_url=secret_url)
+    settings = resource.session_settings()
+    assert settings.client_kwargs["api_key"] == KEY  # what the clients are given…
+    shown = f"{settings!r} {settings} {resource!r}"
+    assert KEY not in shown and "hunter2" not in shown  # …is never shown
