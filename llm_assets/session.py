@@ -99,9 +99,8 @@ class RunSession:
         run_id: str | None = None,
     ) -> None:
         self.settings = settings
-        self.client_kwargs = dict(settings.client_kwargs)
         self.prices: dict[str, ModelPrice] = price_table(dict(settings.prices) if settings.prices else None)
-        keys = CacheKeys(self.client_kwargs.get("base_url") or OPENAI_BASE_URL, settings.cache_identity)
+        keys = CacheKeys(settings.client_kwargs.get("base_url") or OPENAI_BASE_URL, settings.cache_identity)
         root = settings.cache_dir
         if root is None and storage_dir:
             root = os.path.join(storage_dir, "llm_assets", "request_cache")
@@ -122,6 +121,11 @@ class RunSession:
         self.reporter = UsageReporter(self.prices)
         self._pool: SharedPool | None = None
         self.closed = False
+
+    @property
+    def client_kwargs(self) -> Mapping[str, Any]:
+        """Keyword arguments of the ``openai`` clients (the settings')."""
+        return self.settings.client_kwargs
 
     @property
     def governor(self) -> Governor:

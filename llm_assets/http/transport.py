@@ -48,24 +48,6 @@ def is_metered(request: httpx.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith(BILLED_PATH_SUFFIXES)
 
 
-def _exchange(
-    request: httpx.Request, gate: Gate, answers: AnswerStore, usage: Usage | None, mode: CacheMode, owner: object
-) -> tuple[Exchange, bool]:
-    """The :class:`Exchange` of a billed request reaching a transport, and whether to look
-    it up in the cache first."""
-    scope = resolve_scope(usage, owner)
-    request.headers["accept-encoding"] = ACCEPT_ENCODING
-    endpoint = answers.keys.endpoint_of(request)
-    cached = mode.writes and endpoint is not None  # OFF when the session has no cache (AnswerStore.mode)
-    payload = None
-    if cached or gate.active:  # else nothing reads the body: don't parse it
-        with contextlib.suppress(ValueError):
-            payload = json.loads(request.content)
-    key = answers.key(endpoint, payload) if cached and endpoint is not None else None
-    exchange = Exchange(gate, scope.usage, endpoint or request.url.path, request.content, payload, key=key)
-    return exchange, key is not None and mode.reads and not scope.looked_up
-
-
 def _hit(exchange: Exchange, request: httpx.Request, answer: CachedAnswer | None) -> httpx.Response | None:
     """The response of a cache hit (counted on the usage), or ``None`` on a miss."""
     if answer is None:
@@ -78,15 +60,6 @@ def refusal_response(request: httpx.Request, refused: GovernanceError) -> httpx.
     """The OpenAI-style HTTP 403 an SDK client gets for a refused request (never retried)."""
     error = {"message": str(refused), "type": "invalid_request_error", "code": REFUSAL_CODE, "param": "model"}
     return httpx.Response(403, json={"error": error}, request=request)
-
-
-def _metered(exchange: Exchange, response: httpx.Response, stream_class: type, answers: AnswerStore) -> httpx.Response:
-    """``response`` with its body read for usage as the SDK consumes it (a complete
-    answer stored in ``answers``)."""
-    if exchange.observe(response.status_code, response.headers):
-        reader = BodyReader(response.headers.get("content-encoding", ""), response.headers.get("content-type", ""))
-        response.stream = stream_class(response.stream, reader, exchange, answers)
-    return response
 
 
 def failure_kind(error: httpx.TransportError) -> str:
@@ -173,7 +146,27 @@ class _Metering:
         self._mode, self._owner = cache_mode, owner
 
     def _exchange(self, request: httpx.Request) -> tuple[Exchange, bool]:
-        return _exchange(request, self._gate, self._answers, self._usage, self._mode, self._owner)
+        """The :class:`Exchange` of a billed request reaching the transport, and whether to
+        look it up in the cache first."""
+        scope = resolve_scope(self._usage, self._owner)
+        request.headers["accept-encoding"] = ACCEPT_ENCODING
+        endpoint = self._answers.keys.endpoint_of(request)
+        cached = self._mode.writes and endpoint is not None  # OFF when the session has no cache (AnswerStore.mode)
+        payload = None
+        if cached or self._gate.active:  # else nothing reads the body: don't parse it
+            with contextlib.suppress(ValueError):
+                payload = json.loads(request.content)
+        key = self._answers.key(endpoint, payload) if cached and endpoint is not None else None
+        exchange = Exchange(self._gate, scope.usage, endpoint or request.url.path, request.content, payload, key=key)
+        return exchange, key is not None and self._mode.reads and not scope.looked_up
+
+    def _metered(self, exchange: Exchange, response: httpx.Response, stream_class: type) -> httpx.Response:
+        """``response`` with its body read for usage as the SDK consumes it (a complete
+        answer stored in the answer store)."""
+        if exchange.observe(response.status_code, response.headers):
+            reader = BodyReader(response.headers.get("content-encoding", ""), response.headers.get("content-type", ""))
+            response.stream = stream_class(response.stream, reader, exchange, self._answers)
+        return response
 
 
 class MeteredTransport(_Metering, httpx.BaseTransport):
@@ -206,7 +199,7 @@ class MeteredTransport(_Metering, httpx.BaseTransport):
         except BaseException:
             exchange.abandoned()
             raise
-        return _metered(exchange, response, _MeteredStream, self._answers)
+        return self._metered(exchange, response, _MeteredStream)
 
 
 class AsyncMeteredTransport(_Metering, httpx.AsyncBaseTransport):
@@ -238,7 +231,7 @@ class AsyncMeteredTransport(_Metering, httpx.AsyncBaseTransport):
         except BaseException:  # cancelled: the engine stopping after a failure, a timeout…
             exchange.abandoned()
             raise
-        return _metered(exchange, response, _AsyncMeteredStream, self._answers)
+        return self._metered(exchange, response, _AsyncMeteredStream)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
