@@ -253,10 +253,10 @@ def embedding_results(
         ~np.isfinite(matrix).all(axis=1) | ~(matrix != 0).any(axis=1) if matrix.shape[1] else np.zeros(len(frame), bool)
     )
     by_partition = ", ".join(f"{pk}: {width}" for pk, width in list(dimensions.items())[:20])
-    one, none = len(set(dimensions.values())) <= 1, frame.iloc[:0]
+    one, none, shown = len(set(dimensions.values())) <= 1, frame.iloc[:0], ["partition_key", "row", "text"]
     return checks.results(
         checks.result("one_dimension", none, len(frame), passed=one, dimensions=by_partition),
-        checks.result("no_bad_vectors", frame[bad], len(frame), ["partition_key", "row", "text"], redacted=redacted),
+        checks.result("no_bad_vectors", frame.loc[bad, shown], len(frame), shown, redacted=redacted),  # not the vectors
         checks.result("embeddings_match_texts", none, len(frame), passed=texts == len(frame), texts=texts, **run),
     )
 

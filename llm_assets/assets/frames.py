@@ -2,8 +2,10 @@
 
 * answers: one :class:`~llm_assets.engine.rows.AnswerRow` per request, then any columns
   a translator added.
-* embeddings: ``partition_key, row, text, model`` then one float32 column per
-  dimension (``e0 … e{n-1}``), stored columnar rather than as lists of floats.
+* embeddings: ``partition_key, row, text, model, embedding``, the ``embedding`` column
+  one float32 vector per row (Arrow ``fixed_size_list<float>[n]``, see
+  :mod:`~llm_assets.vector_store.column`). Frames stored before it, with one float32 column
+  per dimension (``e0 … e{n-1}``), still read as embeddings.
 * plot: ``partition_key, row, label, x, y``.
 
 Example:
@@ -21,11 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from llm_assets.assets.options import PARTITION_COLUMN
 from llm_assets.engine.rows import AnswerRow, ColumnSpec, column, column_specs
 from llm_assets.errors import ConfigurationError
 from llm_assets.redaction import redact
+from llm_assets.vector_store.column import VECTOR_COLUMN, dimensions_of, matrix_of, vector_column, vector_type
 
 
 def _partition_column() -> Any:
@@ -34,7 +38,7 @@ def _partition_column() -> Any:
 
 @dataclass
 class EmbeddingRow:
-    """The text columns of an embeddings frame (the vector columns follow)."""
+    """The text columns of an embeddings frame (its ``embedding`` column follows)."""
 
     partition_key: str | None = _partition_column()
     row: int = column("int", "Position of the text within its partition.", "int64")
@@ -56,7 +60,12 @@ class PlotRow:
 ANSWER_COLUMNS: dict[str, ColumnSpec] = column_specs(AnswerRow)
 EMBEDDING_COLUMNS: dict[str, ColumnSpec] = {
     **column_specs(EmbeddingRow),
-    "e0 … e{n-1}": ("float32", "float32", "One column per embedding dimension."),
+    # dtype "object": typed_columns leaves the Arrow column as it is
+    VECTOR_COLUMN: (
+        "float32[n]",
+        "object",
+        "The embedding: one float32 vector per row (Arrow fixed_size_list, DuckDB FLOAT[n]).",
+    ),
 }
 PLOT_COLUMNS: dict[str, ColumnSpec] = column_specs(PlotRow)
 
@@ -88,30 +97,77 @@ def answers_frame(
 
 
 def embeddings_frame(records: Sequence[Mapping[str, Any]], matrix: np.ndarray) -> pd.DataFrame:
-    """The embeddings frame of ``records`` and their vectors (no records: no rows, and as
-    many vector columns as ``matrix`` has, possibly none)."""
+    """The embeddings frame of ``records`` and their vectors, one row of ``matrix`` each
+    in the ``embedding`` column (no records: no rows, and vectors of the dimension
+    ``matrix`` has, possibly none)."""
     meta = typed_frame(records, column_specs(EmbeddingRow))
     matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         matrix = matrix.reshape(len(meta), -1) if len(meta) else np.empty((0, 0), np.float32)
-    values = pd.DataFrame(matrix, columns=[f"e{i}" for i in range(matrix.shape[1])], index=meta.index)
-    return pd.concat([meta, values], axis=1)
+    if len(matrix) != len(meta):
+        raise ValueError(f"{len(matrix)} vectors for {len(meta)} rows of embeddings")
+    if matrix.shape[1]:
+        vectors = vector_column(matrix)
+    else:  # Arrow makes no vectors of 0 values from a buffer
+        vectors = pd.arrays.ArrowExtensionArray(pa.array([[]] * len(matrix), type=vector_type(0)))
+    return meta.assign(**{VECTOR_COLUMN: vectors})
+
+
+def _legacy_columns(frame: pd.DataFrame) -> list[str]:
+    """The vector columns ``e0 … e{n-1}`` of an embeddings frame stored before the
+    ``embedding`` column."""
+    return [c for c in frame.columns if isinstance(c, str) and c[:1] == "e" and c[1:].isdigit()]
 
 
 def vector_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if isinstance(c, str) and c[:1] == "e" and c[1:].isdigit()]
+    """The columns holding the vectors of an embeddings frame: ``["embedding"]``, or an old
+    frame's ``e0 … e{n-1}``; none: it is not an embeddings frame.
+
+    Example:
+        >>> vector_columns(pd.DataFrame({"text": ["t"], "e0": [0.5], "e1": [1.5]}))
+        ['e0', 'e1']
+    """
+    return [VECTOR_COLUMN] if VECTOR_COLUMN in frame.columns else _legacy_columns(frame)
+
+
+def vector_width(frame: pd.DataFrame) -> int:
+    """The dimension of the vectors of an embeddings frame (that of its first row when
+    its ``embedding`` column is not Arrow-typed, as DuckDB gives it back; 0 without rows).
+
+    Example:
+        >>> vector_width(pd.DataFrame({"embedding": [np.zeros(3, np.float32)]}))
+        3
+    """
+    if VECTOR_COLUMN not in frame.columns:
+        return len(_legacy_columns(frame))
+    values = frame[VECTOR_COLUMN]
+    width = dimensions_of(values) if isinstance(values, pd.Series) else None
+    if width is None and len(values):
+        first = values.iloc[0]
+        width = len(first) if isinstance(first, list | tuple | np.ndarray) else 0
+    return width or 0
 
 
 def embedding_matrix(frame: pd.DataFrame) -> np.ndarray:
     """The embedding matrix (rows × dimensions, float32) of an embeddings frame: its
-    vector columns ``e0 … e{n-1}`` as one array, rows in the frame's order.
+    ``embedding`` column as one array, rows in the frame's order. A frame stored with one
+    column per dimension (``e0 … e{n-1}``, before the ``embedding`` column) reads the same.
 
     Example:
         >>> frame = embeddings_frame([{"partition_key": None, "row": 0, "text": "t", "model": "m"}], [[0.5, 1.5]])
         >>> embedding_matrix(frame)
         array([[0.5, 1.5]], dtype=float32)
+        >>> embedding_matrix(pd.DataFrame({"text": ["t"], "e0": [0.5], "e1": [1.5]}))
+        array([[0.5, 1.5]], dtype=float32)
     """
-    return frame[vector_columns(frame)].to_numpy(dtype=np.float32)
+    if VECTOR_COLUMN not in frame.columns:
+        return frame[_legacy_columns(frame)].to_numpy(dtype=np.float32)
+    values = frame[VECTOR_COLUMN]
+    if isinstance(values, pd.DataFrame):
+        raise ConfigurationError(
+            f"The embeddings frame has {values.shape[1]} columns named '{VECTOR_COLUMN}': keep one."
+        )
+    return matrix_of(values)
 
 
 def by_partition(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from llm_assets.assets.frames import vector_columns
+from llm_assets.assets.frames import embedding_matrix, vector_columns, vector_width
 from llm_assets.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -49,22 +49,33 @@ class Projection:
 
 
 def stack_vectors(frames: MutableMapping[Any, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
-    """One float32 matrix of the vector columns of ``frames`` (and their other columns),
-    *consuming* the mapping: each frame is dropped once copied, so peak memory stays near
-    one copy of the matrix however many partitions there are."""
-    columns = vector_columns(next(iter(frames.values()))) if frames else []
+    """One float32 matrix of the vectors of the embeddings ``frames`` (and a frame of their
+    other columns), *consuming* the mapping: each frame is dropped once copied, so peak
+    memory stays near one copy of the matrix however many partitions there are.
+
+    Example:
+        >>> from llm_assets.assets.frames import embeddings_frame
+        >>> frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], [[1.0, 2.0]])
+        >>> frames = {"a": frame}
+        >>> meta, matrix = stack_vectors(frames)
+        >>> list(meta.columns), matrix.shape, frames
+        (['partition_key', 'row', 'text', 'model'], (1, 2), {})
+    """
+    width = vector_width(next(iter(frames.values()))) if frames else 0
     total = sum(len(f) for f in frames.values())
-    matrix = np.empty((total, len(columns)), dtype=np.float32)
+    matrix = np.empty((total, width), dtype=np.float32)
     meta, start = [], 0
     for key in list(frames):
         frame = frames.pop(key)
         try:
-            matrix[start : start + len(frame)] = frame[columns].to_numpy(dtype=np.float32, copy=False)
-        except (ValueError, TypeError) as error:
+            matrix[start : start + len(frame)] = embedding_matrix(frame)
+        except ConfigurationError:  # it says what is wrong itself
+            raise
+        except (ValueError, TypeError) as error:  # Arrow's ArrowInvalid and ArrowTypeError among them
             raise ConfigurationError(
                 f"Some embeddings are not numbers ({error}): re-materialize the embeddings asset."
             ) from None
-        meta.append(frame.drop(columns=columns))
+        meta.append(frame.drop(columns=vector_columns(frame)))
         start += len(frame)
         del frame
     if not np.isfinite(matrix).all():

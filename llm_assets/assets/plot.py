@@ -20,13 +20,14 @@ import pandas as pd
 
 from llm_assets.assets.checks import PLOT_CHECKS, AssetChecks, ChecksOption, checked, plot_results
 from llm_assets.assets.config import PlotConfig, config_class, factory_defaults
-from llm_assets.assets.frames import PLOT_COLUMNS, preview, typed_columns, vector_columns
+from llm_assets.assets.frames import PLOT_COLUMNS, preview, typed_columns, vector_columns, vector_width
 from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike, AssetOptions, asset_key, define_asset, resolved
 from llm_assets.assets.pca import PROJECTION, Projection, markdown_image, project_2d, scatter_png, stack_vectors
 from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata
 from llm_assets.assets.upstream import Upstream, log_missing
 from llm_assets.assets.versions import code_version, data_version
 from llm_assets.errors import ConfigurationError
+from llm_assets.vector_store.column import VECTOR_COLUMN
 
 _COORDINATES = dg.TableSchema(
     columns=[dg.TableColumn("label", "string"), dg.TableColumn("x", "float"), dg.TableColumn("y", "float")]
@@ -45,10 +46,10 @@ def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMappi
         where = f"{name}" + (f" partition {pk!r}" if pk is not None else "")
         if not vector_columns(frame) or frame.columns.duplicated().any():
             raise ConfigurationError(
-                f"{where} is not an embeddings frame (vector columns e0 … e{{n-1}}, each once; columns: "
-                f"{[str(c) for c in frame.columns][:10]}): point upstream= at a build_embeddings_asset asset."
+                f"{where} is not an embeddings frame (one vector column '{VECTOR_COLUMN}', each column once; "
+                f"columns: {[str(c) for c in frame.columns][:10]}): point upstream= at a build_embeddings_asset asset."
             )
-    widths = {pk: len(vector_columns(frame)) for pk, frame in parts.items()}
+    widths = {pk: vector_width(frame) for pk, frame in parts.items()}
     if len(set(widths.values())) > 1:
         raise ConfigurationError(
             f"Embeddings of {name} differ in dimension across partitions "
@@ -56,9 +57,10 @@ def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMappi
         )
     columns = set().union(*(frame.columns for frame in parts.values())) if parts else set()
     if parts and label_column not in columns:
+        vectors = set().union(*(vector_columns(frame) for frame in parts.values()))
         raise ConfigurationError(
             f"label_column {label_column!r} is not a column of {name} "
-            f"(columns: {sorted(str(c) for c in columns if not (str(c)[:1] == 'e' and str(c)[1:].isdigit()))})."
+            f"(columns: {sorted(str(c) for c in columns if c not in vectors)})."
         )
     return parts
 

@@ -31,6 +31,7 @@ import pandas as pd
 import pydantic
 
 from llm_assets.assets.reporting import MAX_LOOKUPS
+from llm_assets.vector_store.column import dimensions_of, matrix_of
 
 #: Bumped if what a hash covers changes meaning, so old versions never collide with new ones.
 _FORMAT = 1
@@ -68,8 +69,9 @@ def translator_identity(translator: object) -> dict[str, Any]:
 
 def frame_version(frame: pd.DataFrame, exclude: Collection[str] = frozenset()) -> str:
     """The data version of ``frame``: a hash of its columns' names, types and values, but
-    those in ``exclude`` (e.g. latencies). Numeric columns are hashed as their bytes (no
-    copy of an embedding matrix), others as JSON.
+    those in ``exclude`` (e.g. latencies). Numeric columns are hashed as their bytes, and
+    an Arrow vector column (``embedding``) as the bytes of its float32 matrix (no copy of
+    it); others as JSON.
 
     Example:
         >>> a = pd.DataFrame({"answer": ["Yes"], "latency_s": [0.2]})
@@ -84,6 +86,8 @@ def frame_version(frame: pd.DataFrame, exclude: Collection[str] = frozenset()) -
         digest.update(_canonical([str(name), str(column.dtype)]).encode())
         if isinstance(column.dtype, np.dtype) and column.dtype.kind in "biuf":
             digest.update(np.ascontiguousarray(column.to_numpy()).tobytes())
+        elif dimensions_of(column) is not None:  # vectors: their float32 bytes, not a JSON text of them
+            digest.update(np.ascontiguousarray(matrix_of(column)).data)
         else:  # in slices: no JSON copy of a million-row column at once
             for start in range(0, len(column), _SLICE):
                 text = column.iloc[start : start + _SLICE].to_json(

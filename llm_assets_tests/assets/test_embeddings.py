@@ -1,8 +1,9 @@
-"""build_embeddings_asset: batched, in order, columnar float32, exact usage."""
+"""build_embeddings_asset: batched, in order, one float32 vector column, exact usage."""
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from llm_assets import build_embeddings_asset, embedding_matrix
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
@@ -10,7 +11,7 @@ from llm_assets.testing import scripted_vector
 from llm_assets_tests.support import failure_message, metadata_values, usage_metadata
 
 
-def test_embeddings_batch_keep_order_and_store_columnar(server, materialize):
+def test_embeddings_batch_keep_order_and_store_one_vector_column(server, materialize):
     texts = [f"text number {i} " + "word " * (i % 4) for i in range(10)]
 
     @dg.asset
@@ -26,7 +27,8 @@ def test_embeddings_batch_keep_order_and_store_columnar(server, materialize):
     assert matrix.dtype == np.float32 and matrix.shape == (10, 8)
     expected = np.stack([scripted_vector(t, 8) for t in texts])
     np.testing.assert_allclose(matrix, expected, rtol=1e-6)
-    assert all(frame[c].dtype == np.float32 for c in frame.columns if c.startswith("e") and c[1:].isdigit())
+    assert list(frame.columns) == ["partition_key", "row", "text", "model", "embedding"]
+    assert frame["embedding"].dtype == pd.ArrowDtype(pa.list_(pa.float32(), 8))
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["embeddings"]]
     assert usage_metadata(event) == server.usage.to_metadata(PRICES)
     assert metadata_values(event)["dimensions"] == 8

@@ -5,11 +5,11 @@ import logging
 import re
 
 import dagster as dg
-import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from llm_assets import LLMAssetsError, build_chat_answers_asset, build_embeddings_asset
+from llm_assets import LLMAssetsError, build_chat_answers_asset, build_embeddings_asset, embedding_matrix
 from llm_assets.assets.frames import ANSWER_COLUMNS, EMBEDDING_COLUMNS, split_output
 from llm_assets.assets.prompts import MAX_PARTITION_KEY_CHARS, partition_values
 from llm_assets.assets.upstream import load_texts
@@ -50,10 +50,11 @@ def test_an_empty_upstream_materializes_as_an_empty_frame(server, materialize, f
     result = materialize([upstream, asset])
     frame = result.output_for_node(asset.key.path[-1])
     assert len(frame) == 0 and server.stats.requests == []
-    documented = (
-        ANSWER_COLUMNS if factory is answers_of else {c: s for c, s in EMBEDDING_COLUMNS.items() if "…" not in c}
-    )
-    assert list(documented) == list(frame.columns)[: len(documented)]
+    if factory is answers_of:
+        assert list(ANSWER_COLUMNS) == list(frame.columns)[: len(ANSWER_COLUMNS)]
+    else:  # every documented column, the vectors' too (of no dimension: nothing was embedded)
+        assert list(EMBEDDING_COLUMNS) == list(frame.columns)
+        assert embedding_matrix(frame).shape == (0, 0)
     meta = metadata_values(event_of(result, asset.key.to_user_string()))
     assert meta["dagster/row_count"] == 0 and "nothing was sent" in meta["empty"]
 
@@ -74,10 +75,12 @@ def test_a_single_run_backfill_with_an_empty_partition_stores_it_empty(server, m
     kirk_answers = pd.read_pickle(f"{stored}/answers/Kirk")
     kirk_vectors = pd.read_pickle(f"{stored}/embeddings/Kirk")
     assert len(kirk_answers) == 0 and list(kirk_answers.columns)[: len(ANSWER_COLUMNS)] == list(ANSWER_COLUMNS)
-    assert len(kirk_vectors) == 0 and "e0" in kirk_vectors.columns  # the run's vector columns, no rows
-    assert kirk_vectors["e0"].dtype == np.float32
     picard = pd.read_pickle(f"{stored}/embeddings/Jean-Luc Picard")
-    assert picard["e0"].dtype == np.float32 and len(picard) == (2 if per_row else 1)
+    assert len(picard) == (2 if per_row else 1)
+    dimensions = server.embedding_dimensions
+    assert picard["embedding"].dtype == pd.ArrowDtype(pa.list_(pa.float32(), dimensions))
+    assert len(kirk_vectors) == 0 and kirk_vectors["embedding"].dtype == picard["embedding"].dtype  # the run's type
+    assert embedding_matrix(kirk_vectors).shape == (0, dimensions)
 
 
 def test_one_partition_of_an_unpartitioned_table_takes_only_its_rows(server, materialize):

@@ -98,11 +98,23 @@ def test_partitions_are_trimmed_in_place_so_each_frame_can_be_freed():
     ("frame", "message"),
     [
         (pd.DataFrame({"partition_key": ["a", "b"], "text": ["x", "y"]}), "is not an embeddings frame"),
+        (
+            pd.DataFrame([["a", [1.0], [2.0]], ["b", [3.0], [4.0]]], columns=["text", "embedding", "embedding"]),
+            "is not an embeddings frame (one vector column 'embedding', each column once",
+        ),
+        (pd.DataFrame({"text": ["a", "b"], "embedding": ["xy", "zw"]}), "Some embeddings are not numbers"),
+        (pd.DataFrame({"text": ["a", "b"], "embedding": [[1.0, 2.0], [3.0]]}), "Some embeddings are not numbers"),
+        (pd.DataFrame({"text": ["a", "b"], "embedding": [[1.0, np.nan], [3.0, 4.0]]}), "NaN or infinite"),
+        (
+            pd.DataFrame({"partition_key": ["a", "b"], 7: [1, 2], "embedding": [[1.0], [2.0]]}),
+            "label_column 'text' is not a column of vectors (columns: ['7', 'partition_key'])",
+        ),
+        # frames stored with one column per dimension, before the `embedding` column
         (pd.DataFrame([[1.0, 2.0], [3.0, 4.0]], columns=["e0", "e0"]), "is not an embeddings frame"),
         (pd.DataFrame({"text": ["a", "b"], "e0": ["x", "y"]}), "Some embeddings are not numbers"),
         (
             pd.DataFrame({"partition_key": ["a", "b"], 7: [1, 2], "e0": [1.0, 2.0]}),
-            "label_column 'text' is not a column",
+            "label_column 'text' is not a column of vectors (columns: ['7', 'partition_key'])",
         ),
     ],
 )

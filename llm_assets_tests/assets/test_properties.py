@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_assets import build_chat_answers_asset, build_embeddings_asset
+from llm_assets import build_chat_answers_asset, build_embeddings_asset, embedding_matrix
 from llm_assets_tests.support import failure_message
 
 #: Any Unicode (lone surrogates included), control characters, and now and then a long text.
@@ -110,5 +110,5 @@ def test_any_upstream_gives_the_table_or_one_clear_error(server, materialize, fa
         assert sent == int((~frame["cached"]).sum())  # every billed answer is in the table
     else:
         assert frame["text"].tolist() == texts
-        vectors = frame[[c for c in frame.columns if str(c).startswith("e")]].to_numpy()
+        vectors = embedding_matrix(frame)
         assert vectors.shape == (len(texts), 4 if texts else 0) and np.isfinite(vectors).all()
