@@ -12,6 +12,8 @@ Factories, and what they take and return:
 - ``build_embeddings_asset``: an asset embedding an upstream text column, per partition.
 - ``build_pca_plot_asset``: an asset mapping every partition of an embeddings asset in 2-D (PCA scatter PNG).
 - ``build_llm_pipeline_assets``: answers → embeddings → PCA map, in one call.
+- ``build_search_asset``: an asset of the nearest stored rows of a vector store to each query.
+- ``Retrieval``: where a search or a chat factory's ``retrieval=`` (its ``{context}``) looks, and how much.
 - ``LLMPipeline``: what ``build_llm_pipeline_assets`` returns: the three assets, iterable.
 - ``build_batch_sensor``: a sensor that collects OpenAI Batch API results when they are ready.
 - ``Upstream``: what ``upstream=`` reads: an asset, with its text column and partition mapping.
@@ -29,6 +31,7 @@ Run configs (each a factory's ``defaults=``) and the enums of their fields:
 - ``ChatConfig``: run config of a chat answers asset (question, max_tokens, temperature…).
 - ``EmbeddingConfig``: run config of an embeddings asset (model, dimensions, batch size…).
 - ``PlotConfig``: run config of a PCA plot asset (its title).
+- ``SearchConfig``: run config of a search asset (queries, k, partitions searched…).
 - ``CacheMode``: the request cache: USE, REFRESH or OFF.
 - ``RequestMode``: LIVE requests, or the OpenAI Batch API (BATCH).
 - ``ErrorPolicy``: what a request that still fails does: FAIL the materialization, or RECORD it.
@@ -38,7 +41,13 @@ Translator, I/O manager and outputs:
 
 - ``ChatTranslator``: the hook that builds each request and each row of an answers frame.
 - ``PartitionedFilesystemIOManager``: Dagster's filesystem I/O manager, able to store single-run backfills.
-- ``embedding_matrix``: the vectors of an embeddings frame, as one float32 matrix.
+- ``embedding_matrix``: the vectors of an embeddings frame (its ``embedding`` column), as one float32 matrix.
+
+Vector store:
+
+- ``LanceDBIOManager``: an I/O manager keeping each DataFrame asset as a LanceDB table, partition by partition.
+- ``VectorStore``: a LanceDB database: read, search and drop its tables.
+- ``IndexSettings``: when a table gets an ANN index, and how searches use it.
 
 Errors, one tree:
 
@@ -80,6 +89,8 @@ from llm_assets.assets import (
     embedding_matrix,
 )
 from llm_assets.assets.io_manager import PartitionedFilesystemIOManager
+from llm_assets.assets.retrieval import Retrieval
+from llm_assets.assets.search import SearchConfig, build_search_asset
 from llm_assets.batch import BatchSettings, RequestMode
 from llm_assets.cache import CacheMode
 from llm_assets.calls import ErrorPolicy
@@ -96,6 +107,8 @@ from llm_assets.errors import (
 from llm_assets.resource import OpenAIResource
 from llm_assets.sensors import build_batch_sensor
 from llm_assets.usage_metadata import with_usage_metadata
+from llm_assets.vector_store.io_manager import LanceDBIOManager
+from llm_assets.vector_store.store import IndexSettings, VectorStore
 
 try:
     __version__ = version("llm-assets")  # the installed distribution's, from pyproject.toml
@@ -114,22 +127,28 @@ __all__ = [
     "ErrorPolicy",
     "GovernanceError",
     "HookError",
+    "IndexSettings",
     "InvalidOutputError",
     "LLMAssetsError",
     "LLMPipeline",
     "LLMRequestError",
+    "LanceDBIOManager",
     "OpenAIResource",
     "PartitionedFilesystemIOManager",
     "PlotConfig",
     "RequestMode",
     "ResponseFormatStyle",
+    "Retrieval",
+    "SearchConfig",
     "Upstream",
     "UsageTargetError",
+    "VectorStore",
     "build_batch_sensor",
     "build_chat_answers_asset",
     "build_embeddings_asset",
     "build_llm_pipeline_assets",
     "build_pca_plot_asset",
+    "build_search_asset",
     "embedding_matrix",
     "with_usage_metadata",
 ]

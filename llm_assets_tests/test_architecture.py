@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("llm_assets.errors", "llm_assets.calls", "llm_assets.redaction", "llm_assets._compat", "llm_assets.extras"),
     ("llm_assets.accounting",),  # usage, prices, budgets, the governor, rate limits, the gate
     ("llm_assets.cache",),  # keys, files, valid answers, the answer store
+    ("llm_assets.vector_store",),  # the vector column, the LanceDB store and its I/O manager
     ("llm_assets.http",),  # pools, bodies, the SDK contract, the exchange, transports, the direct client
     ("llm_assets.batch",),  # the Batch API runner, given its collaborators
     ("llm_assets.session",),  # one resource initialisation's parts

@@ -18,7 +18,8 @@ import llm_assets.engine
 from llm_assets import errors
 
 #: The public names: factories (and what they take and return), resources, run configs and
-#: the enums of their fields, the translator, the I/O manager, reading an output, errors.
+#: the enums of their fields, the translator, the I/O managers, the vector store, reading an
+#: output, errors.
 CURATED = [
     "AssetOptions",
     "BatchSettings",
@@ -31,22 +32,28 @@ CURATED = [
     "ErrorPolicy",
     "GovernanceError",
     "HookError",
+    "IndexSettings",
     "InvalidOutputError",
     "LLMAssetsError",
     "LLMPipeline",
     "LLMRequestError",
+    "LanceDBIOManager",
     "OpenAIResource",
     "PartitionedFilesystemIOManager",
     "PlotConfig",
     "RequestMode",
     "ResponseFormatStyle",
+    "Retrieval",
+    "SearchConfig",
     "Upstream",
     "UsageTargetError",
+    "VectorStore",
     "build_batch_sensor",
     "build_chat_answers_asset",
     "build_embeddings_asset",
     "build_llm_pipeline_assets",
     "build_pca_plot_asset",
+    "build_search_asset",
     "embedding_matrix",
     "with_usage_metadata",
 ]

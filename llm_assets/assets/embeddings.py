@@ -33,7 +33,8 @@ from llm_assets.assets.versions import code_version, data_version
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
 from llm_assets.errors import ConfigurationError
-from llm_assets.http.validation import check_model
+from llm_assets.http.validation import check_model, is_openai
+from llm_assets.vector_store.io_manager import LanceDBIOManager
 
 
 def embedding_rows(partition_key: str | None, texts: list[str], model: str | None) -> list[dict[str, Any]]:
@@ -47,7 +48,7 @@ def report_embeddings(
     requested_model: str,
 ) -> dict[str | None, pd.DataFrame]:
     """Each partition's embeddings frame, and its row count, dimensions and model as its
-    metadata (an empty partition has no rows, and the run's vector columns)."""
+    metadata (an empty partition has no rows, and the run's vector type)."""
     dimensions = next((r.vectors.shape[1] for r in results.values()), 0)
     frames = {}
     for pk, items in texts.items():
@@ -62,7 +63,8 @@ def report_embeddings(
 
 
 def concat_embeddings(frames: Mapping[str | None, pd.DataFrame]) -> pd.DataFrame:
-    """The partitions' embeddings frames as one (an empty one would upcast the vectors)."""
+    """The partitions' embeddings frames as one, its ``embedding`` column still Arrow
+    vectors (an empty frame is left out: its vectors may have another dimension)."""
     kept = [frame for frame in frames.values() if len(frame)] or list(frames.values())[:1]
     return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
@@ -82,6 +84,30 @@ def recorded_dimensions(context: dg.AssetExecutionContext) -> dict[str, int]:
         if isinstance(value, dg.IntMetadataValue) and value.value:  # 0: an empty partition
             recorded[pk] = value.value
     return recorded
+
+
+#: The vector length of OpenAI's embedding models, when not shortened with ``dimensions``.
+MODEL_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+
+
+def known_dimensions(resource: Any, model: str, dimensions: int | None) -> int | None:
+    """The vectors' length before any request: the ``dimensions`` asked for, else the
+    model's own length when OpenAI serves it (another server may serve the name otherwise)."""
+    if dimensions:
+        return dimensions
+    base_url = resource.resolved_base_url()
+    return MODEL_DIMENSIONS.get(model) if base_url is None or is_openai(base_url) else None
+
+
+def check_store(context: dg.AssetExecutionContext, io_manager_key: str, dimensions: int | None) -> None:
+    """Before any request: vectors of ``dimensions`` (``None``: not known until embedded)
+    must fit the asset's vector store table, when its I/O manager is one."""
+    store = getattr(context.resources, io_manager_key, None)
+    if isinstance(store, LanceDBIOManager):
+        partitions = (
+            list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else None
+        )
+        store.check_dimensions(context.asset_key, dimensions, partitions)
 
 
 def build_embeddings_asset(
@@ -138,7 +164,9 @@ def build_embeddings_asset(
         ins={"upstream": source},
         partitions_def=partitions_def,
         options=options,
-        description=f"Embeddings of {source.key.to_user_string()}.{text_column}, one float32 column per dimension.",
+        description=(
+            f"Embeddings of {source.key.to_user_string()}.{text_column}, one float32 vector column `embedding`."
+        ),
         kinds={"openai"},
         code_version=code_version("embeddings", embedded),
         check_specs=asset_checks.specs,
@@ -163,6 +191,7 @@ def _embeddings(
             )
         if config.dimensions:
             params["dimensions"] = config.dimensions
+        check_store(context, options["io_manager_key"], known_dimensions(resource, params["model"], config.dimensions))
         engine = Engine(
             resource.session, context, max_concurrency=max_concurrency, cache=config.cache, mode=config.mode
         )

@@ -10,7 +10,7 @@ Example:
 """
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypedDict
 
 import dagster as dg
@@ -116,10 +116,12 @@ def define_asset(
     code_version: str,
     uses_resource: bool = True,
     check_specs: Sequence[dg.AssetCheckSpec] = (),
+    extra_resource_keys: Collection[str] = (),
 ) -> dg.AssetsDefinition:
     """The ``@dg.asset`` of a factory: ``compute(context, config, **inputs)`` with the
     factory's run config class, column schema, ``options``, generated checks and
-    ``code_version`` (:mod:`~llm_assets.assets.versions`; the ``code_version`` option wins)."""
+    ``code_version`` (:mod:`~llm_assets.assets.versions`; the ``code_version`` option wins);
+    ``extra_resource_keys``: resources its body reads besides the OpenAI one (a vector store)."""
     compute.__annotations__["config"] = config_class
     compute.__annotations__.pop("return", None)  # Dagster would type the output (and checks) by it
     compute.__name__ = key.to_python_identifier()
@@ -140,7 +142,7 @@ def define_asset(
             tags=options.get("tags"),
             owners=options.get("owners"),
             metadata=metadata,
-            required_resource_keys={options["resource_key"]} if uses_resource else set(),
+            required_resource_keys=({options["resource_key"]} if uses_resource else set()) | set(extra_resource_keys),
             io_manager_key=options["io_manager_key"],
             check_specs=list(check_specs) or None,
             code_version=options.get("code_version") or code_version,
