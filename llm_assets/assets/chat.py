@@ -36,6 +36,7 @@ from llm_assets.assets.options import (
 )
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.assets.reporting import concat_answers, report_partition, report_run
+from llm_assets.assets.retrieval import Retrieval, context_text, retrieve
 from llm_assets.assets.translator import ChatTranslator
 from llm_assets.assets.upstream import Upstream, load_texts, run_partitions
 from llm_assets.assets.versions import code_version, data_version, translator_identity
@@ -175,6 +176,7 @@ def build_chat_answers_asset(
     mode: RequestMode | None = None,
     response_format: type[pydantic.BaseModel] | Mapping[str, Any] | None = None,
     max_parse_retries: int | None = None,
+    retrieval: Retrieval | None = None,
     checks: ChecksOption = True,
     defaults: ChatConfig | None = None,
     **options: Unpack[AssetOptions],
@@ -194,7 +196,9 @@ def build_chat_answers_asset(
     customises the messages, parameters and rows.
     ``response_format`` (a Pydantic model or JSON Schema) gives typed, validated columns
     (:mod:`~llm_assets.engine.structured`); ``checks`` configures the generated checks
-    (:mod:`~llm_assets.assets.checks`). ``options`` are Dagster's (:class:`AssetOptions`).
+    (:mod:`~llm_assets.assets.checks`). With ``retrieval`` (:class:`Retrieval`), each
+    request's ``{context}`` is the ``k`` nearest rows of a vector store to its query
+    (retrieval-augmented answers). ``options`` are Dagster's (:class:`AssetOptions`).
 
     Example:
         >>> answers = build_chat_answers_asset(
@@ -223,15 +227,22 @@ def build_chat_answers_asset(
     config = config_class(
         ChatConfig, name.to_python_identifier(), factory_defaults(ChatConfig, keywords, defaults, where)
     )
-    prompts.check({"question", *config().variables, *_row_placeholders(source, one_request_per_row)})
+    row_placeholders = {"question", *config().variables, *_row_placeholders(source, one_request_per_row)}
+    prompts.check(row_placeholders | ({"context"} if retrieval else set()))
+    if retrieval is not None:
+        _check_retrieval(prompts, retrieval, row_placeholders)
+        options["deps"] = [*(options.get("deps") or ()), retrieval.key]
     checks_ = AssetChecks(name, CHAT_CHECKS, checks, skip=[] if schema else ["valid_structured_answers"])
     sent = config().model_dump(include={"question", "variables", "chat_model", "max_tokens", "temperature"})
     rows = None
     if source is not None:
         rows = {"text_column": source.text_column, "one_request_per_row": one_request_per_row}
         rows["mapping"] = source.partition_mapping
+    if retrieval is not None:
+        retrieved = {"store": retrieval.key.to_user_string(), "k": retrieval.k, "query": retrieval.query}
+        rows = {**(rows or {}), "retrieval": {**retrieved, "partitions": list(retrieval.partitions or []) or None}}
     return define_asset(
-        _ChatAnswers(prompts, source, one_request_per_row, max_concurrency, options, checks_).compute(),
+        _ChatAnswers(prompts, source, one_request_per_row, max_concurrency, options, checks_, retrieval).compute(),
         key=name,
         config_class=config,
         columns=prompts.columns,
@@ -242,6 +253,21 @@ def build_chat_answers_asset(
         kinds={"openai"},
         code_version=prompts.code_version(sent, rows),
         check_specs=checks_.specs,
+        extra_resource_keys={retrieval.store_key} if retrieval else (),
+    )
+
+
+def _check_retrieval(prompts: ChatPrompts, retrieval: Retrieval, available: set[str]) -> None:
+    """``retrieval=`` fills ``{context}``: a prompt must use it, and the query template must
+    be fillable from the row's placeholders."""
+    name = prompts.asset_key.to_user_string()
+    if "context" not in prompts.fields:
+        raise ConfigurationError(
+            f"retrieval= of {name} fills {{context}} with the retrieved rows, and neither prompt uses it: put "
+            "{context} in the prompt or system_prompt."
+        )
+    PromptTemplate(retrieval.query).check(
+        available | partition_placeholders(prompts.partitions_def), where=f"Retrieval query of {name}"
     )
 
 
@@ -261,6 +287,7 @@ class _ChatAnswers:
     max_concurrency: int | None
     options: AssetOptions
     checks: AssetChecks
+    retrieval: Retrieval | None = None
 
     def compute(self) -> Callable[..., dg.MaterializeResult]:
         """The function Dagster runs (it reads the signature and names it)."""
@@ -305,7 +332,35 @@ class _ChatAnswers:
         if self.source is not None:
             texts = load_texts(context, upstream, partition_keys, self.source.text_column, self.source.key)
             rows = upstream_rows(texts, self.one_request_per_row)
-        return plan_chat_requests(self.prompts, rows, {**config.variables, "question": config.question}, params)
+        values = {**config.variables, "question": config.question}
+        if self.retrieval is not None:
+            rows = self.retrieved(context, resource, rows, values)
+        return plan_chat_requests(self.prompts, rows, values, params)
+
+    def retrieved(
+        self, context: dg.AssetExecutionContext, resource: Any, rows: Rows, values: Mapping[str, str]
+    ) -> Rows:
+        """``rows`` with each one's ``{context}``: the neighbours of its query (embedded
+        live, billed to its partition), numbered, nearest first."""
+        assert self.retrieval is not None
+        query, name = PromptTemplate(self.retrieval.query), self.prompts.asset_key.to_user_string()
+        queries = {
+            pk: [
+                query.render(
+                    {**values, **partition_values(self.prompts.partitions_def, pk), **row}, f"Retrieval query of {name}"
+                )
+                for row in partition_rows
+            ]
+            for pk, partition_rows in rows.items()
+        }
+        found = retrieve(context, resource, self.retrieval, queries, max_concurrency=self.max_concurrency)
+        return {
+            pk: [
+                {**row, "context": context_text(matches)}
+                for row, matches in zip(partition_rows, found[pk], strict=True)
+            ]
+            for pk, partition_rows in rows.items()
+        }
 
     def report(
         self,

@@ -50,6 +50,7 @@ def build_llm_pipeline_assets(
     response_format: type[pydantic.BaseModel] | Mapping[str, Any] | None = None,
     max_parse_retries: int | None = None,
     checks: ChecksOption = True,
+    vector_store_key: str | None = None,
     **options: Unpack[AssetOptions],
 ) -> LLMPipeline:
     """Answers per partition (keys ``answers``, ``embeddings``, ``answer_map`` under
@@ -57,7 +58,9 @@ def build_llm_pipeline_assets(
     default of both requesting assets), ``options`` apply to all three but ``pool`` and
     ``kinds``, which only the two requesting assets take (the map sends nothing). ``checks`` configures all
     three assets' generated checks by name (:mod:`~llm_assets.assets.checks`). With a
-    ``response_format``, the embeddings embed each answer's raw JSON text."""
+    ``response_format``, the embeddings embed each answer's raw JSON text.
+    ``vector_store_key`` names the I/O manager of the embeddings alone (e.g. a
+    :class:`~llm_assets.vector_store.io_manager.LanceDBIOManager`, to search them)."""
     answers = build_chat_answers_asset(
         key="answers",
         prompt=prompt,
@@ -79,7 +82,7 @@ def build_llm_pipeline_assets(
         embedding_model=embedding_model,
         mode=mode,
         checks=checks_of(checks, EMBEDDING_CHECKS),
-        **options,
+        **{**options, **({"io_manager_key": vector_store_key} if vector_store_key else {})},
     )
     plot_options: AssetOptions = {n: v for n, v in options.items() if n not in ("pool", "kinds")}  # type: ignore[assignment]
     plot = build_pca_plot_asset(
