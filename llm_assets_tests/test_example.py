@@ -7,10 +7,14 @@ import sys
 import warnings
 
 import dagster as dg
+import numpy as np
 import pytest
 from PIL import Image
 
+from llm_assets import embedding_matrix
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
+from llm_assets.testing import scripted_vector
+from llm_assets.vector_store.column import frame_of
 
 MODULE = "llm_assets.examples.captains"
 
@@ -24,7 +28,7 @@ def test_definitions_validate(monkeypatch, server):
     example = load_example(monkeypatch, server.base_url)
     dg.Definitions.validate_loadable(example.defs)
     keys = {k.to_user_string() for k in example.defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"captains/answers", "captains/embeddings", "captains/answer_map"}
+    assert keys == {"captains/answers", "captains/embeddings", "captains/answer_map", "captains/most_like"}
 
 
 def test_the_example_names_what_answers_and_loads_quietly(monkeypatch, capsys):
@@ -77,6 +81,30 @@ def test_all_captains_then_embeddings_then_plot(monkeypatch, server, env_home):
     with Image.open(png) as image:
         image.verify()
         assert image.format == "PNG" and image.size[0] > 100
+    assert_most_like_is_the_nearest_captain(example, server)
+
+
+def assert_most_like_is_the_nearest_captain(example, server) -> None:
+    """``captains/most_like`` names the captain whose answer is nearest the run config's
+    sentence: numpy's cosine over the embeddings in the example's LanceDB table."""
+    sentence = example.SENTENCE
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            [*example.pipeline, example.most_like],
+            selection=[example.most_like.key],
+            resources=example.defs.resources,
+            instance=instance,
+        )
+        stored = example.defs.resources["vector_store"].store(instance).read("captains__embeddings")
+    frame = result.output_for_node("captains__most_like")
+    matrix = embedding_matrix(frame_of(stored))
+    query = scripted_vector(sentence, matrix.shape[1])
+    cosine = 1 - (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)) @ (query / np.linalg.norm(query))
+    captains = stored.column("partition_key").to_pylist()
+    assert frame["match_partition_key"].tolist() == [captains[i] for i in np.argsort(cosine)[:3]]
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.metadata["nearest"].value == captains[int(np.argmin(cosine))]
+    assert server.usage_where(lambda b: b.get("input") == [sentence]).calls == 1  # the query, embedded once
 
 
 def test_the_seven_captains_are_seeded_at_load_once_and_a_deleted_one_stays_deleted(monkeypatch, env_home):

@@ -1,8 +1,10 @@
 """The captains pipeline: one question, many starship captains, a map of their answers.
 
 Each captain is a partition of the ``captains/answers`` asset; their answers are
-embedded (``captains/embeddings``) and projected to 2-D (``captains/answer_map``).
-Change the question in the launchpad (run config ``question``) and re-materialize.
+embedded (``captains/embeddings``, a LanceDB table) and projected to 2-D
+(``captains/answer_map``). ``captains/most_like`` answers "which captain answered most
+like this sentence?" (run config ``queries``). Change the question in the launchpad (run
+config ``question``) and re-materialize.
 
 The captains are a dynamic partition set (``captains``): add one from the UI (the
 materialize dialog's **Add a partition**) and materialize it, as the Airflow tutorial's
@@ -23,7 +25,13 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from llm_assets import PartitionedFilesystemIOManager, build_llm_pipeline_assets
+from llm_assets import (
+    LanceDBIOManager,
+    PartitionedFilesystemIOManager,
+    SearchConfig,
+    build_llm_pipeline_assets,
+    build_search_asset,
+)
 from llm_assets.local import openai_resource_from_env
 from llm_assets.local.resource import announce
 
@@ -107,15 +115,30 @@ pipeline = build_llm_pipeline_assets(
     temperature=0.7,
     group_name="captains",
     kinds=openai.asset_kinds,  # what the UI shows answering: OpenAI, or the local model
+    vector_store_key="vector_store",  # the embeddings in a LanceDB table, searchable
+)
+
+#: The sentence ``captains/most_like`` starts with (run config ``queries`` changes it).
+SENTENCE = "A captain must put the crew before the mission."
+
+#: "Which captain answered most like this sentence?": the nearest answers to it.
+most_like = build_search_asset(
+    key="most_like",
+    key_prefix="captains",
+    store=pipeline.embeddings,
+    defaults=SearchConfig(queries=[SENTENCE], k=3),
+    group_name="captains",
+    kinds={*openai.asset_kinds, "lancedb"},
 )
 
 
 defs = dg.Definitions(
-    assets=list(pipeline),
+    assets=[*pipeline, most_like],
     sensors=[seed_captains_sensor],
     resources={
         "openai": openai,
         "io_manager": PartitionedFilesystemIOManager(),
+        "vector_store": LanceDBIOManager(),  # 'lancedb' in the instance's storage directory
     },
 )
 

@@ -205,6 +205,15 @@ def wait_for_metadata(page: Page, asset_path: str, entry: str, value: str, timeo
         raise AssertionError(f"{asset_path}: metadata {entry!r} shows {shown!r}, expected {value!r}") from None
 
 
+def metadata_value(page: Page, asset_path: str, entry: str, timeout_s: float = PAGE_TIMEOUT_S) -> str:
+    """The value the asset's Overview shows for the metadata ``entry`` of its latest
+    materialization (once the entry is there)."""
+    open_asset_tab(page, asset_path, "Overview")
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=entry, exact=True)).first
+    wait_visible(page, row, timeout_s)
+    return row.get_by_role("cell").nth(1).inner_text().strip()
+
+
 def open_markdown_image(page: Page, asset_path: str, entry: str) -> tuple[str, int, int]:
     """Opens the Markdown metadata ``entry`` of the asset's latest materialization ("[Show
     Markdown]" in its metadata table: a dialog renders it) and waits for its image to load and

@@ -2,7 +2,8 @@
 the embedded local model: materialize every captain's answers and embeddings (one backfill,
 one run), then the answer map, and see its plot and the answers' checks in the UI; then add
 a captain, Riker, with the dialog's own "Add a partition", answer and embed Riker (one run),
-and re-draw the map, which then has a point more.
+and re-draw the map, which then has a point more; last, ask which captain answered most
+like the example's sentence (a search of the embeddings' LanceDB table).
 
 Screenshots of each milestone go to ``$LLM_ASSETS_SCREENSHOTS`` (for docs/) or ``tmp_path``."""
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 LOCATION = GROUP = "captains"
 ANSWERS, EMBEDDINGS, ANSWER_MAP = "captains/answers", "captains/embeddings", "captains/answer_map"
+MOST_LIKE = "captains/most_like"
 #: Checks the Checks tab of captains/answers lists (the chat factory's, without a response_format).
 MIN_ANSWER_CHECKS = 5
 #: The captain the journey adds from the UI.
@@ -31,7 +33,7 @@ NEW_CAPTAIN = "Riker"
 def test_readme_journey_in_the_dagster_ui(page: "Page", dagster_dev: "DagsterDev", screenshots: Path) -> None:
     # `page` first: a missing browser or playwright skips before dagster dev starts
     page.goto(dagster_dev.url)
-    ui.wait_for_asset_graph(page, LOCATION, GROUP, ["answers", "embeddings", "answer_map"])
+    ui.wait_for_asset_graph(page, LOCATION, GROUP, ["answers", "embeddings", "answer_map", "most_like"])
     ui.screenshot(page, screenshots, "01-asset-graph.png")
 
     ui.materialize_all_partitions(page, LOCATION, GROUP, [ANSWERS, EMBEDDINGS], partitions=len(CAPTAINS))
@@ -62,3 +64,9 @@ def test_readme_journey_in_the_dagster_ui(page: "Page", dagster_dev: "DagsterDev
     ui.wait_for_metadata(page, ANSWER_MAP, "points", str(crew))
     ui.open_markdown_image(page, ANSWER_MAP, "plot")
     ui.screenshot(page, screenshots, "06-answer-map-with-riker.png")
+
+    # Which captain answered most like the sentence? A search of the embeddings' LanceDB table
+    ui.materialize(page, MOST_LIKE)
+    nearest = ui.metadata_value(page, MOST_LIKE, "nearest")
+    assert nearest in [*CAPTAINS, NEW_CAPTAIN], f"{MOST_LIKE} names {nearest!r}, not a captain"
+    ui.screenshot(page, screenshots, "07-most-like.png")
