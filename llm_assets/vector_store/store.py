@@ -19,14 +19,15 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import tenacity
 
 from llm_assets.errors import ConfigurationError
 from llm_assets.vector_store.column import VECTOR_COLUMN, dimensions_of, frame_of, vector_array
@@ -41,6 +42,7 @@ INDEX_MIN_ROWS = 100_000
 #: The columns that name a row of a partitioned table: replaced by a re-materialization.
 ROW_KEY = ("partition_key", "row")
 
+T = TypeVar("T")
 Distance = Literal["cosine", "l2", "dot"]
 IndexType = Literal["IVF_PQ", "IVF_HNSW_SQ"]
 
@@ -161,28 +163,31 @@ class VectorStore:
         Then index it, or refresh its index, past :attr:`IndexSettings.min_rows` rows."""
         table = self.open(name)
         if table is None:
-            table = self._create(name, data)
+            table = self._create(name, data, partitions)
         else:
-            self._replace(table, name, data, partitions)
-        return Written(
-            self.table_uri(name), name, table.version, table.count_rows(), _dimensions(table), self._indexed(table)
-        )
+            committed(table, lambda: self._replace(table, name, data, partitions))
+        index = self._maintained(table, name)
+        return Written(self.table_uri(name), name, table.version, table.count_rows(), _dimensions(table), index)
 
-    def _create(self, name: str, data: pa.Table) -> Table:
+    def _create(self, name: str, data: pa.Table, partitions: Sequence[str] | None) -> Table:
         try:
             return self.db.create_table(name, data, mode="create")
         except (ValueError, OSError, RuntimeError):
-            if self.open(name) is None:  # not a writer that created it first: a real failure
+            table = self.open(name)
+            if table is None:  # not a writer that created it first: a real failure
                 raise
-            table = self.db.open_table(name)  # another step created it first: replace our rows in it
-            self._replace(table, name, data, _partitions_of(data))
+            committed(table, lambda: self._replace(table, name, data, partitions))  # another step created it first
             return table
 
     def _replace(self, table: Table, name: str, data: pa.Table, partitions: Sequence[str] | None) -> None:
-        if not self._others(table, partitions):  # nothing else in the table: this write replaces all of it
+        """One commit: the whole table (``partitions=None``, or a new schema or dimension
+        over a table holding only these partitions' rows), else a merge on the row key that
+        deletes the partitions' rows ``data`` no longer has. A merge never touches another
+        partition's rows, so steps writing other partitions at the same time lose nothing."""
+        new = dimensions_of(data.column(VECTOR_COLUMN)) if VECTOR_COLUMN in data.column_names and len(data) else None
+        if partitions is None or (not self._others(table, partitions) and not _fits(data, table.schema, new)):
             table.add(data, mode="overwrite")
             return
-        new = dimensions_of(data.column(VECTOR_COLUMN)) if VECTOR_COLUMN in data.column_names and len(data) else None
         self._check_dimensions(table, name, new)
         data = _conformed(data, table.schema, name)
         if not len(data):
@@ -218,6 +223,21 @@ class VectorStore:
             f"have {new}: embed with the model and `dimensions` the table was built with ({stored}), or drop the "
             f"table (llm_assets.VectorStore({self.uri!r}).drop({name!r})) and materialize every partition again."
         )
+
+    def _maintained(self, table: Table, name: str) -> dict[str, Any]:
+        """The index after :meth:`_indexed`; a failure to maintain it (the rows are committed:
+        searches still find them, exactly) is a warning, and the ``error`` of its metadata."""
+        try:
+            return committed(table, lambda: self._indexed(table))
+        except Exception as error:  # Lance's errors have no common type
+            import dagster as dg
+
+            problem = f"{type(error).__name__}: {str(error)[:300]}"
+            dg.get_dagster_logger("llm_assets").warning(
+                f"The ANN index of the LanceDB table {name!r} could not be brought up to date ({problem}); its rows "
+                "are written, and searches scan those the index lacks. The next write tries again."
+            )
+            return {"index_type": self.index.index_type, "action": "failed", "error": problem}
 
     def _indexed(self, table: Table) -> dict[str, Any]:
         """Build the vector index once the table has ``min_rows`` rows, or bring an existing
@@ -336,11 +356,37 @@ def _where(partitions: Sequence[str] | None) -> str:
     return f"partition_key IN ({', '.join(_quoted(p) for p in partitions)})"
 
 
-def _partitions_of(data: pa.Table) -> list[str] | None:
-    if "partition_key" not in data.column_names:
-        return None
-    keys = data.column("partition_key").unique().to_pylist()
-    return None if None in keys else [str(k) for k in keys]
+#: Attempts of a commit that a concurrent writer's commit preempted (Lance says "retryable").
+COMMIT_ATTEMPTS = 8
+
+
+def _preempted(error: BaseException) -> bool:
+    return "Retryable commit conflict" in str(error)
+
+
+def committed(table: Table, action: Callable[[], T]) -> T:
+    """``action`` (Lance commits to ``table``), again on the table's latest version while a
+    concurrent writer's commit preempts it: steps writing other partitions of the same
+    table, or refreshing its index, at once."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_preempted),
+        stop=tenacity.stop_after_attempt(COMMIT_ATTEMPTS),
+        wait=tenacity.wait_random_exponential(multiplier=0.05, max=2),
+        before_sleep=lambda _: table.checkout_latest(),
+        reraise=True,
+    )
+    return retrying(action)
+
+
+def _fits(data: pa.Table, schema: pa.Schema, dimensions: int | None) -> bool:
+    """Whether ``data`` can be merged into a table of ``schema``: the same columns, and
+    vectors of its length."""
+    if set(data.column_names) != set(schema.names):
+        return False
+    stored = (
+        dimensions_of(pa.chunked_array([], schema.field(VECTOR_COLUMN).type)) if VECTOR_COLUMN in schema.names else None
+    )
+    return dimensions is None or stored is None or stored == dimensions
 
 
 def _conformed(data: pa.Table, schema: pa.Schema, name: str) -> pa.Table:

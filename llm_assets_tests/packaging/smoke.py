@@ -296,7 +296,7 @@ def check_dagster_dev_serves(home: Path) -> None:
         )
         body = wait_until_serves(query, process, accept=lambda body: b"answer_map" in body)
         paths = {"/".join(n["assetKey"]["path"]) for n in json.loads(body)["data"]["assetNodes"]}
-        assert paths == {"captains/answers", "captains/embeddings", "captains/answer_map"}, paths
+        assert paths == {"captains/answers", "captains/embeddings", "captains/answer_map", "captains/most_like"}, paths
     passed("dagster dev serves the example")
 
 

@@ -118,3 +118,20 @@ def test_searching_a_missing_or_empty_table_or_with_other_dimensions_is_one_clea
 def test_the_store_never_shows_its_storage_options():
     store = VectorStore("s3://bucket/db", {"aws_secret_access_key": "sk-secret-value"})
     assert "sk-secret" not in repr(store)
+
+
+def test_an_index_that_cant_be_maintained_is_a_warning_not_a_lost_write(tmp_path, monkeypatch, caplog):
+    store = VectorStore(str(tmp_path / "db"), index=IndexSettings(min_rows=10))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("lance error: the disk is full")
+
+    monkeypatch.setattr(IndexSettings, "config", refuse)
+    written = store.write("t", table("a", 40), ["a"])
+    assert written.rows == 40 and store.read("t").num_rows == 40  # committed
+    assert written.index == {
+        "index_type": "IVF_PQ",
+        "action": "failed",
+        "error": "RuntimeError: lance error: the disk is full",
+    }
+    assert "could not be brought up to date (RuntimeError: lance error: the disk is full)" in caplog.text
