@@ -95,7 +95,7 @@ def test_an_index_is_built_past_its_threshold_then_refreshed(tmp_path):
     assert store.write("t", table("a", 400), ["a"]).index == {}  # below the threshold: exact search
     written = store.write("t", table("b", 400, seed=1), ["b"])
     assert written.index["action"] == "built" and written.index["index_type"] == "IVF_PQ"
-    assert written.index["indexed_rows"] == 800 and written.index["num_sub_vectors"] == 1
+    assert written.index["indexed_rows"] == 800 and written.index["num_sub_vectors"] == 2
     assert written.metadata()["lancedb/index"].data["distance"] == "cosine"
     refreshed = store.write("t", table("c", 100, seed=2), ["c"])
     assert refreshed.index["action"] in ("refreshed", "up to date") and refreshed.index["unindexed_rows"] == 0
@@ -135,3 +135,22 @@ def test_an_index_that_cant_be_maintained_is_a_warning_not_a_lost_write(tmp_path
         "error": "RuntimeError: lance error: the disk is full",
     }
     assert "could not be brought up to date (RuntimeError: lance error: the disk is full)" in caplog.text
+
+
+def test_a_text_search_embeds_its_texts_with_the_function_given(store):
+    data = table("a", 20)
+    store.write("t", data, ["a"])
+    matrix = matrix_of(data.column("embedding"))
+    asked = []
+
+    def embed(texts):
+        asked.append(texts)
+        return [matrix[int(text)] for text in texts]
+
+    found = store.search("t", ["3", "11"], k=1, embed=embed)
+    assert asked == [["3", "11"]] and found["row"].tolist() == [3, 11]
+    assert store.search("t", "5", k=1, embed=embed)["row"].tolist() == [5]
+    with pytest.raises(ConfigurationError, match="A text search of 't' needs embed="):
+        store.search("t", "5")
+    with pytest.raises(ConfigurationError, match="is NaN, infinite or all zeros"):
+        store.search("t", np.zeros(8))
