@@ -119,14 +119,16 @@ def retrieve(
     found: dict[str | None, list[pd.DataFrame]] = {pk: [] for pk in queries}
     for pk, result in embedded.items():
         hits = store.search(name, result.vectors, k or retrieval.k, retrieval.partitions)
-        for number in range(len(result.vectors)):
-            part = hits[hits["query"] == number].drop(columns="query").reset_index(drop=True)
-            found[pk].append(part.rename(columns=_match_names(part.columns)))
+        hits = hits.rename(columns=_match_names(hits.columns))
+        groups = {number: part for number, part in hits.groupby("query", sort=False)}
+        for number in range(len(result.vectors)):  # a query with no neighbour (no rows to search) gets none
+            part = groups.get(number, hits.iloc[:0])
+            found[pk].append(part.drop(columns="query").reset_index(drop=True))
     return found
 
 
 def _match_names(columns: Sequence[str]) -> dict[str, str]:
-    return {c: f"match_{c}" for c in columns if c not in ("rank", "distance")}
+    return {c: f"match_{c}" for c in columns if c not in ("query", "rank", "distance")}
 
 
 def context_text(matches: pd.DataFrame) -> str:

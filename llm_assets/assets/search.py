@@ -12,6 +12,7 @@ Example:
     ['captains/embeddings']
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Unpack
@@ -158,6 +159,7 @@ class _Search:
         retrieval = Retrieval(
             self.retrieval.store, config.k, store_key=self.retrieval.store_key, partitions=config.partitions
         )
+        started = time.perf_counter()
         found = retrieve(
             context,
             resource,
@@ -169,7 +171,7 @@ class _Search:
             cache=config.cache,
         )
         count = sum(len(texts) for texts in queries.values())
-        report_run(context, "queries searched", count, len(partition_keys), 0.0)
+        report_run(context, "queries searched", count, len(partition_keys), time.perf_counter() - started)
         frames = {pk: self.report(context, pk, queries[pk], found[pk], resource.redact_text) for pk in queries}
         frame = pd.concat(list(frames.values()), ignore_index=True) if len(frames) > 1 else next(iter(frames.values()))
         return checked(frame, [], data_version=data_version(context, frames))

@@ -74,6 +74,10 @@ class IndexSettings:
         )
 
 
+#: The share of a table's rows left out of its index (searched exactly, alongside it)
+#: before a write adds them: refreshing costs seconds at a million rows, whatever was written.
+REFRESH_FRACTION = 0.1
+
 #: k-means iterations training the index: Lance's default of 50 built a 100,000-row index
 #: in 68 s and 10 in 11 s, with the same recall (``benchmarks/vectors.py``).
 KMEANS_ITERATIONS = 10
@@ -247,8 +251,10 @@ class VectorStore:
             return {"index_type": self.index.index_type, "action": "failed", "error": problem}
 
     def _indexed(self, table: Table) -> dict[str, Any]:
-        """Build the vector index once the table has ``min_rows`` rows, or bring an existing
-        one up to date (retrained once fewer than half the rows are indexed); its settings."""
+        """Build the vector index once the table has ``min_rows`` rows, or keep an existing
+        one up to date: new rows are added once they are :data:`REFRESH_FRACTION` of the
+        table (searched exactly until then), and it is retrained once fewer than half the
+        rows are indexed. Its settings and state."""
         settings = self.index
         if VECTOR_COLUMN not in table.schema.names:
             return {}
@@ -268,6 +274,8 @@ class VectorStore:
             elif stats.num_indexed_rows < rows / 2:
                 table.create_index(VECTOR_COLUMN, config=settings.config(dimensions), replace=True)
                 action = "retrained"
+            elif stats.num_unindexed_rows < rows * REFRESH_FRACTION:
+                action = "new rows searched exactly"  # a write costs its own rows, not the table's
             else:
                 table.optimize()  # adds the new rows to the index (and compacts small files)
                 action = "refreshed"

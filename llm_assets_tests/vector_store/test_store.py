@@ -98,7 +98,12 @@ def test_an_index_is_built_past_its_threshold_then_refreshed(tmp_path):
     assert written.index["indexed_rows"] == 800 and written.index["num_sub_vectors"] == 2
     assert written.metadata()["lancedb/index"].data["distance"] == "cosine"
     refreshed = store.write("t", table("c", 100, seed=2), ["c"])
-    assert refreshed.index["action"] in ("refreshed", "up to date") and refreshed.index["unindexed_rows"] == 0
+    assert refreshed.index["action"] == "refreshed" and refreshed.index["unindexed_rows"] == 0  # 100 of 900: past 10%
+    small = store.write("t", table("d", 40, seed=3), ["d"])  # 40 of 940: searched exactly until more come
+    assert small.index["action"] == "new rows searched exactly" and small.index["unindexed_rows"] == 40
+    assert store.search("t", matrix_of(table("d", 40, seed=3).column("embedding"))[5], k=1)["text"].tolist() == [
+        "d-3-5"
+    ]
     query = matrix_of(table("b", 400, seed=1).column("embedding"))[7]
     assert store.search("t", query, k=1)["text"].tolist() == ["b-1-7"]  # itself, through the index
 
