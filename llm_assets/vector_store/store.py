@@ -74,9 +74,12 @@ class IndexSettings:
         )
 
 
-#: The share of a table's rows left out of its index (searched exactly, alongside it)
-#: before a write adds them: refreshing costs seconds at a million rows, whatever was written.
+#: New rows are left out of the index (searched exactly, alongside it) until they are this
+#: share of the table or :data:`REFRESH_ROWS`, whichever comes first (LanceDB's guidance:
+#: optimize after 100,000 changed rows): a refresh costs seconds at a million rows,
+#: whatever was written.
 REFRESH_FRACTION = 0.1
+REFRESH_ROWS = 100_000
 
 #: k-means iterations training the index: Lance's default of 50 built a 100,000-row index
 #: in 68 s and 10 in 11 s, with the same recall (``benchmarks/vectors.py``).
@@ -250,11 +253,17 @@ class VectorStore:
             )
             return {"index_type": self.index.index_type, "action": "failed", "error": problem}
 
-    def _indexed(self, table: Table) -> dict[str, Any]:
+    def optimize(self, name: str) -> dict[str, Any]:
+        """Bring table ``name``'s index up to date now (every row in it; small files
+        compacted), e.g. from a maintenance job after many small writes; its state."""
+        table = self.searchable(name)
+        return committed(table, lambda: self._indexed(table, refresh=True))
+
+    def _indexed(self, table: Table, *, refresh: bool = False) -> dict[str, Any]:
         """Build the vector index once the table has ``min_rows`` rows, or keep an existing
         one up to date: new rows are added once they are :data:`REFRESH_FRACTION` of the
-        table (searched exactly until then), and it is retrained once fewer than half the
-        rows are indexed. Its settings and state."""
+        table or :data:`REFRESH_ROWS` (searched exactly until then; ``refresh``: now), and
+        it is retrained once fewer than half the rows are indexed. Its settings and state."""
         settings = self.index
         if VECTOR_COLUMN not in table.schema.names:
             return {}
@@ -274,7 +283,7 @@ class VectorStore:
             elif stats.num_indexed_rows < rows / 2:
                 table.create_index(VECTOR_COLUMN, config=settings.config(dimensions), replace=True)
                 action = "retrained"
-            elif stats.num_unindexed_rows < rows * REFRESH_FRACTION:
+            elif not refresh and stats.num_unindexed_rows < min(REFRESH_ROWS, rows * REFRESH_FRACTION):
                 action = "new rows searched exactly"  # a write costs its own rows, not the table's
             else:
                 table.optimize()  # adds the new rows to the index (and compacts small files)

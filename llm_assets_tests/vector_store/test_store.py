@@ -104,6 +104,8 @@ def test_an_index_is_built_past_its_threshold_then_refreshed(tmp_path):
     assert store.search("t", matrix_of(table("d", 40, seed=3).column("embedding"))[5], k=1)["text"].tolist() == [
         "d-3-5"
     ]
+    optimized = store.optimize("t")  # a maintenance job: every row into the index now
+    assert optimized["action"] == "refreshed" and optimized["unindexed_rows"] == 0
     query = matrix_of(table("b", 400, seed=1).column("embedding"))[7]
     assert store.search("t", query, k=1)["text"].tolist() == ["b-1-7"]  # itself, through the index
 
