@@ -205,13 +205,13 @@ def wait_for_metadata(page: Page, asset_path: str, entry: str, value: str, timeo
         raise AssertionError(f"{asset_path}: metadata {entry!r} shows {shown!r}, expected {value!r}") from None
 
 
-def metadata_value(page: Page, asset_path: str, entry: str, timeout_s: float = PAGE_TIMEOUT_S) -> str:
-    """The value the asset's Overview shows for the metadata ``entry`` of its latest
-    materialization (once the entry is there)."""
+def metadata_row(page: Page, asset_path: str, entry: str, timeout_s: float = PAGE_TIMEOUT_S) -> str:
+    """The text of the row the asset's Overview shows for the metadata ``entry`` of its
+    latest materialization (its cells, tab-separated), once the entry is there."""
     open_asset_tab(page, asset_path, "Overview")
     row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=entry, exact=True)).first
     wait_visible(page, row, timeout_s)
-    return row.get_by_role("cell").nth(1).inner_text().strip()
+    return row.inner_text()
 
 
 def open_markdown_image(page: Page, asset_path: str, entry: str) -> tuple[str, int, int]:
