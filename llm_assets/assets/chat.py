@@ -28,17 +28,13 @@ from llm_assets.assets.frames import ANSWER_COLUMNS
 from llm_assets.assets.options import (
     AssetKeyLike,
     AssetOptions,
-    asset_key,
-    check_max_concurrency,
-    check_partitions,
     define_asset,
-    resolved,
 )
 from llm_assets.assets.prompts import PromptTemplate, partition_placeholders, partition_values
 from llm_assets.assets.reporting import concat_answers, report_partition, report_run
 from llm_assets.assets.retrieval import Retrieval, context_text, retrieve
 from llm_assets.assets.translator import ChatTranslator
-from llm_assets.assets.upstream import Upstream, load_texts, run_partitions
+from llm_assets.assets.upstream import Requesting, Upstream, load_texts, run_partitions
 from llm_assets.assets.versions import code_version, data_version, translator_identity
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import AnswerRow, ChatRequest, Engine
@@ -212,13 +208,16 @@ def build_chat_answers_asset(
         >>> same.code_versions_by_key == answers.code_versions_by_key
         True
     """
-    options = resolved(options)
-    name = asset_key(key, options.get("key_prefix"), "answers")
-    where = f"build_chat_answers_asset ({name.to_user_string()})"
-    source = Upstream.of(upstream, text_column, partition_mapping, where) if upstream is not None else None
-    partitions_def = partitions_def or (source.partitions_def if source else None)
-    check_partitions(partitions_def, name)
-    check_max_concurrency(max_concurrency, name)
+    options, name, where, source, partitions_def = Requesting.of(
+        "build_chat_answers_asset",
+        "answers",
+        key,
+        options,
+        upstream,
+        (text_column, partition_mapping),
+        partitions_def,
+        max_concurrency,
+    )
     schema = OutputSchema.of(response_format, name.to_user_string()) if response_format is not None else None
     system = PromptTemplate(system_prompt) if system_prompt else None
     prompts = ChatPrompts(name, PromptTemplate(prompt), system, partitions_def, translator or ChatTranslator(), schema)

@@ -21,14 +21,10 @@ from llm_assets.assets.frames import EMBEDDING_COLUMNS, embeddings_frame
 from llm_assets.assets.options import (
     AssetKeyLike,
     AssetOptions,
-    asset_key,
-    check_max_concurrency,
-    check_partitions,
     define_asset,
-    resolved,
 )
 from llm_assets.assets.reporting import MAX_LOOKUPS, latest_metadata, report_run
-from llm_assets.assets.upstream import Upstream, empty_metadata, load_texts, run_partitions
+from llm_assets.assets.upstream import Requesting, Upstream, empty_metadata, load_texts, run_partitions
 from llm_assets.assets.versions import code_version, data_version
 from llm_assets.batch.settings import RequestMode
 from llm_assets.engine import EmbeddingResult, Engine
@@ -140,15 +136,19 @@ def build_embeddings_asset(
         ...     upstream=Upstream(notes, text_column="text"), defaults=EmbeddingConfig(dimensions=256)
         ... )
     """
-    options = resolved(options)
-    name = asset_key(key, options.get("key_prefix"), "embeddings")
-    where = f"build_embeddings_asset ({name.to_user_string()})"
-    read = Upstream.of(upstream, text_column, partition_mapping, where)
+    options, name, where, read, partitions_def = Requesting.of(
+        "build_embeddings_asset",
+        "embeddings",
+        key,
+        options,
+        upstream,
+        (text_column, partition_mapping),
+        partitions_def,
+        max_concurrency,
+    )
+    assert read is not None  # upstream= is required
     source = read.asset_in()
     keywords = {"embedding_model": embedding_model, "dimensions": dimensions, "batch_size": batch_size, "mode": mode}
-    partitions_def = partitions_def or read.partitions_def
-    check_partitions(partitions_def, name)
-    check_max_concurrency(max_concurrency, name)
     asset_checks = AssetChecks(name, EMBEDDING_CHECKS, checks)
     config = config_class(
         EmbeddingConfig, name.to_python_identifier(), factory_defaults(EmbeddingConfig, keywords, defaults, where)

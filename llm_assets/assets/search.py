@@ -27,15 +27,11 @@ from llm_assets.assets.frames import preview, typed_frame
 from llm_assets.assets.options import (
     AssetKeyLike,
     AssetOptions,
-    asset_key,
-    check_max_concurrency,
-    check_partitions,
     define_asset,
-    resolved,
 )
 from llm_assets.assets.reporting import report_run
 from llm_assets.assets.retrieval import MAX_K, STORE_KEY, Retrieval, retrieve
-from llm_assets.assets.upstream import Upstream, load_texts, run_partitions
+from llm_assets.assets.upstream import Requesting, Upstream, load_texts, run_partitions
 from llm_assets.assets.versions import code_version, data_version
 from llm_assets.cache import CacheMode
 from llm_assets.engine.rows import ColumnSpec, column, column_specs
@@ -108,13 +104,16 @@ def build_search_asset(
         >>> similar.partitions_def == tickets.partitions_def
         True
     """
-    options = resolved(options)
-    name = asset_key(key, options.get("key_prefix"), "search")
-    where = f"build_search_asset ({name.to_user_string()})"
-    source = Upstream.of(queries, text_column, partition_mapping, where) if queries is not None else None
-    partitions_def = partitions_def or (source.partitions_def if source else None)
-    check_partitions(partitions_def, name)
-    check_max_concurrency(max_concurrency, name)
+    options, name, where, source, partitions_def = Requesting.of(
+        "build_search_asset",
+        "search",
+        key,
+        options,
+        queries,
+        (text_column, partition_mapping),
+        partitions_def,
+        max_concurrency,
+    )
     retrieval = Retrieval(store, store_key=store_key)
     config = config_class(
         SearchConfig, name.to_python_identifier(), factory_defaults(SearchConfig, {"k": k}, defaults, where)

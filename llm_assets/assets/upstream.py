@@ -8,7 +8,7 @@ Example:
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -16,7 +16,15 @@ import pandas as pd
 
 from llm_assets.assets.frames import by_partition, stray_keys
 from llm_assets.assets.io_manager import stores_partition_ranges
-from llm_assets.assets.options import PARTITION_COLUMN, AssetKeyLike
+from llm_assets.assets.options import (
+    PARTITION_COLUMN,
+    AssetKeyLike,
+    AssetOptions,
+    asset_key,
+    check_max_concurrency,
+    check_partitions,
+    resolved,
+)
 from llm_assets.errors import ConfigurationError
 from llm_assets.http.validation import check_text
 
@@ -111,6 +119,41 @@ def _same(a: Any, b: Any) -> bool:
     """Equal, and of one type: Dagster's field-less partition mappings are empty named tuples,
     all equal to each other."""
     return type(a) is type(b) and a == b
+
+
+class Requesting(NamedTuple):
+    """What a requesting factory (chat answers, embeddings, search) settles first: its
+    options over the defaults, its key, how its errors name it, the upstream it reads
+    (if any) and its partitions (given, else the upstream's), checked; unpacked in that
+    order."""
+
+    options: AssetOptions
+    key: dg.AssetKey
+    where: str
+    source: Upstream | None
+    partitions_def: dg.PartitionsDefinition | None
+
+    @classmethod
+    def of(
+        cls,
+        factory: str,
+        default_key: str,
+        key: AssetKeyLike | None,
+        options: AssetOptions,
+        upstream: Any,
+        read: tuple[str | None, dg.PartitionMapping | None],
+        partitions_def: dg.PartitionsDefinition | None,
+        max_concurrency: int | None,
+    ) -> "Requesting":
+        """``read``: the factory's ``text_column`` and ``partition_mapping`` keywords."""
+        options = resolved(options)
+        name = asset_key(key, options.get("key_prefix"), default_key)
+        where = f"{factory} ({name.to_user_string()})"
+        source = Upstream.of(upstream, *read, where) if upstream is not None else None
+        partitions_def = partitions_def or (source.partitions_def if source else None)
+        check_partitions(partitions_def, name)
+        check_max_concurrency(max_concurrency, name)
+        return cls(options, name, where, source, partitions_def)
 
 
 def run_partitions(context: dg.AssetExecutionContext, io_manager_key: str) -> list[str | None]:
