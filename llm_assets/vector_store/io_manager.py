@@ -133,33 +133,21 @@ def table_name(asset_key: dg.AssetKey) -> str:
 
 
 def check_writable(uri: str, storage_options: dict[str, str]) -> None:
-    """Raise one error naming ``uri`` if the database can't be written there (a local
-    directory is created if need be; an object store is probed with a small file)."""
-    problem = None
-    if "://" not in uri or uri.startswith("file://"):
-        path = uri.removeprefix("file://")
-        probe = os.path.join(path, f".llm_assets-probe-{uuid.uuid4().hex}")
-        try:
-            os.makedirs(path, exist_ok=True)
-            with open(probe, "wb") as handle:
-                handle.write(b"")
-            os.remove(probe)
-        except OSError as error:
-            problem = f"{type(error).__name__}: {error.strerror or error}"
-    else:
-        try:
-            import pyarrow.fs as pafs
-
-            filesystem, path = pafs.FileSystem.from_uri(uri)
-            with filesystem.open_output_stream(f"{path.rstrip('/')}/.llm_assets-probe-{uuid.uuid4().hex}") as out:
-                out.write(b"")
-        except Exception as error:  # any failure to reach or write the store
-            problem = f"{type(error).__name__}: {str(error)[:200]}"
-    if problem:
+    """Raise one error naming ``uri`` if LanceDB can't write a table there (a local
+    directory is created if need be): a small probe table is written and dropped, through
+    the same client and ``storage_options`` the writes use."""
+    store, probe = VectorStore(uri, storage_options), f"llm_assets_probe_{uuid.uuid4().hex}"
+    try:
+        if "://" not in uri or uri.startswith("file://"):
+            os.makedirs(uri.removeprefix("file://"), exist_ok=True)
+        store.db.create_table(probe, pa.table({"probe": pa.array([0], pa.int8())}), mode="create")
+        store.db.drop_table(probe)
+    except Exception as error:  # any failure to reach or write the store (Lance's errors have no common type)
+        problem = f"{type(error).__name__}: {getattr(error, 'strerror', None) or str(error)[:200]}"
         raise ConfigurationError(
             f"LanceDBIOManager `uri` {uri!r} can't be written ({problem}): give a directory or object-store URI "
             "this process can write (and its storage_options)."
-        )
+        ) from None
 
 
 def to_arrow(frame: pd.DataFrame, partitions: list[str] | None, name: str) -> pa.Table:
