@@ -95,14 +95,15 @@ def known_dimensions(resource: Any, model: str, dimensions: int | None) -> int |
     return MODEL_DIMENSIONS.get(model) if base_url is None or is_openai(base_url) else None
 
 
-def check_store(context: dg.AssetExecutionContext, io_manager_key: str, dimensions: int | None) -> None:
+def check_store(
+    context: dg.AssetExecutionContext, io_manager_key: str, dimensions: int | None, partition_keys: list[str | None]
+) -> None:
     """Before any request: vectors of ``dimensions`` (``None``: not known until embedded)
-    must fit the asset's vector store table, when its I/O manager is one."""
+    must fit the asset's vector store table, when its I/O manager is one, for this run's
+    ``partition_keys`` (``[None]``: unpartitioned, the whole table)."""
     store = getattr(context.resources, io_manager_key, None)
     if isinstance(store, LanceDBIOManager):
-        partitions = (
-            list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else None
-        )
+        partitions = None if partition_keys == [None] else [str(pk) for pk in partition_keys]
         store.check_dimensions(context.asset_key, dimensions, partitions)
 
 
@@ -191,7 +192,8 @@ def _embeddings(
             )
         if config.dimensions:
             params["dimensions"] = config.dimensions
-        check_store(context, options["io_manager_key"], known_dimensions(resource, params["model"], config.dimensions))
+        known = known_dimensions(resource, params["model"], config.dimensions)
+        check_store(context, options["io_manager_key"], known, partition_keys)
         engine = Engine(
             resource.session, context, max_concurrency=max_concurrency, cache=config.cache, mode=config.mode
         )

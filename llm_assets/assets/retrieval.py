@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
@@ -29,8 +29,12 @@ from llm_assets.batch.settings import RequestMode
 from llm_assets.cache import CacheMode
 from llm_assets.engine import Engine
 from llm_assets.errors import ConfigurationError
+from llm_assets.vector_store.column import schema_dimensions
 from llm_assets.vector_store.io_manager import LanceDBIOManager, table_name
 from llm_assets.vector_store.store import VectorStore
+
+if TYPE_CHECKING:
+    from lancedb.table import Table
 
 #: The resource key of the vector store, unless told otherwise.
 STORE_KEY = "vector_store"
@@ -83,10 +87,9 @@ class Retrieval:
         return io_manager.store(context.instance)
 
 
-def stored_model(store: VectorStore, name: str) -> str | None:
-    """The embedding model the table's vectors came from (its first row's ``model``)."""
-    table = store.open(name)
-    if table is None or "model" not in table.schema.names or not table.count_rows():
+def stored_model(table: Table) -> str | None:
+    """The embedding model a table's vectors came from (its first row's ``model``)."""
+    if "model" not in table.schema.names:
         return None
     return table.search().select(["model"]).limit(1).to_arrow().column("model")[0].as_py()
 
@@ -97,28 +100,27 @@ def retrieve(
     retrieval: Retrieval,
     queries: Mapping[str | None, Sequence[str]],
     *,
-    k: int | None = None,
     embedding_model: str | None = None,
     dimensions: int | None = None,
     max_concurrency: int | None = None,
     cache: CacheMode = CacheMode.USE,
 ) -> dict[str | None, list[pd.DataFrame]]:
-    """Each partition's queries' neighbours: per query, a frame of the ``k`` nearest rows
+    """Each partition's queries' neighbours: per query, a frame of the ``retrieval.k`` nearest rows
     (``rank``, ``distance``, then the stored columns prefixed ``match_``). The queries are
     embedded with ``embedding_model`` (default: the model the table was built with, else
     the resource's; a ``text-embedding-3`` model is asked for the stored vectors' length),
     live, each partition's usage on its own materialization."""
     store, name = retrieval.vector_store(context), table_name(retrieval.key)
-    store.searchable(name)  # a missing or empty table: one clear error, before any request
-    model = embedding_model or stored_model(store, name) or resource.embedding_model
+    table = store.searchable(name)  # a missing or empty table: one clear error, before any request
+    model = embedding_model or stored_model(table) or resource.embedding_model
     if dimensions is None and model.startswith(SHORTENING_MODELS):
-        dimensions = store.dimensions(name)  # the stored vectors may have been shortened
+        dimensions = schema_dimensions(table.schema)  # the stored vectors may have been shortened
     params: dict[str, Any] = {"model": model, **({"dimensions": dimensions} if dimensions else {})}
     engine = Engine(resource.session, context, max_concurrency=max_concurrency, cache=cache, mode=RequestMode.LIVE)
     embedded = engine.embed({pk: list(texts) for pk, texts in queries.items() if texts}, params)
     found: dict[str | None, list[pd.DataFrame]] = {pk: [] for pk in queries}
     for pk, result in embedded.items():
-        hits = store.search(name, result.vectors, k or retrieval.k, retrieval.partitions)
+        hits = store.search(name, result.vectors, retrieval.k, retrieval.partitions)
         hits = hits.rename(columns=_match_names(hits.columns))
         groups = {number: part for number, part in hits.groupby("query", sort=False)}
         for number in range(len(result.vectors)):  # a query with no neighbour (no rows to search) gets none

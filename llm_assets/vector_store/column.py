@@ -47,10 +47,17 @@ def vector_column(matrix: Any) -> pd.api.extensions.ExtensionArray:
 
 def dimensions_of(values: pd.Series | pa.ChunkedArray | pa.Array) -> int | None:
     """The vector length of an Arrow-typed vector column (``None``: it is not one)."""
-    arrow_type = values.type if isinstance(values, pa.ChunkedArray | pa.Array) else _arrow_type(values)
-    if arrow_type is not None and pa.types.is_fixed_size_list(arrow_type):
-        return arrow_type.list_size
-    return None
+    return vector_length(values.type if isinstance(values, pa.ChunkedArray | pa.Array) else _arrow_type(values))
+
+
+def vector_length(arrow_type: pa.DataType | None) -> int | None:
+    """The length of a vector of Arrow type ``arrow_type`` (``None``: not a vector type)."""
+    return arrow_type.list_size if arrow_type is not None and pa.types.is_fixed_size_list(arrow_type) else None
+
+
+def schema_dimensions(schema: pa.Schema) -> int | None:
+    """The vector length of a table of ``schema`` (``None``: it has no vector column)."""
+    return vector_length(schema.field(VECTOR_COLUMN).type) if VECTOR_COLUMN in schema.names else None
 
 
 def matrix_of(values: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:

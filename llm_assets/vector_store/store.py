@@ -30,7 +30,7 @@ import pyarrow as pa
 import tenacity
 
 from llm_assets.errors import ConfigurationError
-from llm_assets.vector_store.column import VECTOR_COLUMN, dimensions_of, frame_of, vector_array
+from llm_assets.vector_store.column import VECTOR_COLUMN, dimensions_of, frame_of, schema_dimensions, vector_array
 
 if TYPE_CHECKING:
     from lancedb.db import DBConnection
@@ -293,7 +293,6 @@ class VectorStore:
             "index_type": settings.index_type,
             "distance": settings.distance,
             "num_sub_vectors": _sub_vectors(dimensions) if settings.index_type == "IVF_PQ" else None,
-            "num_partitions": getattr(stats, "num_indices", None) and getattr(stats, "num_partitions", None),
             "indexed_rows": getattr(stats, "num_indexed_rows", None),
             "unindexed_rows": getattr(stats, "num_unindexed_rows", None),
             "min_rows": settings.min_rows,
@@ -389,9 +388,7 @@ class VectorStore:
 
 
 def _dimensions(table: Table) -> int | None:
-    if VECTOR_COLUMN not in table.schema.names:
-        return None
-    return dimensions_of(pa.chunked_array([], table.schema.field(VECTOR_COLUMN).type))
+    return schema_dimensions(table.schema)
 
 
 def _vector_index(table: Table) -> str | None:
@@ -446,9 +443,7 @@ def _fits(data: pa.Table, schema: pa.Schema, dimensions: int | None) -> bool:
     vectors of its length."""
     if set(data.column_names) != set(schema.names):
         return False
-    stored = (
-        dimensions_of(pa.chunked_array([], schema.field(VECTOR_COLUMN).type)) if VECTOR_COLUMN in schema.names else None
-    )
+    stored = schema_dimensions(schema)
     return dimensions is None or stored is None or stored == dimensions
 
 
