@@ -175,6 +175,8 @@ class VectorStore:
         """Replace ``partitions``' rows of table ``name`` with ``data`` in one commit (other
         partitions' rows stay as they are); ``partitions=None`` replaces the whole table.
         Then index it, or refresh its index, past :attr:`IndexSettings.min_rows` rows."""
+        if partitions is not None:
+            data = _keyed(data, name)
         table = self.open(name)
         if table is None:
             table = self._create(name, data, partitions)
@@ -185,13 +187,33 @@ class VectorStore:
 
     def _create(self, name: str, data: pa.Table, partitions: Sequence[str] | None) -> Table:
         try:
-            return self.db.create_table(name, _stream(data), mode="create")
+            table = self.db.create_table(name, _stream(data), mode="create")
         except (ValueError, OSError, RuntimeError):
             table = self.open(name)
             if table is None:  # not a writer that created it first: a real failure
                 raise
             committed(table, lambda: self._replace(table, name, data, partitions))  # another step created it first
             return table
+        if table.version > 1 and partitions is not None:
+            self._restore_overwritten(table, name, partitions)
+        return table
+
+    def _restore_overwritten(self, table: Table, name: str, partitions: Sequence[str]) -> None:
+        """Put back the other partitions' rows that this create overwrote. Lance commits a
+        create that raced another writer's create as an overwrite of it (at version 2, or
+        later), so a step creating the table at the same moment as another one erased that
+        step's rows: they are in the version before this one, and are merged in again."""
+        before = self.db.open_table(name)
+        before.checkout(table.version - 1)
+        lost = before.search().where(f"NOT ({_where(partitions)})").limit(before.count_rows() or 1).to_arrow()
+        if not len(lost):
+            return
+        lost = _conformed(lost, table.schema, name)
+        committed(table, lambda: table.merge_insert(list(ROW_KEY)).when_not_matched_insert_all().execute(_stream(lost)))
+        _warn(
+            f"The LanceDB table {name!r} was created by two writers at once; the {len(lost)} rows of other "
+            "partitions that the second creation overwrote are restored."
+        )
 
     def _replace(self, table: Table, name: str, data: pa.Table, partitions: Sequence[str] | None) -> None:
         """One commit: the whole table (``partitions=None``, or a new schema or dimension
@@ -244,10 +266,8 @@ class VectorStore:
         try:
             return committed(table, lambda: self._indexed(table))
         except Exception as error:  # Lance's errors have no common type
-            import dagster as dg
-
             problem = f"{type(error).__name__}: {str(error)[:300]}"
-            dg.get_dagster_logger("llm_assets").warning(
+            _warn(
                 f"The ANN index of the LanceDB table {name!r} could not be brought up to date ({problem}); its rows "
                 "are written, and searches scan those the index lacks. The next write tries again."
             )
@@ -395,6 +415,12 @@ def _vector_index(table: Table) -> str | None:
     return next((i.name for i in table.list_indices() if VECTOR_COLUMN in i.columns), None)
 
 
+def _warn(message: str) -> None:
+    import dagster as dg
+
+    dg.get_dagster_logger("llm_assets").warning(message)
+
+
 def _quoted(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -421,7 +447,11 @@ COMMIT_ATTEMPTS = 8
 
 
 def _preempted(error: BaseException) -> bool:
-    return "Retryable commit conflict" in str(error)
+    """Whether a concurrent commit preempted this one: Lance says "retryable", or that it is
+    incompatible with it (e.g. a merge over a version that a racing create overwrote). Each
+    action recomputes its commit from the latest version, so either is retried."""
+    message = str(error)
+    return "Retryable commit conflict" in message or "Incompatible transaction" in message
 
 
 def committed(table: Table, action: Callable[[], T]) -> T:
@@ -436,6 +466,30 @@ def committed(table: Table, action: Callable[[], T]) -> T:
         reraise=True,
     )
     return retrying(action)
+
+
+#: Arrow field metadata declaring a column part of a Lance table's primary key: Lance then
+#: detects concurrent merges inserting the same new keys, and retries one of them, where it
+#: would otherwise commit both (duplicate rows).
+PRIMARY_KEY = "lance-schema:unenforced-primary-key"
+
+
+def _keyed(data: pa.Table, name: str) -> pa.Table:
+    """``data`` with :data:`ROW_KEY` declared its primary key (not null)."""
+    if not set(ROW_KEY) <= set(data.column_names):
+        return data
+    missing = [column for column in ROW_KEY if data.column(column).null_count]
+    if missing:
+        raise ConfigurationError(
+            f"Rows of the LanceDB table {name!r} have no {' or '.join(missing)}: a partitioned table's rows are "
+            f"replaced by ({', '.join(ROW_KEY)}), so give every row both."
+        )
+    schema = data.schema
+    for position, column in enumerate(ROW_KEY, start=1):
+        metadata = {PRIMARY_KEY: "true", f"{PRIMARY_KEY}:position": str(position)}
+        index = schema.get_field_index(column)
+        schema = schema.set(index, schema.field(index).with_nullable(False).with_metadata(metadata))
+    return data.cast(schema)
 
 
 def _fits(data: pa.Table, schema: pa.Schema, dimensions: int | None) -> bool:

@@ -38,7 +38,9 @@ def test_a_write_replaces_exactly_its_partitions_rows_in_one_commit(store):
     assert written.rows == 3 + 7 and written.dimensions == 8
     a = store.read("t", ["a"])
     assert a.column("row").to_pylist() == [0, 1, 2] and a.column("text")[0].as_py() == "a-2-0"
-    assert store.read("t", ["b'quoted"]).equals(b)  # the other partition untouched
+    stored = store.read("t", ["b'quoted"])
+    assert stored.cast(b.schema).equals(b)  # the other partition untouched
+    assert [f.name for f in stored.schema if f.metadata and not f.nullable] == ["partition_key", "row"]  # the key
     assert store.read("t").column("partition_key").to_pylist() == ["a"] * 3 + ["b'quoted"] * 7
 
 

@@ -45,6 +45,7 @@ def rows_of(partitions: list[str], generation: int, rows: int = ROWS, dims: int 
 
 def wait_for_barrier(folder: Path, name: str, count: int, timeout: float = 120.0) -> None:
     """Mark ``name`` ready in ``folder``, then wait until ``count`` writers are."""
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.ready").touch()
     deadline = time.monotonic() + timeout
     while len(list(folder.glob("*.ready"))) < count:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", type=int, default=DIMS)
     parser.add_argument("--min-rows", type=int, default=IndexSettings().min_rows, help="index past this many rows")
     parser.add_argument("--barrier", nargs=3, metavar=("FOLDER", "NAME", "COUNT"))
+    parser.add_argument("--rounds", type=int, help="create tables TABLE0..: each a new table, after its own barrier")
     args = parser.parse_args(argv)
 
     store = VectorStore(args.db, index=IndexSettings(min_rows=args.min_rows))
@@ -71,6 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     groups = [group.split(",") for group in args.groups]
     first = args.generations[0]
     data = [rows_of(group, first, args.rows, args.dims) for group in groups]
+    if args.rounds:
+        folder, name, count = args.barrier
+        for number in range(args.rounds):  # every writer creates table{number} at the same moment
+            wait_for_barrier(Path(folder) / str(number), name, int(count))
+            written = store.write(f"{args.table}{number}", data[0], groups[0])
+            print(f"created {number} {written.version}", flush=True)
+        print("done", flush=True)
+        return
     if args.barrier:
         folder, name, count = args.barrier
         wait_for_barrier(Path(folder), name, int(count))
