@@ -17,14 +17,16 @@ Example:
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from upath import UPath
 
 from llm_assets.assets.frames import embedding_matrix, vector_columns, vector_width
 from llm_assets.errors import ConfigurationError
@@ -112,13 +114,21 @@ def project_2d(matrix: np.ndarray, chunk_rows: int = 16_384) -> Projection:
 
 
 def scatter_png(
-    points: np.ndarray, labels: Sequence[str], path: Path, title: str, axes: tuple[str, str] = ("PC 1", "PC 2")
-) -> Path:
-    """Write a labelled scatter plot of ``points`` to ``path`` (PNG) and return it (see
+    points: np.ndarray,
+    labels: Sequence[str],
+    path: str | PathLike,
+    title: str,
+    axes: tuple[str, str] = ("PC 1", "PC 2"),
+) -> UPath:
+    """Write a labelled scatter plot of ``points`` to ``path`` (PNG; a local path or any
+    fsspec URL, e.g. ``s3://bucket/plots/map.png``) and return it (see
     :func:`labelled_scatter` for how labels are placed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     with labelled_scatter(points, labels, title, axes) as fig:
-        fig.savefig(path, format="png", bbox_inches="tight")
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+    path = UPath(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())  # one PUT on an object store
     return path
 
 
@@ -212,7 +222,7 @@ def _adjusted_labels(ax: Any, points: np.ndarray, texts: Sequence[str]) -> None:
     )
 
 
-def markdown_image(path: Path, alt: str = "plot") -> str:
+def markdown_image(path: PathLike | UPath, alt: str = "plot") -> str:
     """Markdown that shows a PNG inline in the Dagster UI."""
-    encoded = base64.b64encode(path.read_bytes()).decode()
+    encoded = base64.b64encode(UPath(path).read_bytes()).decode()
     return f"![{alt}](data:image/png;base64,{encoded})"

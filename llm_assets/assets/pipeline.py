@@ -51,6 +51,7 @@ def build_llm_pipeline_assets(
     max_parse_retries: int | None = None,
     checks: ChecksOption = True,
     vector_store_key: str | None = None,
+    plot_dir: str | None = None,
     **options: Unpack[AssetOptions],
 ) -> LLMPipeline:
     """Answers per partition (keys ``answers``, ``embeddings``, ``answer_map`` under
@@ -60,7 +61,9 @@ def build_llm_pipeline_assets(
     three assets' generated checks by name (:mod:`~llm_assets.assets.checks`). With a
     ``response_format``, the embeddings embed each answer's raw JSON text.
     ``vector_store_key`` names the I/O manager of the embeddings alone (e.g. a
-    :class:`~llm_assets.vector_store.io_manager.LanceDBIOManager`, to search them)."""
+    :class:`~llm_assets.vector_store.io_manager.LanceDBIOManager`, to search them);
+    ``plot_dir`` where the map's PNG goes (e.g. ``s3://bucket/plots`` when steps run on
+    several machines)."""
     answers = build_chat_answers_asset(
         key="answers",
         prompt=prompt,
@@ -89,6 +92,7 @@ def build_llm_pipeline_assets(
         key="answer_map",
         upstream=embeddings,
         questions_from=answers.key,
+        plot_dir=plot_dir,
         checks=checks_of(checks, PLOT_CHECKS),
         **plot_options,
     )

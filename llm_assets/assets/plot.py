@@ -11,12 +11,12 @@ Example:
 """
 
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from pathlib import Path
 from typing import Any, Unpack
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+from upath import UPath
 
 from llm_assets.assets.checks import PLOT_CHECKS, AssetChecks, ChecksOption, checked, plot_results
 from llm_assets.assets.config import PlotConfig, config_class, factory_defaults
@@ -97,7 +97,7 @@ def describe_map(questions: Mapping[Any, str], models: Sequence[str], points: in
     return f"{headline}\n{points} points{embedded} · PCA to 2-D", metadata
 
 
-def report_plot(points: pd.DataFrame, projection: Projection, png: Path, name: str) -> dict[str, Any]:
+def report_plot(points: pd.DataFrame, projection: Projection, png: UPath, name: str) -> dict[str, Any]:
     """The plot inline, its PNG path, explained variance and a coordinate table (rounded
     for reading; the output keeps full precision)."""
     pc1, pc2 = (round(r, 4) for r in projection.explained_variance_ratio)
@@ -129,7 +129,8 @@ def build_pca_plot_asset(
 ) -> dg.AssetsDefinition:
     """A non-partitioned asset projecting every materialized partition of an embeddings
     asset to 2-D with PCA, drawn as a labelled scatter PNG shown in the UI (written to
-    ``plot_dir``, default: the instance's storage directory). The title says what was
+    ``plot_dir``, a directory or fsspec URL such as ``s3://bucket/plots``; default: the
+    instance's storage directory). The title says what was
     asked: the ``question`` that the partitions of ``questions_from`` (a chat answers asset)
     answered, or that they answered different ones; ``title`` (or ``defaults=PlotConfig(title=...)``)
     is the run config's default (:class:`PlotConfig`). ``upstream`` is the embeddings asset
@@ -209,13 +210,13 @@ def _answer_map(
             "y": projection.points[:, 1],
         }
         points = typed_columns(pd.DataFrame(records), PLOT_COLUMNS)
-        png = Path(plot_dir or context.instance.storage_directory()).joinpath(*name.path).with_suffix(".png")
+        png = UPath(plot_dir or context.instance.storage_directory()).joinpath(*name.path).with_suffix(".png")
         keys = list(dict.fromkeys(points[PARTITION_COLUMN])) if len(points) else []
         questions = recorded_questions(context.instance, answers, source, keys) if answers is not None else {}
         models = sorted(str(m) for m in meta["model"].dropna().unique()) if "model" in meta else []
         title, described = describe_map(questions, models, len(points), config.title)
         axes = tuple(f"PC {i} ({r:.0%} of variance)" for i, r in enumerate(projection.explained_variance_ratio, 1))
-        scatter_png(projection.points, labels, png, title=title, axes=axes)  # type: ignore[arg-type]
+        scatter_png(projection.points, labels, png, title=title, axes=axes)
         metadata = {**report_plot(points, projection, png, name.to_user_string()), **described}
         results = plot_results(checks, points, projection.explained_variance_ratio)
         return checked(points, results, metadata, data_version=data_version(context, {None: points}))

@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from upath import UPath
 
 from llm_assets import build_llm_pipeline_assets, build_pca_plot_asset
 from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
@@ -23,6 +24,7 @@ def test_pipeline_single_run_backfill_then_plot(server, materialize, tmp_path):
         prompt="Captain {partition_key}: {question}",
         question="Why?",
         group_name="crew",
+        plot_dir="memory://crew-plots",  # any fsspec URL: S3 when steps run on several machines
     )
     assets = list(pipeline)
     answers = materialize(assets, selection=[pipeline.answers.key], partitions=CAPTAINS)
@@ -38,8 +40,8 @@ def test_pipeline_single_run_backfill_then_plot(server, materialize, tmp_path):
     (event,) = plot.get_asset_materialization_events()
     meta = metadata_values(event)
     assert meta["plot"].startswith("![crew/answer_map](data:image/png;base64,")
-    with open(meta["plot_path"], "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert meta["plot_path"] == "memory://crew-plots/crew/answer_map.png"
+    assert UPath(meta["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 0 < meta["explained_variance_pc1"] <= 1 and meta["explained_variance_pc1"] >= meta["explained_variance_pc2"]
     assert len(meta["coordinates"].records) == 3
 
