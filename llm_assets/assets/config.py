@@ -121,18 +121,21 @@ def config_class(base: type[dg.Config], name: str, defaults: Mapping[str, Any]) 
     """``base`` with the factory's ``defaults`` (``None`` keeps the base's), so the launchpad
     shows them; they are checked against the fields' bounds here, when the asset is defined."""
     given = {field: value for field, value in defaults.items() if value is not None}
-    fields = {  # the bounds (ge, le…) travel in the annotation's metadata
-        field: (
-            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation,
-            pydantic.Field(given[field], description=info.description),
-        )
-        for field, info in base.model_fields.items()
-        if field in given
-    }
-    configured = pydantic.create_model(f"{name}_config", __base__=base, **fields)  # type: ignore[call-overload]
+
+    def with_defaults(values: Mapping[str, Any]) -> type[dg.Config]:
+        fields = {  # the bounds (ge, le…) travel in the annotation's metadata
+            field: (
+                Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation,
+                pydantic.Field(values[field], description=info.description),
+            )
+            for field, info in base.model_fields.items()
+            if field in values
+        }
+        return pydantic.create_model(f"{name}_config", __base__=base, **fields)  # type: ignore[call-overload]
+
     try:
-        configured(**given)
+        validated = with_defaults(given)(**given)
     except pydantic.ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ConfigurationError(f"Invalid default for {name}: {problems}.") from None
-    return configured
+    return with_defaults({field: getattr(validated, field) for field in given})  # e.g. mode="batch" as the enum

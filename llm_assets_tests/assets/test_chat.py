@@ -10,6 +10,7 @@ from llm_assets.accounting.prices import DEFAULT_PRICES as PRICES
 from llm_assets.assets import ChatPrompts, plan_chat_requests
 from llm_assets.assets.frames import ANSWER_COLUMNS
 from llm_assets.assets.prompts import PromptTemplate
+from llm_assets.batch import RequestMode
 from llm_assets_tests.support import CAPTAINS, captains, failure_message, metadata_values, usage_metadata
 
 
@@ -280,3 +281,11 @@ def test_invalid_temperature_and_max_tokens_are_refused_before_sending(server, m
 def test_invalid_factory_defaults_fail_at_definition(field, value):
     with pytest.raises(LLMAssetsError, match=f"Invalid default for answers: {field}"):
         build_chat_answers_asset(key="answers", prompt="hello", **{field: value})
+
+
+@pytest.mark.parametrize("mode", ["batch", "BATCH", RequestMode.BATCH])
+def test_a_mode_given_as_a_string_is_the_run_configs_default(mode):
+    """``mode="batch"`` (as YAML or an environment variable gives it) is the enum's value
+    (Dagster's config shows an enum by its name)."""
+    asset = build_chat_answers_asset(key="answers", prompt="{question}", question="Why?", mode=mode)
+    assert asset.op.config_schema.config_type.fields["mode"].default_value == "BATCH"
