@@ -68,5 +68,10 @@ class InvalidOutputError(LLMAssetsError, ValueError):
         self.retry = retry
 
 
+class StorageError(LLMAssetsError, OSError):
+    """State that other steps need (a batch record) could not be written to its store (a
+    disk or an object store that refused it); names the location and the fault."""
+
+
 class MalformedResponseError(LLMAssetsError):
     """A 2xx response whose body is not the JSON its endpoint returns (retried)."""

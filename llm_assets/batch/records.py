@@ -28,6 +28,7 @@ import dagster as dg
 import openai
 
 from llm_assets.cache import RequestCache
+from llm_assets.errors import StorageError
 
 _FOLDER = "batches"
 #: Metadata key of the fingerprint on every batch this library creates.
@@ -82,8 +83,18 @@ class SubmissionStore:
         return RequestCache(self._entries.root / _FOLDER / _folder(asset))
 
     def save(self, record: Submission) -> None:
-        """Write ``record`` durably (atomic rename after fsync, or one PUT)."""
-        self._cache(record.asset).put(record.key, json.dumps(asdict(record)).encode())
+        """Write ``record`` durably (atomic rename after fsync, or one PUT); a store that
+        refuses it (after its client's own retries) is a :class:`StorageError`."""
+        cache = self._cache(record.asset)
+        try:
+            cache.put(record.key, json.dumps(asdict(record)).encode())
+        except Exception as error:  # OSError, or any fsspec backend's own
+            stage = "before anything was submitted" if record.input_file_id is None else "after its upload"
+            raise StorageError(
+                f"The batch record {cache.path(record.key)} could not be written ({type(error).__name__}: {error}), "
+                f"{stage}: the store behind OpenAIResource(cache_dir=...) refused it. A re-run submits what no "
+                "batch answered, and finds a batch created for these requests through its fingerprint."
+            ) from error
 
     def written_at(self, record: Submission) -> float | None:
         """When the record file of ``record``'s fingerprint was last written (readable or

@@ -166,3 +166,27 @@ def test_batch_rates_can_be_set_per_model(server, batch_server, instance, tmp_pa
     for recorded in answers_by_partition(result).values():
         expected = (recorded["openai.prompt_tokens"] * 0.1 + recorded["openai.completion_tokens"] * 0.3) / 1e6
         assert recorded["openai.cost_usd"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_batch_record_that_cant_be_written_stops_the_submission_before_upload(
+    batch_server, instance, tmp_path, monkeypatch
+):
+    """The store refuses the record (after its client's retries): nothing is uploaded or
+    created, and the failure names the record's location and the store's fault."""
+    from llm_assets.cache import RequestCache
+
+    put = RequestCache.put
+
+    def refused(cache, key, body, **kwargs):
+        if "/batches/" in str(cache.root):
+            raise OSError(16, "Please reduce your request rate.")  # s3fs's error for a 503 SlowDown
+        return put(cache, key, body, **kwargs)
+
+    monkeypatch.setattr(RequestCache, "put", refused)
+    result = job.materialize(
+        job.resource(batch_server.base_url, cache_dir=str(tmp_path)), instance, raise_on_error=False
+    )
+    message = failure_message(result)
+    assert f"The batch record {tmp_path}/batches/answers/" in message
+    assert "(OSError: [Errno 16] Please reduce your request rate.), before anything was submitted" in message
+    assert batch_server.creates == 0 and not batch_server.store.files
