@@ -120,20 +120,27 @@ def running_postgres() -> Iterator[str]:
                 break
         if not started:
             raise RuntimeError(f"pg_ctl start failed:\n{start.stdout}\n{start.stderr}\n{log.read_text()[-3000:]}")
-        import psycopg2
-
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user=superuser, dbname="postgres")
-        try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE {DATABASE}")
-        finally:
-            connection.close()
-        yield f"postgresql+psycopg2://{superuser}@127.0.0.1:{port}/{DATABASE}"
+        yield create_database(f"postgresql+psycopg2://{superuser}@127.0.0.1:{port}/postgres", DATABASE)
     finally:
         if started:
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(postgres_url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``postgres_url``; its URL."""
+    import psycopg2
+    import sqlalchemy as sa
+
+    url = sa.make_url(postgres_url)
+    connection = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname="postgres")
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+    finally:
+        connection.close()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def dagster_yaml(postgres_url: str | None) -> str:

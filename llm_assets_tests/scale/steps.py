@@ -5,6 +5,7 @@ environment the test gives each ``dagster`` process:
 - ``SCALE_ROWS``: questions per asset; ``SCALE_MAX_TOKENS``: each answer's ``max_tokens``;
 - ``SCALE_BUDGET``: ``max_tokens_per_run`` of the run; ``SCALE_POOL``: the assets' pool;
 - ``SCALE_FOLLOW=0``: don't pace by the provider's headers; ``SCALE_MAX_RETRIES``: the SDK's;
+- ``SCALE_CONCURRENCY``: each step's ``max_concurrency`` (default 4);
 - ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``: the server and key.
 
 Each answers asset asks different questions (its own index is in the prompt), so the
@@ -46,7 +47,7 @@ defs = dg.Definitions(
             api_key=os.environ.get("OPENAI_API_KEY"),
             base_url=os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),  # set by the tests
             max_tokens_per_run=BUDGET,
-            max_concurrency=4,
+            max_concurrency=int(os.environ.get("SCALE_CONCURRENCY", "4")),
             cache=False,
             follow_provider_limits=os.environ.get("SCALE_FOLLOW", "1") == "1",
             max_retries=int(os.environ.get("SCALE_MAX_RETRIES", "2")),
