@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +27,7 @@ from llm_assets_tests.scale.postgres import create_database
 DAGSTER = Path(sys.executable).parent / "dagster"
 MODULE = "llm_assets_tests.cluster.pipeline"
 CAPTAINS = "Kirk...Burnham"  # every captain: one run of each single-run asset
+STEPS = "captains/questions,captains/answers"
 
 
 def fresh_database(postgres_url: str) -> str:
@@ -124,6 +126,21 @@ class Cluster:
 
     def output(self, process) -> str:
         return Path(process.log_path).read_text(errors="replace")
+
+    def running_step(self, step: str, process: subprocess.Popen) -> str:
+        """The worker running ``step`` of the launched run, once one has started it."""
+        while True:
+            found = [step_workers(self.instance, run.run_id).get(step) for run in runs(self.instance)]
+            if any(found):
+                return next(worker for worker in found if worker)
+            assert process.poll() is None, self.output(process)[-5000:]
+            time.sleep(0.1)
+
+    def wait(self, condition, process: subprocess.Popen) -> None:
+        """Until ``condition`` holds (a fact about the servers, on no clock), while the run goes on."""
+        while not condition():
+            assert process.poll() is None, self.output(process)[-5000:]
+            time.sleep(0.05)
 
     @cached_property
     def instance(self) -> dg.DagsterInstance:

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from upath import UPath
 
 from llm_assets_tests.cluster.redis_server import free_port
 
@@ -66,6 +68,17 @@ class S3:
     def stats(self) -> dict:
         """``refused`` and ``served`` requests by method, and the refusals still to come."""
         return self._control("stats")
+
+    def path(self, uri: str) -> UPath:
+        """``uri`` (``s3://…``) on this store, for this process: its endpoint and keys given
+        explicitly, so neither the environment nor s3fs's cache of another test's store
+        (instances are cached by their arguments) decides where it goes."""
+        return UPath(uri, endpoint_url=self.url, key="testing", secret="testing")
+
+    def read_frame(self, uri: str) -> pd.DataFrame:
+        """The pickled frame at ``uri``, as the I/O manager stored it."""
+        with self.path(uri).open("rb") as file:
+            return pd.read_pickle(file)
 
     def keys(self, prefix: str = "") -> list[str]:
         """The keys of the bucket under ``prefix`` (moto's own listing)."""

@@ -2,9 +2,6 @@
 map each on another worker, everything stored on S3, and a re-run on new workers (nothing
 left of the first ones) sends no request."""
 
-import pandas as pd
-from upath import UPath
-
 from llm_assets_tests.cluster.cluster import runs, step_workers
 from llm_assets_tests.scale.runs import materialization_metadata
 
@@ -29,14 +26,12 @@ def test_the_captains_run_on_three_workers_and_a_rerun_on_new_ones_sends_nothing
     assert stats.paths["/v1/chat/completions"] == 7 and stats.paths["/v1/embeddings"] >= 1  # an answer per captain
 
     # the values, read back from S3 where other workers stored them
-    import os
 
-    os.environ.update(cluster.s3.env)
-    answers = pd.read_pickle(UPath(f"{cluster.store}/assets/captains/answers/Kirk").open("rb"))
+    answers = cluster.s3.read_frame(f"{cluster.store}/assets/captains/answers/Kirk")
     assert len(answers) == 1 and answers["answer"].iloc[0]
     plot = materialization_metadata(instance, "captains/answer_map")
     assert plot["points"] == 7 and str(plot["plot_path"]).startswith(f"{cluster.store}/plots/")
-    assert UPath(str(plot["plot_path"])).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cluster.s3.path(str(plot["plot_path"])).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # new workers, nothing of the old ones: every answer comes from the cache on S3
     with cluster.workers(3, queues=["answers", "embeddings", "map"]):

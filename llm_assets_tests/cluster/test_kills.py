@@ -3,31 +3,9 @@ step to another worker (``task_acks_late``, after the broker's visibility timeou
 finds what the dead one left on S3: the batch record (so it re-attaches, and no second batch
 is created), or the answers cached so far (so it sends only what they don't cover)."""
 
-import time
-
 from llm_assets.testing.batches import ScriptedBatchServer
-from llm_assets_tests.cluster.cluster import runs, step_workers
+from llm_assets_tests.cluster.cluster import STEPS, runs, step_workers
 from llm_assets_tests.cluster.workers import KILL_VISIBILITY_TIMEOUT
-
-STEPS = "captains/questions,captains/answers"
-
-
-def running_step(cluster, step: str, process) -> str:
-    """The worker running ``step`` of the only run, once one has started it."""
-    while True:
-        instance = cluster.instance
-        found = [step_workers(instance, run.run_id).get(step) for run in runs(instance)]
-        if any(found):
-            return next(w for w in found if w)
-        assert process.poll() is None, cluster.output(process)[-5000:]
-        time.sleep(0.1)
-
-
-def wait(condition, process, cluster) -> None:
-    """Until ``condition`` holds (a fact about the servers, on no clock), while the run goes on."""
-    while not condition():
-        assert process.poll() is None, cluster.output(process)[-5000:]
-        time.sleep(0.05)
 
 
 def test_a_worker_killed_after_create_leaves_one_batch_that_another_worker_collects(cluster):
@@ -37,8 +15,8 @@ def test_a_worker_killed_after_create_leaves_one_batch_that_another_worker_colle
         cluster.env["OPENAI_BASE_URL"] = holding.base_url
         with cluster.workers(2) as workers:
             run = cluster.launch(STEPS, wait=False)
-            wait(lambda: holding.creates == 1 and len(holding.store.batches) == 1, run, cluster)
-            killed = running_step(cluster, "captains__answers", run)
+            cluster.wait(lambda: holding.creates == 1 and len(holding.store.batches) == 1, run)
+            killed = cluster.running_step("captains__answers", run)
             next(w for w in workers if w.name == killed).kill()  # the batch exists; its creator is gone
             holding.release.set()
             assert run.wait(600) == 0, cluster.output(run)[-5000:]
@@ -56,8 +34,8 @@ def test_a_worker_killed_mid_run_leaves_answers_on_s3_and_another_sends_only_wha
     cluster.server.latency = 0.02
     with cluster.workers(2) as workers:
         run = cluster.launch(STEPS, wait=False)
-        wait(lambda: cluster.server.stats.paths["/v1/chat/completions"] >= 100, run, cluster)
-        killed = running_step(cluster, "captains__answers", run)
+        cluster.wait(lambda: cluster.server.stats.paths["/v1/chat/completions"] >= 100, run)
+        killed = cluster.running_step("captains__answers", run)
         next(w for w in workers if w.name == killed).kill()
         sent_before = cluster.server.stats.paths["/v1/chat/completions"]
         assert run.wait(600) == 0, cluster.output(run)[-5000:]

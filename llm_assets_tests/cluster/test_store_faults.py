@@ -9,12 +9,9 @@ s3fs's own five attempts, about a second, instead of 25 over ~40 s); it still ri
 short refusal, so a refused PUT is retried by the store client before it counts as failed.
 """
 
-import pandas as pd
-from upath import UPath
-
 from llm_assets.testing.batches import ScriptedBatchServer
+from llm_assets_tests.cluster.cluster import STEPS
 from llm_assets_tests.cluster.pipeline import CAPTAINS
-from llm_assets_tests.cluster.test_kills import STEPS, wait
 from llm_assets_tests.scale.runs import materialization_metadata
 
 ROWS = 10
@@ -26,17 +23,15 @@ def logged(instance) -> list[str]:
     return [record.user_message for record in instance.all_logs(run.run_id)]
 
 
-def test_refused_cache_writes_lose_no_answer_and_are_counted_and_asked_again(cluster, monkeypatch):
-    for name, value in cluster.s3.env.items():
-        monkeypatch.setenv(name, value)  # this process reads the outputs from S3
+def test_refused_cache_writes_lose_no_answer_and_are_counted_and_asked_again(cluster):
     cluster.env.update(CLUSTER_ROWS=str(ROWS), CLUSTER_CONCURRENCY="2", AWS_MAX_ATTEMPTS="1")
     cluster.server.latency = 0.05
     chat = "/v1/chat/completions"
     with cluster.workers(2):
         run = cluster.launch(STEPS, wait=False)
-        wait(lambda: cluster.server.stats.paths[chat] >= 10, run, cluster)
+        cluster.wait(lambda: cluster.server.stats.paths[chat] >= 10, run)
         cluster.s3.refuse(10**6, prefix=f"{cluster.root}/cache/")  # "for a while": until the answers are in
-        wait(lambda: cluster.server.stats.paths[chat] >= ROWS * len(CAPTAINS) - 10, run, cluster)
+        cluster.wait(lambda: cluster.server.stats.paths[chat] >= ROWS * len(CAPTAINS) - 10, run)
         cluster.s3.refuse(0)
         assert run.wait(600) == 0, cluster.output(run)[-5000:]
         refused = cluster.s3.stats()["refused"].get("PUT", 0)
@@ -47,7 +42,7 @@ def test_refused_cache_writes_lose_no_answer_and_are_counted_and_asked_again(clu
         )
         stored = [k for k in cluster.s3.keys(f"{cluster.root}/cache") if k.endswith(".json") and "/batches/" not in k]
         for captain in CAPTAINS:
-            answers = pd.read_pickle(UPath(f"{cluster.store}/assets/captains/answers/{captain}").open("rb"))
+            answers = cluster.s3.read_frame(f"{cluster.store}/assets/captains/answers/{captain}")
             assert len(answers) == ROWS and answers["answer"].str.len().gt(0).all(), "a billed answer was lost"
         print(f"{refused} PUTs refused; {failures} answers not cached; {len(stored)} cached")
         assert failures >= 1 and failures + len(stored) == ROWS * len(CAPTAINS), "the failed stores were not counted"
