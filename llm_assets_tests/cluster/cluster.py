@@ -63,8 +63,11 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.root = f"cluster-{uuid.uuid4().hex[:8]}"
-        self.launcher_storage = self.folder / "launcher" / "storage"
+        self.launcher_home = self.folder / "launcher"  # the launchers' DAGSTER_HOME
+        self.launcher_storage = self.launcher_home / "storage"
         self.dagster_yaml = dagster_yaml(self.postgres_url, self.launcher_storage)
+        self.launcher_home.mkdir(parents=True, exist_ok=True)
+        (self.launcher_home / "dagster.yaml").write_text(self.dagster_yaml)
 
     @property
     def store(self) -> str:
@@ -104,14 +107,12 @@ class Cluster:
         self.launches += 1
         folder = self.folder / f"launcher{self.launches}"
         home, tmp, cwd = folder / "home", folder / "tmp", folder / "cwd"
-        dagster_home = self.folder / "launcher"
-        for directory in (home, tmp, cwd, dagster_home):
+        for directory in (home, tmp, cwd):
             directory.mkdir(parents=True, exist_ok=True)
-        (dagster_home / "dagster.yaml").write_text(self.dagster_yaml)
         env = scrubbed_environment(self.environment()) | {
             "HOME": str(home),
             "TMPDIR": str(tmp),
-            "DAGSTER_HOME": str(dagster_home),
+            "DAGSTER_HOME": str(self.launcher_home),
             "PYTHONPATH": str(REPO),
         }
         command = [str(DAGSTER), "asset", "materialize", "-m", module, "--select", select]
@@ -145,7 +146,7 @@ class Cluster:
     @cached_property
     def instance(self) -> dg.DagsterInstance:
         """The launcher's instance (Postgres): its runs and events."""
-        return dg.DagsterInstance.from_config(str(self.folder / "launcher"))
+        return dg.DagsterInstance.from_config(str(self.launcher_home))
 
 
 def step_workers(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
