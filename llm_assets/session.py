@@ -1,6 +1,6 @@
 """``RunSession``: the state one resource initialisation shares among its clients.
 
-:class:`~llm_assets.OpenAIResource` is configuration; when Dagster sets it up for
+``OpenAIResource`` is configuration; when Dagster sets it up for
 execution it creates one session, which owns everything with a lifetime: the connection
 pool, the request cache, the governor (allow-list and budgets), the rate limits and the
 usage ledger. Every client the resource hands out, and the engine behind the factories,
@@ -10,16 +10,16 @@ Scope: Dagster calls ``setup_for_execution`` once per *process that runs steps*:
 for a whole run on the in-process executor (``materialize(...)``), once per step on the
 multiprocess executor (the default of ``dagster dev`` and ``dagster asset materialize``).
 What must hold for the whole run lives outside the process: the budgets in a
-:class:`~llm_assets.accounting.budgets.SharedBudget` (the instance's database), the
+``SharedBudget`` (the instance's database), the
 provider's rate limits in the provider itself (read from its response headers).
 
-A session is built from :class:`SessionSettings`, a frozen copy of what the resource
+A session is built from ``SessionSettings``, a frozen copy of what the resource
 configures, and hands its parts to what needs them: the
-:class:`~llm_assets.accounting.gate.Gate` (governor and rate limits), the
-:class:`~llm_assets.cache.store.AnswerStore`, the shared pool. The code that sends
+``Gate`` (governor and rate limits), the
+``AnswerStore``, the shared pool. The code that sends
 requests takes those parts, never the session.
 
-Example:
+Examples:
     >>> settings = SessionSettings(client_kwargs={"base_url": "http://127.0.0.1:9/v1", "api_key": "k"})
     >>> session = RunSession(settings, storage_dir=None)
     >>> session.answers.files is None, session.gate.governor.budget.shared
@@ -56,8 +56,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """What a :class:`RunSession` is made from: the resource's configuration, checked
-    (:meth:`~llm_assets.OpenAIResource.session_settings`). Never shows the key. Every
+    """What a ``RunSession`` is made from: the resource's configuration, checked
+    (``session_settings``). Never shows the key. Every
     field but the first two is the resource's field of the same name."""
 
     client_kwargs: Mapping[str, Any] = field(repr=False)  # the openai clients' (the API key included)
@@ -87,7 +87,7 @@ class RunSession:
         storage_dir: the Dagster instance's storage directory; the request cache defaults
             to ``<storage_dir>/llm_assets/request_cache``.
         instance, run_id: the Dagster instance and run whose steps share the run's budget
-            (:func:`~llm_assets.accounting.run_budget.run_budget`); without them, this
+            (``run_budget``); without them, this
             process keeps it.
     """
 
@@ -145,7 +145,7 @@ class RunSession:
     # -- clients ----------------------------------------------------------------------------
 
     def sync_pool(self) -> SharedPool:
-        """The connection pool every sync client of this session shares (until :meth:`close`)."""
+        """The connection pool every sync client of this session shares (until ``close``)."""
         if self.closed:
             raise RuntimeError("This session was closed (its resource was torn down): it makes no more clients.")
         if self._pool is None:
@@ -154,7 +154,7 @@ class RunSession:
 
     def client(self, usage: Usage | None, cache: CacheMode | bool = False) -> openai.OpenAI:
         """A light ``openai.OpenAI`` over the shared pool, billing ``usage``, using the cache
-        per ``cache`` (see :meth:`AnswerStore.mode <llm_assets.cache.store.AnswerStore.mode>`)."""
+        per ``cache`` (see ``AnswerStore.mode <llm_assets.cache.store.AnswerStore.mode>``)."""
         mode = self.answers.mode(cache)
         transport = MeteredTransport(self.sync_pool(), self.gate, self.answers, usage, mode, owner=self)
         return openai.OpenAI(**self.client_kwargs, http_client=openai.DefaultHttpxClient(transport=transport))
@@ -164,7 +164,7 @@ class RunSession:
         self, usage: Usage | None, cache: CacheMode | bool = False
     ) -> AsyncIterator[openai.AsyncOpenAI]:
         """An ``openai.AsyncOpenAI`` with its own pool on the running event loop, billing
-        ``usage`` (``None``: each request's :func:`~llm_assets.http.attribution.billed_to`)."""
+        ``usage`` (``None``: each request's ``billed_to``)."""
         mode = self.answers.mode(cache)
         transport = AsyncMeteredTransport(async_pool(), self.gate, self.answers, usage, mode, owner=self)
         client = openai.AsyncOpenAI(
@@ -216,7 +216,7 @@ class RunSession:
     ) -> Iterator[Usage]:
         """A fresh usage counter for one block of work, reported when the block ends; what it
         counts later (its client used after the block) is reported as it comes, on the same
-        asset, partition or output (see :func:`usage_target`)."""
+        asset, partition or output (see ``usage_target``)."""
         target = usage_target(context, asset_key, partition_key)
         usage = LiveUsage()
         try:

@@ -7,7 +7,7 @@ dagster-openai's does, under the same keys (``openai.<model>.calls`` …) plus t
 library's totals and cost. Unlike dagster-openai's, the count is what the server
 reported, once:
 
-- through a client of :meth:`~llm_assets.OpenAIResource.get_client`, the wrapper bills the
+- through a client of ``get_client``, the wrapper bills the
   requests its call sends, metered from the HTTP responses (streams, ``usage: null``,
   ``with_raw_response``, retries, cache hits and refusals included) and never read from
   what the call returns; they are billed to ``output_name`` instead of the
@@ -21,7 +21,7 @@ response, or a raw response's parsed one); a stream's cannot be, and is logged. 
 running total is kept apart from ``get_client``'s: don't mix both on one asset (the
 later total would overwrite the other's keys).
 
-Example:
+Examples:
     >>> import dagster as dg
     >>> from llm_assets import OpenAIResource, with_usage_metadata
     >>> @dg.asset
@@ -66,11 +66,11 @@ def with_usage_metadata(context: AnyContext, output_name: str | None, func: F) -
     """Wrap ``func`` (an SDK method) so the usage of each call lands on the metadata of
     ``output_name`` (``None``: the step's only asset or output), exactly once.
 
-    Raises :class:`~llm_assets.errors.UsageTargetError` (a
+    Raises ``UsageTargetError`` (a
     ``dagster.DagsterInvariantViolationError``) when ``context`` is not an asset's or an
     op's, or ``output_name`` is not one of its outputs.
 
-    Example:
+    Examples:
         >>> with openai.get_client(context) as client:  # doctest: +SKIP
         ...     create = with_usage_metadata(context, None, client.completions.create)
         ...     create(model="gpt-3.5-turbo-instruct", prompt="Say this is a test")

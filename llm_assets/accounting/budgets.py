@@ -2,7 +2,7 @@
 
 Dagster runs each step in its own process (the multiprocess executor of ``dagster dev``
 and ``dagster asset materialize``) or pod (k8s), and each sets the resource up again. A
-:class:`SharedBudget` makes ``max_tokens_per_run`` and ``max_cost_usd_per_run`` hold for
+``SharedBudget`` makes ``max_tokens_per_run`` and ``max_cost_usd_per_run`` hold for
 the whole run anyway: every process (a *holder*) keeps what it spent and what it has in
 flight in one row of a table in a database they all reach, by default the Dagster
 instance's own (SQLite locally, Postgres in production). A reservation is checked against
@@ -11,12 +11,12 @@ the sum of all rows and recorded in one transaction under a lock on the run
 both take the last of a budget.
 
 A killed step leaves its row behind: what it spent (up to its last write, at most
-:data:`FLUSH_SECONDS` before) still counts, but its reservations stop counting as soon as
-its process is gone (same host, :mod:`~llm_assets.accounting.holders`) or its row has not
+``FLUSH_SECONDS`` before) still counts, but its reservations stop counting as soon as
+its process is gone (same host, ``holders``) or its row has not
 been touched for ``ttl`` seconds (another host; a live holder touches it while it has
 reservations open), so they never block the budget for good.
 
-Example:
+Examples:
     >>> budget = SharedBudget("sqlite://", scope="run:1", ttl=600)  # in-memory database
     >>> budget.reserve(10, 0.0, lambda total: None)  # admitted: returns no refusal
     >>> budget.settle(10, 0.0, spent_tokens=7, spent_cost=0.0)
@@ -118,7 +118,7 @@ class SharedBudget:
     docstring). ``scope`` names what the budget is for (``run:<run id>:<resource>``).
 
     A reservation is written at once, in the transaction that checks it; settled spending
-    is written by a background thread within :data:`FLUSH_SECONDS` (and at :meth:`flush`),
+    is written by a background thread within ``FLUSH_SECONDS`` (and at ``flush``),
     which also touches the row while reservations are open, so other hosts see it live."""
 
     shared = True

@@ -1,12 +1,12 @@
-"""Whether a request may go, and when: the :class:`Gate` every billed request passes.
+"""Whether a request may go, and when: the ``Gate`` every billed request passes.
 
-It holds the two things that decide: the :class:`~llm_assets.accounting.governance.Governor`
+It holds the two things that decide: the ``Governor``
 (the allow-list and the run's budgets: may it go at all?) and the
-:class:`~llm_assets.accounting.limits.RateLimits` (the configured ceilings and the
-provider's headers: when?). A refusal is a :class:`~llm_assets.errors.GovernanceError`
+``RateLimits`` (the configured ceilings and the
+provider's headers: when?). A refusal is a ``GovernanceError``
 raised where it is decided; nothing was sent.
 
-Example:
+Examples:
     >>> gate = Gate(Governor(allowed_models=["gpt-4o-mini"], max_tokens=None, max_cost_usd=None, prices={}))
     >>> gate.admit("gpt-4o-mini", estimate=10)
     >>> gate.admit("gpt-4o", estimate=10)  # doctest: +ELLIPSIS
@@ -53,13 +53,13 @@ class Gate:
 
     def admit(self, model: str | None, estimate: int) -> None:
         """Reserve ``estimate`` tokens of ``model`` with the governor, or raise
-        :class:`GovernanceError` saying why the request may not go."""
+        ``GovernanceError`` saying why the request may not go."""
         reason = self.governor.refusal(model, estimate)
         if reason is not None:
             raise GovernanceError(reason)
 
     async def admit_async(self, model: str | None, estimate: int) -> None:
-        """:meth:`admit` from a coroutine: a budget shared across processes is checked in
+        """``admit`` from a coroutine: a budget shared across processes is checked in
         its database, in a thread, and a cancellation meanwhile gives the reservation back."""
         if not self.governor.budget.shared:
             return self.admit(model, estimate)

@@ -1,12 +1,12 @@
 """Which models may be used and how much a run may spend, enforced before a request goes out.
 
-A :class:`Governor` sits in the HTTP transport, so it sees every request of every call
+A ``Governor`` sits in the HTTP transport, so it sees every request of every call
 shape. A refused request never leaves the machine: the client gets an HTTP 403 with the
 reason (an OpenAI-style error the SDK does not retry). Spending is what the server
 reported, plus, for requests in flight, an estimate (prompt size plus ``max_tokens``), so
 concurrent requests cannot overshoot the budget together.
 
-Example:
+Examples:
     >>> governor = Governor(allowed_models=["gpt-4o-mini"], max_tokens=None, max_cost_usd=None, prices={})
     >>> governor.refusal("gpt-4o", estimate=10).split(":")[0]
     "model 'gpt-4o' is not in allowed_models ['gpt-4o-mini']"
@@ -26,8 +26,8 @@ REFUSAL_CODE = "llm_assets_refused"
 
 class Governor:
     """Allow-list and token / cost budgets, shared by all clients of a session. The
-    spending is kept by ``budget``: this process's (:class:`LocalBudget`) or the whole
-    run's across processes (:class:`~llm_assets.accounting.budgets.SharedBudget`)."""
+    spending is kept by ``budget``: this process's (``LocalBudget``) or the whole
+    run's across processes (``SharedBudget``)."""
 
     def __init__(
         self,
@@ -79,7 +79,7 @@ class Governor:
         return self.refusal_of_all([(model, estimate)])
 
     def refusal_of_all(self, requests: Sequence[tuple[str | None, int]]) -> str | None:
-        """:meth:`refusal` of many ``(model, estimate)`` requests at once (a batch): all
+        """``refusal`` of many ``(model, estimate)`` requests at once (a batch): all
         are reserved, in one step, or none."""
         for model, _ in requests:
             if (refused := self.model_refusal(model)) is not None:

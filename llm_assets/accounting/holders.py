@@ -6,7 +6,7 @@ Linux, its boot id and PID namespace (two machines, or two containers, sharing a
 are different hosts); ``start`` is when the process started (so a PID reused by another
 process is not mistaken for it).
 
-Example:
+Examples:
     >>> me = Holder.current()
     >>> Holder.parse(me.name) == me, me.alive(me)
     (True, True)

@@ -9,7 +9,7 @@ This ledger lives in memory, for one session. It is the one place spending is su
 a ledger backed by shared state (instance storage, the cache store) can replace it
 without touching the engine or the transports.
 
-Example:
+Examples:
     >>> ledger = UsageLedger()
     >>> key = LedgerKey("run-1", "answers", 0, ("answers",), "Kirk")
     >>> first, second = Usage(), Usage()
@@ -36,7 +36,7 @@ class LedgerKey(NamedTuple):
 
 
 class UsageLedger:
-    """Usage totals by :class:`LedgerKey`, in memory; thread-safe."""
+    """Usage totals by ``LedgerKey``, in memory; thread-safe."""
 
     def __init__(self) -> None:
         self._totals: dict[LedgerKey, Usage] = {}

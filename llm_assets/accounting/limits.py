@@ -1,10 +1,10 @@
 """Rate limits: requests and (estimated) tokens per minute, paced evenly, following the
 provider's own limits.
 
-One :class:`RateLimits` serves every client of a session, sync and async, on any thread
+One ``RateLimits`` serves every client of a session, sync and async, on any thread
 or event loop: each request that goes out (retries included, cache hits never) takes its
-place with :meth:`RateLimits.acquire`, which waits until it may go. Places are handed out
-by token buckets (:class:`~llm_assets.accounting.pacer.Pacer`): requests are spaced
+place with ``RateLimits.acquire``, which waits until it may go. Places are handed out
+by token buckets (``Pacer``): requests are spaced
 evenly; tokens may burst, then refill; a request bigger than the burst waits for all it
 needs. The clock is injectable, so pacing is tested by counting grants on a fake clock,
 not by timing.
@@ -13,7 +13,7 @@ Two sources set the rates:
 
 - ``requests_per_minute`` / ``tokens_per_minute``, configured: ceilings for the process;
 - the provider's rate-limit headers, read from every response, per model
-  (:mod:`llm_assets.accounting.provider_limits`): each process sends at the provider's
+  (``llm_assets.accounting.provider_limits``): each process sends at the provider's
   refill rate scaled by how full the provider's bucket is. Processes that share a key
   see the same bucket, so together they settle where their rates add up to the
   provider's, with the bucket part full: no idle capacity, few or no 429s, and no state
@@ -25,7 +25,7 @@ Two sources set the rates:
 side; the engine, user asyncio code and sync clients of one step run on different loops
 and threads, and must share one budget.)
 
-Example:
+Examples:
     >>> now = [0.0]
     >>> limits = RateLimits(requests_per_minute=60, tokens_per_minute=None, clock=lambda: now[0])
     >>> [limits.reserve(tokens=10) for _ in range(3)]  # seconds to wait before sending
@@ -131,7 +131,7 @@ class RateLimits:
         """(seconds to wait, the ticket if a place was taken). A place is taken if it comes
         within ``horizon``, or if nothing but the request's own size keeps it waiting (no
         place is promised ahead): a request bigger than a burst is never starved by small
-        ones. A waiter turned away :data:`PATIENCE` times is served before any newcomer."""
+        ones. A waiter turned away ``PATIENCE`` times is served before any newcomer."""
         with self._lock:
             pace = self._paces.setdefault(model, ModelPace()) if self.follow_provider else None
             if pace is not None and pace.probe == "in flight":

@@ -1,6 +1,6 @@
 """``Pacer``: a token bucket that hands out places in time, at a rate that may change.
 
-Example:
+Examples:
     >>> pacer = Pacer(rate=2.0, burst=1.0)  # two a second, none banked
     >>> [pacer.reserve(now=0.0, units=1) for _ in range(3)]  # seconds to wait before sending
     [0.0, 0.5, 1.0]
@@ -14,7 +14,7 @@ class Pacer:
     may go into debt: a place promised ahead is paid for now, so the next waits longer. A
     request bigger than ``burst`` waits for all its units, so the average rate always
     holds. Waits are computed at the current rate, which may change at any time (not
-    thread-safe by itself: :class:`~llm_assets.accounting.limits.RateLimits` holds the lock)."""
+    thread-safe by itself: ``RateLimits`` holds the lock)."""
 
     def __init__(self, rate: float, burst: float) -> None:
         self.set(rate, burst)

@@ -7,7 +7,7 @@ unless a model's ``batch_*`` rates say otherwise. A served model name (often a d
 ``gpt-4o-mini-2024-07-18``) is priced by its longest listed prefix; a model with no
 listed prefix has an *unknown* cost, never a guessed one.
 
-Example:
+Examples:
     >>> price = price_for("gpt-4o-mini-2024-07-18", DEFAULT_PRICES)
     >>> price.input, price.batch().input
     (0.15, 0.075)

@@ -9,12 +9,12 @@ where the provider enforces limits in shorter windows) and how full it is.
 
 That fill is shared by everyone who uses the key: it is the one piece of shared state
 that processes on different machines can all read, with no coordination of their own.
-A :class:`ModelPace` turns it into the rate one process may send at, per model (OpenAI's
-limits are per model): the provider's rate scaled by the fill (:func:`provider_share`),
+A ``ModelPace`` turns it into the rate one process may send at, per model (OpenAI's
+limits are per model): the provider's rate scaled by the fill (``provider_share``),
 the fill projected from the last response by the refill since and by this process's own
 sends since that response's request.
 
-Example:
+Examples:
     >>> bucket = Bucket.parse({"x-ratelimit-limit-requests": "1200",
     ...     "x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "750ms"}, "requests")
     >>> bucket.rate, bucket.capacity, bucket.fill
@@ -114,7 +114,7 @@ class Bucket:
 
 def provider_share(fill: float) -> float:
     """The share of the provider's rate one process takes when its bucket is ``fill``
-    full: all of it from 80% up, a sixteenth at 40%, at least :data:`MIN_SHARE`. Processes
+    full: all of it from 80% up, a sixteenth at 40%, at least ``MIN_SHARE``. Processes
     sharing a key settle where their shares add up to one: 4 at a fill of 57%."""
     return min(1.0, max(MIN_SHARE, (fill / FULL_ENOUGH) ** 4))
 
@@ -133,7 +133,7 @@ class Ticket:
 
 class ModelPace:
     """The provider's limits on one model as this process last saw them, and the pacers
-    they set (not thread-safe by itself: :class:`~llm_assets.accounting.limits.RateLimits`
+    they set (not thread-safe by itself: ``RateLimits``
     holds the lock). Until the first answer (the probe's) says whether the provider reports
     limits, one request goes at a time."""
 

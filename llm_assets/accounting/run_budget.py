@@ -1,7 +1,7 @@
 """Which budget a step's session keeps its spending in: the run's, in a database every
 step of the run reaches, when the resource has a budget and there is one.
 
-Example:
+Examples:
     >>> run_budget(budget_url=None, instance=None, run_id="r1", limits=(1000, None), backend="b", ttl=60) is None
     True
 """
@@ -25,7 +25,7 @@ def run_budget(
     backend: str,
     ttl: float,
 ) -> SharedBudget | None:
-    """The run's :class:`SharedBudget` for a resource with ``limits`` (max tokens, max USD)
+    """The run's ``SharedBudget`` for a resource with ``limits`` (max tokens, max USD)
     on ``backend``: ``None`` (this process keeps it) without a budget or a run, or without
     a database all the run's processes reach (said once, at set-up). Resources with the
     same backend and limits share one budget in a run; others have their own."""

@@ -4,7 +4,7 @@ op's output, and the running total emitted there as metadata.
 dagster-openai records usage only in assets. Here an op of a graph-backed asset records
 it on that asset's materialization, and any other op on its output, under the same keys.
 
-Example:
+Examples:
     >>> import dagster as dg
     >>> usage_target(dg.build_op_context()) is None  # no run: the usage is only logged
     True
@@ -90,9 +90,9 @@ def usage_target(
     usage is only logged) for an asset check, an op without (non-dynamic) outputs, one
     with several and none named, and a context made for a direct call outside any run.
 
-    Raises :class:`~llm_assets.errors.UsageTargetError` when the choice is ambiguous.
+    Raises ``UsageTargetError`` when the choice is ambiguous.
 
-    Example:
+    Examples:
         >>> from dagster import build_op_context
         >>> usage_target(build_op_context()) is None  # no run: the usage is logged
         True
@@ -181,7 +181,7 @@ def _check_partition(context: AssetExecutionContext | OpExecutionContext, partit
 
 
 class UsageReporter:
-    """Usage totals per :class:`UsageTarget` (a ledger), each emitted as its target's
+    """Usage totals per ``UsageTarget`` (a ledger), each emitted as its target's
     metadata whenever it grows; thread-safe, so the last emission is the latest total."""
 
     def __init__(self, prices: Mapping[str, Any]) -> None:

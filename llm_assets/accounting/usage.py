@@ -1,10 +1,10 @@
 """Token usage as the server reported it, summed per model, asset and partition.
 
-Usage is read from the HTTP responses themselves (see :mod:`llm_assets.http.transport`),
+Usage is read from the HTTP responses themselves (see ``llm_assets.http.transport``),
 so every call shape of the OpenAI SDK is counted the same way: plain, streamed,
 ``with_raw_response``, ``parse()``, the Responses API and embeddings.
 
-Example:
+Examples:
     >>> usage = Usage()
     >>> reported = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
     >>> usage.add_response("gpt-4o-mini-2024-07-18", reported)
@@ -116,7 +116,7 @@ def normalize_usage(usage: Mapping[str, Any]) -> dict[str, int | None]:
 @dataclass
 class Usage:
     """Usage summed over calls, per model, plus cache hits (answered without a call, so
-    zero tokens), failed attempts by kind (see :meth:`add_failed_attempt`; the SDK or the
+    zero tokens), failed attempts by kind (see ``add_failed_attempt``; the SDK or the
     engine may retry them) and answers the request cache failed to store.
     Thread-safe; merge-able."""
 
@@ -271,9 +271,9 @@ class Usage:
 
 class LiveUsage(Usage):
     """The usage of one block of work: summed while the block is open; once the block
-    is closed (:meth:`close`), each change is handed to its reporter as it happens.
+    is closed (``close``), each change is handed to its reporter as it happens.
 
-    Example:
+    Examples:
         >>> late = []
         >>> usage = LiveUsage()
         >>> usage.add_response("m", {"prompt_tokens": 2, "total_tokens": 2})
@@ -290,7 +290,7 @@ class LiveUsage(Usage):
 
     def close(self, late: Callable[[Usage], None]) -> None:
         """End the block: this counter stays as it is; later changes go to ``late``, each
-        as a :class:`Usage` of its own."""
+        as a ``Usage`` of its own."""
         with self._gate:
             self._late = late
 

@@ -1,7 +1,7 @@
 """The asset factories: chat answers, embeddings, a PCA map, and the three together.
 
 Each returns an ordinary ``dg.AssetsDefinition`` any code location can import; each is
-plan → :class:`~llm_assets.engine.Engine` → report.
+plan → ``Engine`` → report.
 """
 
 import warnings
@@ -38,7 +38,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``vectors``, the old name of :func:`embedding_matrix`, still imports, with a warning."""
+    """``vectors``, the old name of ``embedding_matrix``, still imports, with a warning."""
     if name == "vectors":
         warnings.warn(
             "llm_assets.assets.vectors is deprecated: use embedding_matrix (from llm_assets import embedding_matrix).",

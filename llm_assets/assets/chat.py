@@ -1,12 +1,12 @@
 """``build_chat_answers_asset``: partitioned chat answers, as plan → engine → report.
 
-* plan: :func:`plan_chat_requests` fills the prompt templates for each partition and
+* plan: ``plan_chat_requests`` fills the prompt templates for each partition and
   upstream row (pure, testable without Dagster);
-* engine: :meth:`llm_assets.engine.Engine.chat` sends them;
-* report: :func:`~llm_assets.assets.reporting.report_partition` builds each partition's
+* engine: ``llm_assets.engine.Engine.chat`` sends them;
+* report: ``report_partition`` builds each partition's
   frame and metadata as soon as its last answer is in.
 
-Example:
+Examples:
     >>> prompts = ChatPrompts(dg.AssetKey("answers"), PromptTemplate("Captain {partition_key}: {question}"))
     >>> (request,) = plan_chat_requests(prompts, {"Kirk": [{}]}, {"question": "Why?"}, {"model": "m"})
     >>> request.prompt
@@ -82,7 +82,7 @@ class ChatPrompts:
     def code_version(self, defaults: Mapping[str, Any], rows: Mapping[str, Any] | None) -> str:
         """The asset's code version: the templates, the run config ``defaults`` that fill
         them or are sent, the response schema, the translator and how upstream ``rows``
-        become requests (:func:`~llm_assets.assets.versions.code_version`)."""
+        become requests (``code_version``)."""
         parts = {
             "prompt": self.prompt.template,
             "system_prompt": self.system_prompt.template if self.system_prompt else None,
@@ -181,22 +181,22 @@ def build_chat_answers_asset(
 
     ``prompt`` and ``system_prompt`` are templates filled from ``{partition_key}`` (and each
     dimension of a multi-partition by name), ``{question}`` and ``variables`` from run
-    config, and, with ``upstream`` (an asset, or an :class:`~llm_assets.assets.upstream.Upstream`),
+    config, and, with ``upstream`` (an asset, or an ``Upstream``),
     ``{text}`` from its ``text_column`` (default ``"answer"``): one request per row
     (``{row}`` is its position) or, with ``one_request_per_row=False``, one request with
     all rows joined, which chains answers into a report. ``question``, ``max_tokens``,
     ``temperature``, ``chat_model``, ``variables``, ``mode`` (LIVE or BATCH) and
-    ``max_parse_retries`` are the defaults of the run config (:class:`ChatConfig`; ``None``
+    ``max_parse_retries`` are the defaults of the run config (``ChatConfig``; ``None``
     keeps its own); ``defaults=ChatConfig(...)`` gives them (and any other field of the run
-    config) in one place instead. A ``translator`` (:class:`ChatTranslator` subclass)
+    config) in one place instead. A ``translator`` (``ChatTranslator`` subclass)
     customises the messages, parameters and rows.
     ``response_format`` (a Pydantic model or JSON Schema) gives typed, validated columns
-    (:mod:`~llm_assets.engine.structured`); ``checks`` configures the generated checks
-    (:mod:`~llm_assets.assets.checks`). With ``retrieval`` (:class:`Retrieval`), each
+    (``structured``); ``checks`` configures the generated checks
+    (``checks``). With ``retrieval`` (``Retrieval``), each
     request's ``{context}`` is the ``k`` nearest rows of a vector store to its query
-    (retrieval-augmented answers). ``options`` are Dagster's (:class:`AssetOptions`).
+    (retrieval-augmented answers). ``options`` are Dagster's (``AssetOptions``).
 
-    Example:
+    Examples:
         >>> answers = build_chat_answers_asset(
         ...     key="answers", partitions_def=dg.StaticPartitionsDefinition(["Kirk", "Picard"]),
         ...     prompt="You are Captain {partition_key}. {question}", question="Why explore?",

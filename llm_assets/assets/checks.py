@@ -13,7 +13,7 @@ configures a whole pipeline (``checks={"no_truncated_answers": CheckRule(max_rat
   ``embeddings_match_texts``;
 * PCA map: ``enough_points``, ``explained_variance`` (reported; passes).
 
-Example:
+Examples:
     >>> checks = AssetChecks(dg.AssetKey("answers"), CHAT_CHECKS, {"no_refusals": CheckRule(severity="ERROR")})
     >>> [spec.name for spec in checks.specs][:2]
     ['no_failed_requests', 'no_empty_answers']
@@ -48,7 +48,7 @@ class CheckRule(pydantic.BaseModel, frozen=True):
 
 
 #: A factory's ``checks``: all on (True), all off (False), or rules by check name (a rule,
-#: ``False`` to turn one off, or a dict of :class:`CheckRule` fields).
+#: ``False`` to turn one off, or a dict of ``CheckRule`` fields).
 ChecksOption = bool | Mapping[str, "CheckRule | bool | Mapping[str, Any]"]
 
 
@@ -164,7 +164,7 @@ def checked(
     data_version: str | None = None,
 ) -> dg.MaterializeResult:
     """An asset body's return: its output ``value`` with its check results (and metadata,
-    and the data version of ``value``: :mod:`~llm_assets.assets.versions`)."""
+    and the data version of ``value``: ``versions``)."""
     version = dg.DataVersion(data_version) if data_version is not None else None
     return dg.MaterializeResult(value=value, check_results=list(results), metadata=metadata, data_version=version)
 

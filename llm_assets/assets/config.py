@@ -3,9 +3,9 @@ defaults applied and checked when the asset is defined.
 
 Each default is declared once, here: a factory argument left as ``None`` keeps it. A
 factory takes its run config's defaults as separate keywords or together, as a config
-(``defaults=ChatConfig(max_tokens=60)``): :func:`factory_defaults` merges the two.
+(``defaults=ChatConfig(max_tokens=60)``): ``factory_defaults`` merges the two.
 
-Example:
+Examples:
     >>> Answers = config_class(ChatConfig, "answers", {"max_tokens": 60, "temperature": None})
     >>> Answers().max_tokens, Answers().temperature
     (60, 0.7)
@@ -97,7 +97,7 @@ class PlotConfig(dg.Config):
 def factory_defaults(
     base: type[dg.Config], keywords: Mapping[str, Any], defaults: dg.Config | None, where: str
 ) -> dict[str, Any]:
-    """A factory's run config defaults for :func:`config_class`: its separate ``keywords``
+    """A factory's run config defaults for ``config_class``: its separate ``keywords``
     (``None``: not given) and the fields that its ``defaults`` config sets. A keyword that
     disagrees with ``defaults`` is an error naming both (all such keywords, in one error)."""
     if defaults is None:

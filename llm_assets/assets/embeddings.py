@@ -1,8 +1,8 @@
 """``build_embeddings_asset``: an upstream text column embedded per partition, as
-plan (the texts) → engine (:meth:`~llm_assets.engine.Engine.embed`) → report (frame and
+plan (the texts) → engine (``embed``) → report (frame and
 metadata).
 
-Example:
+Examples:
     >>> rows = embedding_rows("Kirk", ["Explore.", "Boldly."], "m")
     >>> [r["row"] for r in rows]
     [0, 1]
@@ -67,7 +67,7 @@ def concat_embeddings(frames: Mapping[str | None, pd.DataFrame]) -> pd.DataFrame
 
 def recorded_dimensions(context: dg.AssetExecutionContext) -> dict[str, int]:
     """The dimension each other partition of the asset (the last
-    :data:`~llm_assets.assets.reporting.MAX_LOOKUPS` of them) was last materialized with:
+    ``MAX_LOOKUPS`` of them) was last materialized with:
     their vectors share the asset with this run's."""
     partitions_def = context.assets_def.partitions_def
     if partitions_def is None:
@@ -124,14 +124,14 @@ def build_embeddings_asset(
     **options: Unpack[AssetOptions],
 ) -> dg.AssetsDefinition:
     """An asset embedding ``text_column`` (default ``"answer"``) of ``upstream`` (an asset,
-    or an :class:`~llm_assets.assets.upstream.Upstream`), per partition (partitions follow
+    or an ``Upstream``), per partition (partitions follow
     the upstream's unless given). Many texts go in one request; order is kept.
     ``embedding_model``, ``dimensions``, ``batch_size`` and ``mode`` are run config defaults
-    (:class:`EmbeddingConfig`; ``None`` keeps its own), or ``defaults=EmbeddingConfig(...)``
+    (``EmbeddingConfig``; ``None`` keeps its own), or ``defaults=EmbeddingConfig(...)``
     gives them in one place; ``checks`` configures the generated asset checks
-    (:mod:`~llm_assets.assets.checks`); ``options`` are Dagster's (:class:`AssetOptions`).
+    (``checks``); ``options`` are Dagster's (``AssetOptions``).
 
-    Example:
+    Examples:
         >>> embeddings = build_embeddings_asset(key="embeddings", upstream=answers)  # doctest: +SKIP
         >>> embeddings = build_embeddings_asset(  # doctest: +SKIP
         ...     upstream=Upstream(notes, text_column="text"), defaults=EmbeddingConfig(dimensions=256)

@@ -1,14 +1,14 @@
 """The DataFrames the assets produce, built from typed rows with documented columns.
 
-* answers: one :class:`~llm_assets.engine.rows.AnswerRow` per request, then any columns
+* answers: one ``AnswerRow`` per request, then any columns
   a translator added.
 * embeddings: ``partition_key, row, text, model, embedding``, the ``embedding`` column
   one float32 vector per row (Arrow ``fixed_size_list<float>[n]``, see
-  :mod:`~llm_assets.vector_store.column`). Frames stored before it, with one float32 column
+  ``column``). Frames stored before it, with one float32 column
   per dimension (``e0 … e{n-1}``), still read as embeddings.
 * plot: ``partition_key, row, label, x, y``.
 
-Example:
+Examples:
     >>> records = [{"partition_key": "a", "row": 0, "text": "t", "model": "m"}]
     >>> frame = embeddings_frame(records, np.ones((1, 3)))
     >>> embedding_matrix(frame).shape
@@ -85,7 +85,7 @@ def typed_columns(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec]) -> pd.
 def answers_frame(
     records: Sequence[Mapping[str, Any]], columns: Mapping[str, ColumnSpec] = ANSWER_COLUMNS
 ) -> pd.DataFrame:
-    """The answers frame of :meth:`AnswerRow.to_record` records (``columns``: the
+    """The answers frame of ``AnswerRow.to_record`` records (``columns``: the
     documented ones, then a structured answer's typed fields)."""
     try:
         return typed_frame(records, columns)
@@ -123,7 +123,7 @@ def vector_columns(frame: pd.DataFrame) -> list[str]:
     """The columns holding the vectors of an embeddings frame: ``["embedding"]``, or an old
     frame's ``e0 … e{n-1}``; none: it is not an embeddings frame.
 
-    Example:
+    Examples:
         >>> vector_columns(pd.DataFrame({"text": ["t"], "e0": [0.5], "e1": [1.5]}))
         ['e0', 'e1']
     """
@@ -134,7 +134,7 @@ def vector_width(frame: pd.DataFrame) -> int:
     """The dimension of the vectors of an embeddings frame (that of its first row when
     its ``embedding`` column is not Arrow-typed, as DuckDB gives it back; 0 without rows).
 
-    Example:
+    Examples:
         >>> vector_width(pd.DataFrame({"embedding": [np.zeros(3, np.float32)]}))
         3
     """
@@ -153,7 +153,7 @@ def embedding_matrix(frame: pd.DataFrame) -> np.ndarray:
     ``embedding`` column as one array, rows in the frame's order. A frame stored with one
     column per dimension (``e0 … e{n-1}``, before the ``embedding`` column) reads the same.
 
-    Example:
+    Examples:
         >>> frame = embeddings_frame([{"partition_key": None, "row": 0, "text": "t", "model": "m"}], [[0.5, 1.5]])
         >>> embedding_matrix(frame)
         array([[0.5, 1.5]], dtype=float32)
@@ -234,7 +234,7 @@ def stray_keys(frame: pd.DataFrame, partition_keys: Sequence[str | None], where:
 
 def split_output(value: Any, partition_keys: Sequence[str], where: str) -> dict[str, Any]:
     """One value per partition of an output covering ``partition_keys`` (see
-    :func:`by_partition`). A partition without rows in a DataFrame gets an empty frame with
+    ``by_partition``). A partition without rows in a DataFrame gets an empty frame with
     the same columns; rows or keys for other partitions are refused: they would be lost."""
     if isinstance(value, Mapping) and PARTITION_COLUMN in value and not any(k in value for k in partition_keys):
         value = _columnar_frame(value, where)

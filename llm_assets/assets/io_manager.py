@@ -7,7 +7,7 @@ produces, is split on its ``partition_key`` column (or ``{partition_key: value}`
 into one file per partition; a partition with no rows in a DataFrame output is stored as
 an empty frame with the same columns.
 
-Example:
+Examples:
     >>> resources = {"io_manager": PartitionedFilesystemIOManager()}
 """
 
@@ -21,7 +21,7 @@ from llm_assets._compat import PickledObjectFilesystemIOManager
 
 
 class _SplittingPickleIOManager(PickledObjectFilesystemIOManager):
-    #: Read by :func:`stores_partition_ranges`.
+    #: Read by ``stores_partition_ranges``.
     stores_partition_ranges = True
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:

@@ -1,9 +1,9 @@
 """The Dagster options every factory takes, and the one ``@dg.asset`` they all build.
 
 Factories take ``@dg.asset``'s own option names as keyword arguments (typed by
-:class:`AssetOptions`); each default is defined here, once.
+``AssetOptions``); each default is defined here, once.
 
-Example:
+Examples:
     >>> options: AssetOptions = {"group_name": "llm", "pool": "openai"}
     >>> asset_key(None, "captains", default="answers").to_user_string()
     'captains/answers'
@@ -120,7 +120,7 @@ def define_asset(
 ) -> dg.AssetsDefinition:
     """The ``@dg.asset`` of a factory: ``compute(context, config, **inputs)`` with the
     factory's run config class, column schema, ``options``, generated checks and
-    ``code_version`` (:mod:`~llm_assets.assets.versions`; the ``code_version`` option wins);
+    ``code_version`` (``versions``; the ``code_version`` option wins);
     ``extra_resource_keys``: resources its body reads besides the OpenAI one (a vector store)."""
     compute.__annotations__["config"] = config_class
     compute.__annotations__.pop("return", None)  # Dagster would type the output (and checks) by it

@@ -4,11 +4,11 @@ scikit-learn, matplotlib and adjustText are imported inside the functions: they 
 to import, and code locations should load fast.
 
 Labels are moved apart with adjustText (as in the Airflow captains tutorial) up to
-:data:`ADJUSTED_LABELS_MAX` of them: its cost grows much faster than the label count
-(measured in ``benchmarks/pca_plot.py``). Up to :data:`LABELS_MAX` labels are drawn beside
+``ADJUSTED_LABELS_MAX`` of them: its cost grows much faster than the label count
+(measured in ``benchmarks/pca_plot.py``). Up to ``LABELS_MAX`` labels are drawn beside
 their points, pointing inwards; beyond that none are (they would be unreadable).
 
-Example:
+Examples:
     >>> projection = project_2d(np.random.default_rng(0).normal(size=(5, 8)))
     >>> projection.points.shape
     (5, 2)
@@ -55,7 +55,7 @@ def stack_vectors(frames: MutableMapping[Any, pd.DataFrame]) -> tuple[pd.DataFra
     other columns), *consuming* the mapping: each frame is dropped once copied, so peak
     memory stays near one copy of the matrix however many partitions there are.
 
-    Example:
+    Examples:
         >>> from llm_assets.assets.frames import embeddings_frame
         >>> frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], [[1.0, 2.0]])
         >>> frames = {"a": frame}
@@ -85,7 +85,7 @@ def stack_vectors(frames: MutableMapping[Any, pd.DataFrame]) -> tuple[pd.DataFra
     return (pd.concat(meta, ignore_index=True) if meta else pd.DataFrame()), matrix
 
 
-#: How :func:`project_2d` projects: part of the map's code version.
+#: How ``project_2d`` projects: part of the map's code version.
 PROJECTION = {"method": "PCA", "n_components": 2, "svd_solver": "covariance_eigh"}
 
 
@@ -122,7 +122,7 @@ def scatter_png(
 ) -> UPath:
     """Write a labelled scatter plot of ``points`` to ``path`` (PNG; a local path or any
     fsspec URL, e.g. ``s3://bucket/plots/map.png``) and return it (see
-    :func:`labelled_scatter` for how labels are placed)."""
+    ``labelled_scatter`` for how labels are placed)."""
     buffer = io.BytesIO()
     with labelled_scatter(points, labels, title, axes) as fig:
         fig.savefig(buffer, format="png", bbox_inches="tight")
@@ -142,10 +142,10 @@ def labelled_scatter(
 ) -> Iterator[Figure]:
     """The scatter plot of ``points`` labelled with ``labels`` (the axes' texts, in order),
     closed on exit. Up to ``adjusted_max`` labels are moved apart with adjustText so none
-    overlap (a thin line joins a moved label to its point); up to :data:`LABELS_MAX` are
+    overlap (a thin line joins a moved label to its point); up to ``LABELS_MAX`` are
     drawn beside their points, pointing inwards; more are not drawn.
 
-    Example:
+    Examples:
         >>> with labelled_scatter(np.array([[0.0, 0.0], [0.001, 0.0]]), ["Kirk", "Archer"], "Crew") as fig:
         ...     [t.get_text() for t in fig.axes[0].texts]
         ['Kirk', 'Archer']

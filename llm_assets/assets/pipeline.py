@@ -1,6 +1,6 @@
 """``build_llm_pipeline_assets``: answers per partition → embeddings → PCA map, in one call.
 
-Example:
+Examples:
     >>> pipeline = build_llm_pipeline_assets(
     ...     key_prefix="captains", partitions_def=dg.StaticPartitionsDefinition(["Kirk", "Picard"]),
     ...     prompt="You are Captain {partition_key}. {question}", question="Why explore?",
@@ -58,10 +58,10 @@ def build_llm_pipeline_assets(
     ``key_prefix``); the arguments are those of the three factories (``mode`` is the
     default of both requesting assets), ``options`` apply to all three but ``pool`` and
     ``kinds``, which only the two requesting assets take (the map sends nothing). ``checks`` configures all
-    three assets' generated checks by name (:mod:`~llm_assets.assets.checks`). With a
+    three assets' generated checks by name (``checks``). With a
     ``response_format``, the embeddings embed each answer's raw JSON text.
     ``vector_store_key`` names the I/O manager of the embeddings alone (e.g. a
-    :class:`~llm_assets.vector_store.io_manager.LanceDBIOManager`, to search them);
+    ``LanceDBIOManager``, to search them);
     ``plot_dir`` where the map's PNG goes (e.g. ``s3://bucket/plots`` when steps run on
     several machines)."""
     answers = build_chat_answers_asset(

@@ -1,8 +1,8 @@
 """``build_pca_plot_asset``: every materialized partition of an embeddings asset, projected
-to 2-D with PCA and drawn as a labelled scatter PNG, as gather (:func:`embedding_parts`)
-→ project (:mod:`~llm_assets.assets.pca`) → report (:func:`report_plot`).
+to 2-D with PCA and drawn as a labelled scatter PNG, as gather (``embedding_parts``)
+→ project (``pca``) → report (``report_plot``).
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from llm_assets.assets.frames import embeddings_frame
     >>> frame = embeddings_frame([{"partition_key": "a", "row": 0, "text": "t", "model": "m"}], np.ones((1, 4)))
@@ -37,7 +37,7 @@ _COORDINATES = dg.TableSchema(
 def embedding_parts(upstream: Any, label_column: str, name: str) -> MutableMapping[Any, pd.DataFrame]:
     """The non-empty embeddings frames to project, by partition, checked to share one
     dimension and to have ``label_column``. A dict of partitions is trimmed in place: no
-    second reference to its frames, so :func:`stack_vectors` can free each as it copies it
+    second reference to its frames, so ``stack_vectors`` can free each as it copies it
     and memory stays near one copy of the vectors."""
     parts = upstream if isinstance(upstream, dict) else {None: upstream}
     for pk in [pk for pk, frame in parts.items() if not len(frame)]:
@@ -71,7 +71,7 @@ def recorded_questions(
     """The ``question`` that the embedded answers of each partition answered: that of the
     latest materialization of ``answers`` before the partition's latest ``embeddings``
     (answers re-run since then are not on the map yet). Looked up for the first
-    :data:`~llm_assets.assets.reporting.MAX_LOOKUPS` partitions, two queries each."""
+    ``MAX_LOOKUPS`` partitions, two queries each."""
     questions = {}
     for pk in list(partition_keys)[:MAX_LOOKUPS]:
         embedded, _ = latest_metadata(instance, embeddings, pk)
@@ -133,14 +133,14 @@ def build_pca_plot_asset(
     instance's storage directory). The title says what was
     asked: the ``question`` that the partitions of ``questions_from`` (a chat answers asset)
     answered, or that they answered different ones; ``title`` (or ``defaults=PlotConfig(title=...)``)
-    is the run config's default (:class:`PlotConfig`). ``upstream`` is the embeddings asset
-    (or an :class:`~llm_assets.assets.upstream.Upstream` of it: every partition is read, so
+    is the run config's default (``PlotConfig``). ``upstream`` is the embeddings asset
+    (or an ``Upstream`` of it: every partition is read, so
     it takes no ``text_column`` or ``partition_mapping``). ``checks`` configures the generated
-    asset checks (:mod:`~llm_assets.assets.checks`: with ``enough_points`` on, a map of
+    asset checks (``checks``: with ``enough_points`` on, a map of
     fewer than 2 points is drawn and that check fails; off, it is an error). ``options``
-    are Dagster's (:class:`AssetOptions`).
+    are Dagster's (``AssetOptions``).
 
-    Example:
+    Examples:
         >>> plot = build_pca_plot_asset(key="answer_map", upstream=embeddings)  # doctest: +SKIP
     """
     options = resolved(options)

@@ -2,10 +2,10 @@
 
 Templates use ``str.format`` placeholders. A placeholder no value is given for is an
 error naming it and the names that are available, raised before anything is sent. So is a
-partition key that can't fill one: empty, longer than :data:`MAX_PARTITION_KEY_CHARS`, or
+partition key that can't fill one: empty, longer than ``MAX_PARTITION_KEY_CHARS``, or
 holding control characters (a key added from the UI's "Add partition" is whatever was typed).
 
-Example:
+Examples:
     >>> template = PromptTemplate("You are Captain {captain}. {question}")
     >>> template.render({"captain": "Picard", "question": "Tea?"}, where="prompt")
     'You are Captain Picard. Tea?'
@@ -74,9 +74,9 @@ _UNPRINTABLE = frozenset({"Cc", "Zl", "Zp"})
 
 def check_partition_key(key: str, placeholder: str, partitions_def: dg.PartitionsDefinition | None = None) -> None:
     """Raise if partition key ``key`` can't fill ``{placeholder}``: empty (or blank), longer
-    than :data:`MAX_PARTITION_KEY_CHARS` characters, or holding a control character.
+    than ``MAX_PARTITION_KEY_CHARS`` characters, or holding a control character.
 
-    Example:
+    Examples:
         >>> check_partition_key("Picard", "partition_key")
         >>> check_partition_key("", "partition_key")
         Traceback (most recent call last):
@@ -114,9 +114,9 @@ def partition_values(
 ) -> dict[str, str]:
     """Placeholder values of one partition: ``partition_key`` and, for a multi-partition,
     each dimension by name; each that a template ``used`` (default: all) is checked with
-    :func:`check_partition_key`.
+    ``check_partition_key``.
 
-    Example:
+    Examples:
         >>> partition_values(dg.DynamicPartitionsDefinition(name="captains"), "Riker")
         {'partition_key': 'Riker'}
     """

@@ -7,7 +7,7 @@ figures (rows, cache hits, latency percentiles of its answers); the run's reques
 goes to the log and to the run-wide check, and to the materialization only when the run
 has one partition.
 
-Example:
+Examples:
     >>> latency_metadata([0.2, 0.4, 1.0, None])
     {'latency_p50_s': 0.4, 'latency_p95_s': 0.94}
 """

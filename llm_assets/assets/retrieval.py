@@ -1,12 +1,12 @@
 """Retrieval from a vector store: query texts embedded through the resource (metered,
 cached and billed to their partition like any embedding), then the nearest stored rows.
 
-:class:`Retrieval` says where to look: the embeddings asset whose LanceDB table holds the
-vectors, under the resource key of its :class:`~llm_assets.vector_store.io_manager.LanceDBIOManager`.
-The search asset factory (:mod:`~llm_assets.assets.search`) and the chat factory's
-``retrieval=`` (the ``{context}`` placeholder) both go through :func:`retrieve`.
+``Retrieval`` says where to look: the embeddings asset whose LanceDB table holds the
+vectors, under the resource key of its ``LanceDBIOManager``.
+The search asset factory (``search``) and the chat factory's
+``retrieval=`` (the ``{context}`` placeholder) both go through ``retrieve``.
 
-Example:
+Examples:
     >>> retrieval = Retrieval("captains/embeddings", k=3)
     >>> retrieval.key, retrieval.store_key
     (AssetKey(['captains', 'embeddings']), 'vector_store')
@@ -75,7 +75,7 @@ class Retrieval:
         return dg.AssetKey.from_coercible(self.store)
 
     def vector_store(self, context: dg.AssetExecutionContext) -> VectorStore:
-        """The store under :attr:`store_key`, checked to be a LanceDB one."""
+        """The store under ``store_key``, checked to be a LanceDB one."""
         io_manager = getattr(context.resources, self.store_key, None)
         if not isinstance(io_manager, LanceDBIOManager):
             raise ConfigurationError(

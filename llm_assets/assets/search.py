@@ -6,7 +6,7 @@ the 5 nearest past answers), or, without an upstream, the run config's ``queries
 resource, so metered and cached like any embedding, then searched in the LanceDB table of
 the embeddings asset given as ``store`` (a dependency of the search asset, not loaded).
 
-Example:
+Examples:
     >>> search = build_search_asset(key="most_like", store="captains/embeddings", k=1)
     >>> [dep.asset_key.to_user_string() for dep in search.specs_by_key[search.key].deps]
     ['captains/embeddings']
@@ -95,9 +95,9 @@ def build_search_asset(
     the ``LanceDBIOManager`` under ``store_key``) to each query: each row of ``queries``'
     ``text_column`` (default ``"answer"``, as the other factories), per partition, or the run config's ``queries``.
     ``k`` and ``defaults=SearchConfig(...)`` are the run config's defaults; ``options`` are
-    Dagster's (:class:`AssetOptions`).
+    Dagster's (``AssetOptions``).
 
-    Example:
+    Examples:
         >>> tickets = dg.AssetSpec("tickets", partitions_def=dg.DailyPartitionsDefinition("2026-01-01"))
         >>> similar = build_search_asset(key="similar_answers", store="support/embeddings",
         ...                              queries=Upstream(tickets, text_column="question"), k=5)

@@ -2,7 +2,7 @@
 into a row, like dagster-dbt's ``DagsterDbtTranslator``. Subclass it to add few-shot
 examples, per-partition parameters (e.g. ``response_format``) or extra columns.
 
-Example:
+Examples:
     >>> class FewShot(ChatTranslator):
     ...     def get_messages(self, prompt, system_prompt, values):
     ...         example = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]

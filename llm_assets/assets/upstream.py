@@ -1,7 +1,7 @@
-"""What a factory's asset reads: an upstream asset (:class:`Upstream`: its key, partitions,
+"""What a factory's asset reads: an upstream asset (``Upstream``: its key, partitions,
 text column and partition mapping), the partitions of this run, and the upstream's texts.
 
-Example:
+Examples:
     >>> texts_of(pd.DataFrame({"answer": ["a", "b"]}), "answer", where="Upstream x")
     ['a', 'b']
 """
@@ -29,7 +29,7 @@ from llm_assets.errors import ConfigurationError
 from llm_assets.http.validation import check_text
 
 #: The factories' input metadata: Dagster's filesystem I/O managers then hand over what
-#: exists, and :func:`load_texts` names the partitions that don't (instead of a raw
+#: exists, and ``load_texts`` names the partitions that don't (instead of a raw
 #: ``FileNotFoundError``).
 LOAD_MISSING = {"allow_missing_partitions": True}
 
@@ -49,7 +49,7 @@ class Upstream:
     ``Upstream`` or just the asset; the factories' separate ``text_column=`` and
     ``partition_mapping=`` keywords are the same as setting them here (set each in one place).
 
-    Example:
+    Examples:
         >>> from llm_assets import build_embeddings_asset
         >>> notes = dg.AssetSpec("notes", partitions_def=dg.DailyPartitionsDefinition("2025-01-01"))
         >>> weekly = build_embeddings_asset(  # each week embeds the texts of its days
@@ -82,7 +82,7 @@ class Upstream:
         return None
 
     def asset_in(self) -> dg.AssetIn:
-        """The factories' ``upstream`` input (see :data:`LOAD_MISSING`)."""
+        """The factories' ``upstream`` input (see ``LOAD_MISSING``)."""
         return dg.AssetIn(self.key, partition_mapping=self.partition_mapping, metadata=LOAD_MISSING)
 
     @classmethod
@@ -93,7 +93,7 @@ class Upstream:
         partition_mapping: dg.PartitionMapping | None = None,
         where: str = "the factory",
     ) -> "Upstream":
-        """``upstream`` (an :class:`Upstream` or just the asset) with the factory's separate
+        """``upstream`` (an ``Upstream`` or just the asset) with the factory's separate
         ``text_column`` and ``partition_mapping`` keywords (``None``: not given) applied and
         the text column's default filled in; a keyword that disagrees with ``upstream`` is
         an error naming both."""

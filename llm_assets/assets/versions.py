@@ -11,7 +11,7 @@
 Both are stable across processes, Python versions and dict orders: canonical JSON, then
 SHA-256.
 
-Example:
+Examples:
     >>> code_version("chat_answers", {"prompt": "Hi {name}", "model": None})
     '1241f621cc44'
     >>> code_version("chat_answers", {"model": None, "prompt": "Hi {name}"})  # order is no edit
@@ -57,7 +57,7 @@ def translator_identity(translator: object) -> dict[str, Any]:
     attribute, if it sets one: its code is not visible to the hash, so bump ``version``
     when you change what it does.
 
-    Example:
+    Examples:
         >>> class FewShot:
         ...     version = "2"
         >>> translator_identity(FewShot())["version"]
@@ -73,7 +73,7 @@ def frame_version(frame: pd.DataFrame, exclude: Collection[str] = frozenset()) -
     an Arrow vector column (``embedding``) as the bytes of its float32 matrix (no copy of
     it); others as JSON.
 
-    Example:
+    Examples:
         >>> a = pd.DataFrame({"answer": ["Yes"], "latency_s": [0.2]})
         >>> frame_version(a, {"latency_s"}) == frame_version(a.assign(latency_s=9.0), {"latency_s"})
         True
@@ -143,7 +143,7 @@ def _materializations(
 
 def _past_data_versions(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> set[str] | None:
     """The data versions the partition's materializations ever had (``None``: a history
-    longer than :data:`MAX_LOOKUPS`, which may hold any, to be safe)."""
+    longer than ``MAX_LOOKUPS``, which may hold any, to be safe)."""
     events = _materializations(instance, key, partition, MAX_LOOKUPS)
     if len(events) >= MAX_LOOKUPS:
         return None

@@ -1,6 +1,6 @@
 """Batch mode: a materialization's requests through the OpenAI Batch API
-(:class:`~llm_assets.batch.runner.BatchRunner`), configured by :class:`BatchSettings`, watched by
-:func:`~llm_assets.sensors.build_batch_sensor`."""
+(``BatchRunner``), configured by ``BatchSettings``, watched by
+``build_batch_sensor``."""
 
 from llm_assets.batch.settings import BatchSettings, RequestMode
 

@@ -1,7 +1,7 @@
 """The JSONL of a batch: one line per request, with a ``custom_id`` that names its request
 for good, split into files at the API's limits.
 
-Example:
+Examples:
     >>> from llm_assets.calls import Call
     >>> call = Call("Kirk", "/chat/completions", {"model": "m", "messages": []}, "row 0", lambda body, **_: body)
     >>> ids = custom_ids("captains/answers", [call, call])

@@ -1,12 +1,12 @@
 """What a batch answered, mapped back to the requests of a materialization.
 
-:class:`BatchOutcome` reads output and error files line by line: each answer is checked,
+``BatchOutcome`` reads output and error files line by line: each answer is checked,
 stored in the request cache (so nothing is paid twice and a later live run of the same
 request costs nothing), metered at Batch API prices on its partition's usage, and turned
 into the request's result; each failed line becomes that request's failure. What is left
-is decided by :meth:`BatchOutcome.finish`: the rows, or one error naming what failed.
+is decided by ``BatchOutcome.finish``: the rows, or one error naming what failed.
 
-Example:
+Examples:
     >>> outcome = BatchOutcome(governor, answers, calls, lines, usages, results)  # doctest: +SKIP
     >>> outcome.read_output(client.files.content(batch.output_file_id).iter_lines(), record)  # doctest: +SKIP
 """
@@ -93,7 +93,7 @@ class BatchOutcome:
 
     def read_output(self, lines: Iterable[str], record: Submission) -> set[str]:
         """Map each output line (``{"custom_id", "response": {"status_code", "body"}}``);
-        returns the ids answered for requests this run does not make (see :meth:`_answer`)."""
+        returns the ids answered for requests this run does not make (see ``_answer``)."""
         unclaimed: set[str] = set()
         for text in lines:
             line = self._parse(text, record)

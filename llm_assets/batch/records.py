@@ -1,14 +1,14 @@
 """Durable records of submitted batches, next to the request cache: what keeps a re-run
 from paying twice.
 
-A :class:`Submission` is written *before* ``batches.create`` (with the fingerprint the
+A ``Submission`` is written *before* ``batches.create`` (with the fingerprint the
 batch's metadata will carry) and again after it (with the batch id). A re-run of the same
 requests finds it and re-attaches to the batch instead of creating another; a record
 without a batch id (the process died during ``create``) is matched to its batch through
 ``batches.list`` and the fingerprint. Records live in any fsspec location, like the cache,
 and are removed once their results are in the cache.
 
-Example:
+Examples:
     >>> store = SubmissionStore("memory://llm-records-doctest")
     >>> record = Submission("f00d", "captains/answers", "/v1/chat/completions", {"llm-1": ["k", "Kirk"]}, "run")
     >>> store.save(record)
@@ -84,7 +84,7 @@ class SubmissionStore:
 
     def save(self, record: Submission) -> None:
         """Write ``record`` durably (atomic rename after fsync, or one PUT); a store that
-        refuses it (after its client's own retries) is a :class:`StorageError`."""
+        refuses it (after its client's own retries) is a ``StorageError``."""
         cache = self._cache(record.asset)
         try:
             cache.put(record.key, json.dumps(asdict(record)).encode())

@@ -1,14 +1,14 @@
 """Batch mode of the engine: submit, re-attach, wait, collect, never pay twice.
 
-:class:`BatchRunner` takes the requests the request cache could not answer and runs them
+``BatchRunner`` takes the requests the request cache could not answer and runs them
 through the OpenAI Batch API: it first re-attaches to the batches earlier attempts already
-submitted for them (:mod:`~llm_assets.batch.records`), submits only what no batch covers
+submitted for them (``records``), submits only what no batch covers
 (JSONL files split at the API's limits, each recorded before and after
 ``batches.create``), then polls until every batch is done and maps the files back
-(:mod:`~llm_assets.batch.outcome`). A terminated step cancels the batches it created and
+(``outcome``). A terminated step cancels the batches it created and
 keeps what they completed.
 
-Example:
+Examples:
     >>> runner = BatchRunner(governor, answers, connect, context, settings, ErrorPolicy.FAIL, str)  # doctest: +SKIP
     >>> runner.run(calls, pending, cache_keys, usages, results)  # doctest: +SKIP
 """

@@ -1,7 +1,7 @@
-"""How a materialization sends its requests (:class:`RequestMode`) and how batch mode
-talks to the Batch API (:class:`BatchSettings`, the resource's ``batch`` field).
+"""How a materialization sends its requests (``RequestMode``) and how batch mode
+talks to the Batch API (``BatchSettings``, the resource's ``batch`` field).
 
-Example:
+Examples:
     >>> settings = BatchSettings(poll_seconds=5, max_wait_seconds=3600)
     >>> settings.completion_window, settings.max_requests_per_file
     ('24h', 50000)

@@ -1,8 +1,8 @@
 """Submitting a batch so that it is never paid twice: the budget reserved first, then
-record, upload, record, ``create``, record (:mod:`~llm_assets.batch.records`), and a lost
+record, upload, record, ``create``, record (``records``), and a lost
 ``create`` answer looked for by fingerprint before it is retried.
 
-Example:
+Examples:
     >>> submitter = Submitter(governor, keys, context, BatchSettings(), store)  # doctest: +SKIP
     >>> job = submitter.submit(client, lines, part=1, parts=1)  # doctest: +SKIP
 """

@@ -1,10 +1,10 @@
 """The request cache: identical requests are answered without calling the API.
 
-- :mod:`~llm_assets.cache.keys`: which requests are the same (:class:`CacheKeys`) and how a
-  run uses the cache (:class:`CacheMode`);
-- :mod:`~llm_assets.cache.files`: where the answers live (:class:`RequestCache`);
-- :mod:`~llm_assets.cache.answers`: what a valid answer of each endpoint is;
-- :mod:`~llm_assets.cache.store`: the answers of one session (:class:`AnswerStore`):
+- ``keys``: which requests are the same (``CacheKeys``) and how a
+  run uses the cache (``CacheMode``);
+- ``files``: where the answers live (``RequestCache``);
+- ``answers``: what a valid answer of each endpoint is;
+- ``store``: the answers of one session (``AnswerStore``):
   validated reads, stores that never lose an answer, each problem logged once.
 """
 

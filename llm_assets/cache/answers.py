@@ -5,7 +5,7 @@ answer (retried when live, a miss when cached), never a row built from half an a
 The checks are structural, plus each embedding's encoding (base64 of float32, or a list
 of finite numbers); the engine's readers check the rest as they build rows.
 
-Example:
+Examples:
     >>> answer_problem("/chat/completions", {"choices": []})
     "'choices' is not a non-empty list of objects"
     >>> answer_problem("/embeddings", {"data": [{"index": 0, "embedding": "AAAA"}]}, {"input": ["a", "b"]})

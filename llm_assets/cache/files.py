@@ -1,13 +1,13 @@
-"""Where cached answers live: :class:`RequestCache`, response bodies by key.
+"""Where cached answers live: ``RequestCache``, response bodies by key.
 
 It stores the response bodies as the server sent them, one file each, under any fsspec /
 UPath location (local disk, ``s3://…``, ``memory://…``). Writes are atomic and durable
 (temp file, ``fsync``, rename on local disks; one PUT on object stores), so neither
 concurrent writers nor a power loss leave a partial entry. Entries are validated when
-stored and read (:mod:`llm_assets.cache.answers`, by :class:`~llm_assets.cache.store.AnswerStore`):
+stored and read (``llm_assets.cache.answers``, by ``AnswerStore``):
 a damaged one is a miss.
 
-Example:
+Examples:
     >>> cache = RequestCache("memory://llm-cache-doctest")
     >>> cache.put("ab" * 32, b'{"ok": true}')
     >>> cache.get_many(["ab" * 32, None])
@@ -63,7 +63,7 @@ class RequestCache:
 
     def put(self, key: str, body: bytes, *, durable: bool = True) -> None:
         """Store ``body`` under ``key``: atomic, and durable (see the module docstring)
-        unless many writes leave that to one :meth:`sync` at the end."""
+        unless many writes leave that to one ``sync`` at the end."""
         self._write(self.path(key), body, durable=durable)
 
     def sync(self) -> None:

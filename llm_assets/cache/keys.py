@@ -1,13 +1,13 @@
 """Cache keys: which requests are the same request.
 
-:class:`CacheKeys` is the one key function: a request's key is the SHA-256 of the backend
-it goes to (a stable identity, see :func:`backend_identity`), its endpoint and its
+``CacheKeys`` is the one key function: a request's key is the SHA-256 of the backend
+it goes to (a stable identity, see ``backend_identity``), its endpoint and its
 canonical JSON body (model, messages and every parameter that changes the output).
 Headers, and so the API key, are not part of it and are never stored. The engine keys the
 calls it is about to make and the HTTP transport keys the requests that reach it with the
-same function, so the two always agree. :class:`CacheMode` says how a run uses them.
+same function, so the two always agree. ``CacheMode`` says how a run uses them.
 
-Example:
+Examples:
     >>> keys = CacheKeys("http://127.0.0.1:8000/v1")
     >>> len(keys.key("/embeddings", {"model": "m", "input": ["a"]}))
     64
@@ -48,7 +48,7 @@ def backend_identity(base_url: str) -> str:
     while the backend stays the same (credentials, case, default port, ``localhost`` vs
     ``127.0.0.1``, trailing slash, fragment).
 
-    Example:
+    Examples:
         >>> backend_identity("HTTPS://user:secret@API.example.com:443/v1/")
         'https://api.example.com/v1'
     """
@@ -61,7 +61,7 @@ def backend_identity(base_url: str) -> str:
 
 class CacheKeys:
     """Cache keys of the requests a client sends to ``base_url``, keyed by ``identity``
-    (default: :func:`backend_identity` of ``base_url``; the embedded local model passes the
+    (default: ``backend_identity`` of ``base_url``; the embedded local model passes the
     model files it serves, since its port changes every run)."""
 
     def __init__(self, base_url: str, identity: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The answers of one session: :class:`AnswerStore` keys requests, reads validated answers
+"""The answers of one session: ``AnswerStore`` keys requests, reads validated answers
 and stores new ones, and never loses an answer over a cache problem.
 
 Everything that sends billed requests (the SDK's transports, the engine's direct client,
@@ -6,7 +6,7 @@ batch mode) goes through it, so the keys, the validation and the warnings agree:
 damaged entry is a miss, a failed store is counted on the usage, and each problem is
 logged once per session.
 
-Example:
+Examples:
     >>> from llm_assets.accounting.usage import Usage
     >>> store = AnswerStore(CacheKeys("http://127.0.0.1:9/v1"), RequestCache("memory://store-doctest"))
     >>> request = {"model": "m", "input": ["a"]}
@@ -72,12 +72,12 @@ class AnswerStore:
         return CacheMode.OFF if self.files is None else requested
 
     def key(self, endpoint: str, payload: Any) -> str | None:
-        """The cache key of a POST of ``payload`` to ``endpoint`` (see :class:`CacheKeys`)."""
+        """The cache key of a POST of ``payload`` to ``endpoint`` (see ``CacheKeys``)."""
         return self.keys.key(endpoint, payload)
 
     def cached(self, keys: Sequence[str | None], requests: Iterable[tuple[str, Any]]) -> list[CachedAnswer | None]:
         """The cached answers of ``keys`` (``None``: a miss) of ``requests`` (endpoint, JSON
-        body). A damaged entry (:func:`~llm_assets.cache.answers.answer_problem`) is a miss,
+        body). A damaged entry (``answer_problem``) is a miss,
         logged once; the fresh answer then overwrites it. An unreadable cache is all misses."""
         if self.files is None:
             return [None] * len(keys)
@@ -112,7 +112,7 @@ class AnswerStore:
     def store(self, key: str, body: bytes, usage: Usage, *, durable: bool = True) -> None:
         """Store an answer; a failure never loses it (it is already on its way to the
         caller): it is counted on ``usage`` and logged once. Without ``durable``,
-        :meth:`sync` must follow."""
+        ``sync`` must follow."""
         if self.files is None:
             return
         try:

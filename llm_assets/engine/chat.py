@@ -1,6 +1,6 @@
-"""Chat requests for the engine: what to ask, and each answer as an :class:`AnswerRow`.
+"""Chat requests for the engine: what to ask, and each answer as an ``AnswerRow``.
 
-Example:
+Examples:
     >>> request = ChatRequest("Picard", 0, "Tea?", ({"role": "user", "content": "Tea?"},), {"model": "m"})
     >>> (call,) = ChatCalls([request])
     >>> body = {"model": "m", "choices": [{"message": {"content": "Earl Grey."}, "finish_reason": "stop"}]}
@@ -47,7 +47,7 @@ class ChatRequest:
 
     def answered(self, body: Mapping[str, Any], *, cached: bool, latency: float | None) -> AnswerRow:
         """The row of a successful response (a body without choices is malformed: retried;
-        a structured answer that does not validate raises :class:`InvalidOutputError`)."""
+        a structured answer that does not validate raises ``InvalidOutputError``)."""
         choice = body["choices"][0]
         message = choice["message"]
         content = message.get("content")

@@ -1,7 +1,7 @@
 """Embedding requests for the engine: texts packed into as few requests as the API allows,
 vectors decoded to float32 and put back together per partition, in order.
 
-Example:
+Examples:
     >>> [(start, len(batch)) for start, batch in pack_batches(["a"] * 5, max_inputs=2, max_tokens=100)]
     [(0, 2), (2, 2), (4, 1)]
 """

@@ -1,19 +1,19 @@
 """The one execution engine behind every factory: many requests, bounded concurrency,
 the request cache, input order kept, usage per partition.
 
-An :class:`Engine` works for one asset of one step, through the resource's
-:class:`~llm_assets.session.RunSession`. It first looks every call up in the request
+An ``Engine`` works for one asset of one step, through the resource's
+``RunSession``. It first looks every call up in the request
 cache in one batch (a re-run of unchanged inputs costs file reads, not requests), then
 POSTs the rest, ``max_concurrency`` workers each taking the next call as theirs finishes,
-through :mod:`~llm_assets.engine.sender` (aiohttp directly by default, with the official
+through ``sender`` (aiohttp directly by default, with the official
 client's retry contract: same retried statuses, ``Retry-After``, backoff, ``max_retries``
-and errors; every retry is in :mod:`~llm_assets.engine.retries`). The engine hands each
+and errors; every retry is in ``retries``). The engine hands each
 part only the session's pieces it uses: the gate, the answer store, the settings. Each
 request is billed to its partition's usage counter, metered from its own HTTP response.
 In ``RequestMode.BATCH`` the rest go through the Batch API instead
-(:class:`~llm_assets.batch.runner.BatchRunner`): same rows, same usage keys, half the price.
+(``BatchRunner``): same rows, same usage keys, half the price.
 
-Example:
+Examples:
     >>> engine = Engine(openai_resource.session, context)  # doctest: +SKIP
     >>> messages = ({"role": "user", "content": "Tea?"},)
     >>> rows = engine.chat([ChatRequest("Picard", 0, "Tea?", messages, {"model": "gpt-4o-mini"})])  # doctest: +SKIP
@@ -191,7 +191,7 @@ class Engine:
 
     @asynccontextmanager
     async def _poster(self, contract: SDKContract) -> AsyncIterator[Poster]:
-        """What this run's requests are posted through (see :class:`SendPath`)."""
+        """What this run's requests are posted through (see ``SendPath``)."""
         if self.path is SendPath.DIRECT:
             session = self.session
             async with DirectClient(contract, session.gate, session.answers, self.max_concurrency) as client:

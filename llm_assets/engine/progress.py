@@ -1,6 +1,6 @@
 """Progress of a materialization's requests, logged as they complete.
 
-Example:
+Examples:
     >>> progress = Progress(context, "chat requests", total=3, usages=[])  # doctest: +SKIP
     >>> progress.step()  # doctest: +SKIP
 """

@@ -2,7 +2,7 @@
 partition handed over as soon as its last result is in, then forgotten, so a run of a
 million rows never holds every row at once.
 
-Example:
+Examples:
     >>> done = []
     >>> results = Results(["a", "b", "a"], on_partition=lambda pk, rows: done.append((pk, rows)))
     >>> results[0], results[1] = "a0", "b0"

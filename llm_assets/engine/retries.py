@@ -1,4 +1,4 @@
-"""Every retry of the engine's live requests, in one place: :class:`RetryPolicy`.
+"""Every retry of the engine's live requests, in one place: ``RetryPolicy``.
 
 =============================================  ===========================  =========================================
 What failed                                    Asked again                  After
@@ -13,12 +13,12 @@ error, any other 4xx
 =============================================  ===========================  =========================================
 
 The first row is the official client's contract
-(:class:`~llm_assets.http.contract.SDKContract`): the SDK applies it itself on the SDK
-path, and :class:`~llm_assets.http.direct.DirectClient` asks the same client for each
+(``SDKContract``): the SDK applies it itself on the SDK
+path, and ``DirectClient`` asks the same client for each
 decision on the direct path. The other rows are applied by
-:class:`~llm_assets.engine.sender.Sender`, with the SDK's own backoff.
+``Sender``, with the SDK's own backoff.
 
-Example:
+Examples:
     >>> import openai
     >>> from llm_assets.errors import InvalidOutputError
     >>> contract = SDKContract(openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=2))

@@ -1,10 +1,10 @@
 """Typed rows that also describe their columns: one dataclass per frame.
 
-A field declared with :func:`column` carries its schema type, pandas dtype and
+A field declared with ``column`` carries its schema type, pandas dtype and
 description, so the ``dagster/column_schema`` shown in the UI, the DataFrame's dtypes and
 the row itself come from one definition.
 
-Example:
+Examples:
     >>> list(column_specs(AnswerRow))[:3]
     ['partition_key', 'row', 'prompt']
 """

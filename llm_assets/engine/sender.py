@@ -1,15 +1,15 @@
 """How the engine sends one call: posted by the direct path or the SDK, asked again per
-the :class:`~llm_assets.engine.retries.RetryPolicy`, and its failure named.
+the ``RetryPolicy``, and its failure named.
 
-A :class:`Poster` sends one call's POST: :class:`~llm_assets.http.direct.DirectClient`
+A ``Poster`` sends one call's POST: ``DirectClient``
 (``SendPath.DIRECT``, the default: aiohttp with the SDK's retry contract) or
-:class:`SDKPoster` (``SendPath.SDK``: the official ``openai.AsyncOpenAI`` over the
+``SDKPoster`` (``SendPath.SDK``: the official ``openai.AsyncOpenAI`` over the
 metered transports). Both meter, cache, govern and pace each request through the same
-:class:`~llm_assets.http.exchange.Exchange`, raise the SDK's errors, and raise
-:class:`~llm_assets.errors.GovernanceError` for a refused request. :class:`Sender` turns
+``Exchange``, raise the SDK's errors, and raise
+``GovernanceError`` for a refused request. ``Sender`` turns
 their answers into the call's result.
 
-Example:
+Examples:
     >>> SendPath("sdk")
     <SendPath.SDK: 'sdk'>
 """
@@ -105,7 +105,7 @@ class Sender:
 
     async def send(self, call: Call[T], usage: Usage, key: str | None = None) -> T:
         """The call's result, asked again while the policy says so; else one
-        :class:`~llm_assets.errors.LLMRequestError` naming the call."""
+        ``LLMRequestError`` naming the call."""
         malformed = invalid = 0
         while True:
             try:

@@ -1,14 +1,14 @@
 """Structured outputs: a chat answer as typed fields, validated on every row.
 
-An :class:`OutputSchema` is built once per asset from a Pydantic model or a JSON Schema
+An ``OutputSchema`` is built once per asset from a Pydantic model or a JSON Schema
 dict. It gives the ``response_format`` to send (OpenAI's strict ``json_schema``, or
 ``json_object`` with the schema alongside for servers such as llama.cpp that reject
 ``json_schema``), one typed column per top-level field (nested objects and lists are kept
-as Python objects in an ``object`` column), and :meth:`OutputSchema.parse`, which raises
-:class:`InvalidOutputError` on an answer that does not validate: the engine then asks
+as Python objects in an ``object`` column), and ``OutputSchema.parse``, which raises
+``InvalidOutputError`` on an answer that does not validate: the engine then asks
 again, up to ``max_parse_retries`` times.
 
-Example:
+Examples:
     >>> import pydantic
     >>> class Verdict(pydantic.BaseModel):
     ...     quality: str
@@ -93,7 +93,7 @@ class OutputSchema:
 
     def parse(self, content: str) -> dict[str, Any]:
         """The answer's fields (named as in the schema: a Pydantic field's alias), validated;
-        :class:`InvalidOutputError` says why not."""
+        ``InvalidOutputError`` says why not."""
         try:
             if self.model is not None:
                 value = self.model.model_validate_json(content).model_dump(mode="json", by_alias=True)

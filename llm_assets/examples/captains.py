@@ -8,7 +8,7 @@ config ``question``) and re-materialize.
 
 The captains are a dynamic partition set (``captains``): add one from the UI (the
 materialize dialog's **Add a partition**) and materialize it, as the Airflow tutorial's
-run form takes a list of captains. The seven of :data:`CAPTAINS` are added when the set is
+run form takes a list of captains. The seven of ``CAPTAINS`` are added when the set is
 empty: when the code location loads, to the instance ``DAGSTER_HOME`` names (``scripts/dev``
 sets it), else by the ``seed_captains`` sensor on its first tick (a ``dagster dev`` without
 ``DAGSTER_HOME``, Dagster+). By hand, this seeds that instance and lists its captains::
@@ -45,7 +45,7 @@ def seed_captains(instance: dg.DagsterInstance, names: Sequence[str] = CAPTAINS)
     """Add ``names`` to the ``captains`` partitions of ``instance`` if it has none yet, and
     return what was added: nothing when it has some, so a captain you deleted stays deleted.
 
-    Example:
+    Examples:
         >>> with dg.instance_for_test() as instance:
         ...     seed_captains(instance)[:2], seed_captains(instance)
         (['Kirk', 'Picard'], [])

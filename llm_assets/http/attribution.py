@@ -2,13 +2,13 @@
 
 A client made for one ``get_client`` block bills everything to that block's counter. The
 engine shares one client among the partitions of a run, so it names the counter per
-request: each of its tasks runs inside :func:`billed_to`, a ``contextvars`` scope that
+request: each of its tasks runs inside ``billed_to``, a ``contextvars`` scope that
 the transport reads when the request reaches it. A metered request with neither is a
-bug in the code that sent it: the transport raises :class:`UnattributedRequestError`
-instead of billing a neighbour. A :func:`rerouted` block (``with_usage_metadata``'s
+bug in the code that sent it: the transport raises ``UnattributedRequestError``
+instead of billing a neighbour. A ``rerouted`` block (``with_usage_metadata``'s
 wrapper) names the counter per session instead, whichever client sends the request.
 
-Example:
+Examples:
     >>> usage = Usage()
     >>> with billed_to(usage):
     ...     resolve_scope(client_usage=None).usage is usage
@@ -38,7 +38,7 @@ class BillingScope:
 
 _scope: ContextVar[BillingScope | None] = ContextVar("llm_assets_billing_scope", default=None)
 
-#: ``route(session) -> Usage``: the counter of a :func:`rerouted` block, per session.
+#: ``route(session) -> Usage``: the counter of a ``rerouted`` block, per session.
 Route = Callable[[Any], Usage]
 _route: ContextVar[Route | None] = ContextVar("llm_assets_billing_route", default=None)
 
@@ -62,9 +62,9 @@ def billed_to(usage: Usage, looked_up: bool = False) -> Iterator[None]:
 def rerouted(route: Route) -> Iterator[None]:
     """Bill the metered requests sent in this block (this task) to ``route(session)``, the
     session being the one whose transport meters the request, even through a client that
-    bills its own counter. The innermost block wins; :func:`billed_to` inside it too.
+    bills its own counter. The innermost block wins; ``billed_to`` inside it too.
 
-    Example:
+    Examples:
         >>> mine = Usage()
         >>> with rerouted(lambda session: mine):
         ...     resolve_scope(client_usage=Usage(), session=None).usage is mine
@@ -79,7 +79,7 @@ def rerouted(route: Route) -> Iterator[None]:
 
 def notice(session: Any) -> None:
     """An unbilled request (a GET, a file, a fine-tuning job) reached ``session``'s
-    transport: a :func:`rerouted` block learns that its requests go through the library,
+    transport: a ``rerouted`` block learns that its requests go through the library,
     which meters them, so it must not read usage from what its call returns."""
     if (route := _route.get()) is not None:
         route(session)
@@ -87,7 +87,7 @@ def notice(session: Any) -> None:
 
 def resolve_scope(client_usage: Usage | None, session: Any = None) -> BillingScope:
     """The scope of a metered request sent through ``session``'s transport: a
-    :func:`rerouted` block's counter, else its client's, else the task's scope."""
+    ``rerouted`` block's counter, else its client's, else the task's scope."""
     if (route := _route.get()) is not None:
         return BillingScope(route(session))
     if client_usage is not None:

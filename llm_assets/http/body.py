@@ -1,12 +1,12 @@
 """Reading a response body as the SDK consumes it: decompressed, JSON or server-sent events.
 
-:class:`BodyReader` is fed the raw bytes of one response (gzip or deflate encoded, as
+``BodyReader`` is fed the raw bytes of one response (gzip or deflate encoded, as
 OpenAI sends them, or plain) and remembers the last ``model`` and ``usage`` it saw. For
 a stream these come from its events (Chat Completions put ``usage`` in the last chunk,
 the Responses API inside ``response.completed``); for JSON, from the body, which it also
 returns whole so it can be cached.
 
-Example:
+Examples:
     >>> import gzip
     >>> reader = BodyReader(content_encoding="gzip", content_type="application/json")
     >>> reader.feed(gzip.compress(b'{"model": "m", "usage": {"total_tokens": 5}}'))

@@ -1,16 +1,16 @@
 """The official OpenAI client's contract, asked of the client itself: the headers it
 sends, when it retries, how long it waits, and the errors it raises.
 
-The engine's direct path (:mod:`llm_assets.http.direct`) sends over aiohttp without the
+The engine's direct path (``llm_assets.http.direct``) sends over aiohttp without the
 SDK's per-request machinery, but it must behave exactly like ``openai.AsyncOpenAI``:
 same headers (auth, organization, project, platform, custom), same retried statuses
 (408, 409, 429, 5xx, ``x-should-retry``), same waits (``retry-after-ms``,
 ``Retry-After`` up to two minutes, else 0.5 s doubling to 8 s with jitter), same
 ``max_retries``, and the same exception classes. So it does not re-implement any of it:
-:class:`SDKContract` holds an official client (which never sends) and calls its own
+``SDKContract`` holds an official client (which never sends) and calls its own
 methods. A test runs the fault catalogue through both paths and compares.
 
-Example:
+Examples:
     >>> import openai
     >>> contract = SDKContract(openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=2))
     >>> contract.should_retry(503, {}), contract.should_retry(400, {"x-should-retry": "true"})

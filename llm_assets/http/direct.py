@@ -3,19 +3,19 @@
 Through the SDK, each request costs ~1 ms of CPU to build, send and parse (options
 copied per attempt, an httpx request, an httpx-over-aiohttp adapter, the body parsed
 twice); a self-hosted server answering thousands of requests per second makes that the
-bottleneck. :class:`DirectClient` builds each endpoint's URL and headers once (by the
+bottleneck. ``DirectClient`` builds each endpoint's URL and headers once (by the
 official client itself), encodes bodies with orjson, and decodes each answer once: the
 engine's row, the usage and the cached body all come from that one parse.
 
-Nothing else changes: the same :class:`~llm_assets.http.exchange.Exchange` as the
+Nothing else changes: the same ``Exchange`` as the
 SDK's transports (usage, governance, rate limits), the same
-:class:`~llm_assets.cache.store.AnswerStore`, and the official client's own retry
-contract (:class:`~llm_assets.http.contract.SDKContract`): same retried statuses, waits,
+``AnswerStore``, and the official client's own retry
+contract (``SDKContract``): same retried statuses, waits,
 ``max_retries`` and exception classes. A request the governor refuses raises
-:class:`~llm_assets.errors.GovernanceError` before anything is sent. User code that calls
+``GovernanceError`` before anything is sent. User code that calls
 ``get_client()`` still gets the official client.
 
-Example:
+Examples:
     >>> async def answer(contract, gate, answers, usage):  # doctest: +SKIP
     ...     async with DirectClient(contract, gate, answers, connections=64) as client:
     ...         return await client.post("/chat/completions", {"model": "m", "messages": []}, usage)
@@ -114,7 +114,7 @@ class DirectClient:
         """POST ``body`` to ``endpoint`` billed to ``usage``, retried as the SDK retries; the
         decoded answer (``None``: a 2xx body that is not JSON, counted as malformed), stored
         under ``key`` (``None``: not stored). Raises the SDK's ``APIStatusError`` /
-        ``APIConnectionError`` subclasses, or :class:`~llm_assets.errors.GovernanceError`."""
+        ``APIConnectionError`` subclasses, or ``GovernanceError``."""
         url, headers = self._templates.get(endpoint) or await self._template(endpoint)
         content = encode(body)
         for taken in range(self.contract.max_retries + 1):

@@ -1,15 +1,15 @@
 """One billed request on its way, whatever sends it: whose usage, its cache key, its
 admission by the governor and its turn with the rate limits.
 
-Both paths that send billed requests go through an :class:`Exchange`: the httpx
-transports under the OpenAI SDK's clients (:mod:`llm_assets.http.transport`) and the
-engine's direct aiohttp path (:mod:`llm_assets.http.direct`). It knows nothing of HTTP
+Both paths that send billed requests go through an ``Exchange``: the httpx
+transports under the OpenAI SDK's clients (``llm_assets.http.transport``) and the
+engine's direct aiohttp path (``llm_assets.http.direct``). It knows nothing of HTTP
 libraries, of sessions or of the cache's files: each path tells it what happened
 (admitted, sent, a status, a body, a failure) and it meters, settles and picks the body
 to cache. It works with two collaborators: the usage counter it bills and the
-:class:`~llm_assets.accounting.gate.Gate` that admits and paces it.
+``Gate`` that admits and paces it.
 
-Example:
+Examples:
     >>> usage = Usage()
     >>> exchange = Exchange(Gate(), usage, "/chat/completions", b'{"model": "m"}')
     >>> exchange.finished(BodySummary("m", {"total_tokens": 3}, b"{}", answer={}), complete=True) is None
@@ -48,13 +48,13 @@ class Exchange:
 
     def admit(self) -> None:
         """Reserve its estimate with the governor, or raise
-        :class:`~llm_assets.errors.GovernanceError` (it is never sent)."""
+        ``GovernanceError`` (it is never sent)."""
         if self.gate.governed:
             self.gate.admit(self.model, self.estimate)
             self._reserved = True
 
     async def admit_async(self) -> None:
-        """:meth:`admit` from a coroutine (a shared budget is checked off the event loop)."""
+        """``admit`` from a coroutine (a shared budget is checked off the event loop)."""
         if self.gate.governed:
             await self.gate.admit_async(self.model, self.estimate)
             self._reserved = True
@@ -66,7 +66,7 @@ class Exchange:
         self.sent = True
 
     def go_blocking(self) -> None:
-        """:meth:`go`, blocking this thread."""
+        """``go``, blocking this thread."""
         if self.gate.paced:
             self.ticket = self.gate.turn_blocking(self.estimate, self.model)
         self.sent = True

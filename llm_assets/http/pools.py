@@ -1,6 +1,6 @@
 """Connection pools shared by the clients of a session, and the httpx the SDK speaks.
 
-Example:
+Examples:
     >>> pool = SharedPool()
     >>> pool.close()
     >>> pool.handle_request(httpx.Request("GET", "http://127.0.0.1:9/"))  # doctest: +ELLIPSIS

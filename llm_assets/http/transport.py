@@ -5,9 +5,9 @@ The OpenAI SDK talks HTTP through an httpx client; these transports sit under it
 read each response body as the SDK consumes it. Because nothing above the HTTP layer is
 patched, every call shape is metered the same way and no client is ever mutated. Each
 billed request (a POST to a completion, embedding or response endpoint) goes through
-one :class:`~llm_assets.http.exchange.Exchange`:
+one ``Exchange``:
 
-1. whose usage it is (:mod:`llm_assets.http.attribution`; none is an error),
+1. whose usage it is (``llm_assets.http.attribution``; none is an error),
 2. answered from the cache, if the cache mode reads and nobody looked it up already,
 3. refused by the governor (an HTTP 403 that never left the machine), or
 4. paced by the rate limits, sent, its rate-limit headers read, and its body read as it
@@ -129,8 +129,8 @@ class _AsyncMeteredStream(httpx.AsyncByteStream):
 class _Metering:
     """What both transports hold: the transport under them (``inner``), the ``gate`` that
     lets requests through, the ``answers`` used per ``cache_mode``, and whom a request is
-    billed to: ``usage``, else the request's :func:`~llm_assets.http.attribution.billed_to`
-    scope, or a :func:`~llm_assets.http.attribution.rerouted` block's counter for ``owner``."""
+    billed to: ``usage``, else the request's ``billed_to``
+    scope, or a ``rerouted`` block's counter for ``owner``."""
 
     def __init__(
         self,
@@ -146,7 +146,7 @@ class _Metering:
         self._mode, self._owner = cache_mode, owner
 
     def _exchange(self, request: httpx.Request) -> tuple[Exchange, bool]:
-        """The :class:`Exchange` of a billed request reaching the transport, and whether to
+        """The ``Exchange`` of a billed request reaching the transport, and whether to
         look it up in the cache first."""
         scope = resolve_scope(self._usage, self._owner)
         request.headers["accept-encoding"] = ACCEPT_ENCODING
@@ -171,8 +171,8 @@ class _Metering:
 
 class MeteredTransport(_Metering, httpx.BaseTransport):
     """Sync transport of a session's client, over the session's shared pool (a
-    :class:`~llm_assets.http.pools.SharedPool`, closed by the session at teardown, not by
-    this transport, which refuses requests from then on). See :class:`_Metering`."""
+    ``SharedPool``, closed by the session at teardown, not by
+    this transport, which refuses requests from then on). See ``_Metering``."""
 
     _inner: SharedPool
 
@@ -203,7 +203,7 @@ class MeteredTransport(_Metering, httpx.BaseTransport):
 
 
 class AsyncMeteredTransport(_Metering, httpx.AsyncBaseTransport):
-    """Async twin of :class:`MeteredTransport` over its own pool (``inner``, opened on the
+    """Async twin of ``MeteredTransport`` over its own pool (``inner``, opened on the
     event loop that uses it, and closed with this transport); cache I/O runs in a thread."""
 
     _inner: httpx.AsyncBaseTransport

@@ -1,8 +1,8 @@
 """What HTTP can carry, checked before anything is sent: base URLs, header names and
-values, and text for a JSON body. Each check raises one :class:`~llm_assets.LLMAssetsError`
+values, and text for a JSON body. Each check raises one ``LLMAssetsError``
 naming the field and the fix, instead of a dependency's exception at first use.
 
-Example:
+Examples:
     >>> check_base_url("http://127.0.0.1:8O80/v1", "base_url")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     llm_assets.errors.ConfigurationError: base_url 'http://127.0.0.1:8O80/v1' is not a valid URL (Invalid port: ...

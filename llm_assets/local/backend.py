@@ -5,7 +5,7 @@ runs never collide) and hands it to the child, waits a bounded time until the se
 answers, and terminates it on exit. On Linux the child also gets ``SIGTERM`` if its
 parent dies, so even a ``SIGKILL``-ed run leaves no server behind.
 
-Example:
+Examples:
     >>> with LocalBackend() as backend:  # doctest: +SKIP
     ...     client = openai.OpenAI(base_url=backend.base_url, api_key="no-key-needed")
 """

@@ -6,7 +6,7 @@ State lives in the server process (the embedded server is started per run or ste
 batch of a server that has stopped is unknown to the next one, and the engine then
 submits its requests again (the local model costs nothing).
 
-Example:
+Examples:
     >>> app = FastAPI()  # doctest: +SKIP
     >>> add_batch_routes(app)  # doctest: +SKIP
 """

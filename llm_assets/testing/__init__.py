@@ -5,7 +5,7 @@ It answers ``/v1/chat/completions`` (plain and streamed), ``/v1/completions``,
 vectors and token counts, and keeps its own totals of the usage it reported, so tests
 can compare what a pipeline recorded with what the server billed.
 
-Example:
+Examples:
     >>> import openai
     >>> with ScriptedOpenAIServer() as server:
     ...     client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
@@ -13,13 +13,13 @@ Example:
     ...     server.usage.total_tokens
     2
 
-Modules: :mod:`~llm_assets.testing.server` (the server and ``main``),
-:mod:`~llm_assets.testing.endpoints` (what each endpoint answers),
-:mod:`~llm_assets.testing.stats` (what the server saw and billed),
-:mod:`~llm_assets.testing.script` (the scripted tokenizer, answers and vectors),
-:mod:`~llm_assets.testing.encoding` (gzip and deflate replies, event-stream framing),
-:mod:`~llm_assets.testing.faults` (fault injection) and
-:mod:`~llm_assets.testing.ratelimits` (RPM / TPM per API key, enforced like OpenAI's).
+Modules: ``server`` (the server and ``main``),
+``endpoints`` (what each endpoint answers),
+``stats`` (what the server saw and billed),
+``script`` (the scripted tokenizer, answers and vectors),
+``encoding`` (gzip and deflate replies, event-stream framing),
+``faults`` (fault injection) and
+``ratelimits`` (RPM / TPM per API key, enforced like OpenAI's).
 """
 
 from llm_assets.testing.faults import FAULTS, FaultInjector, first_attempts, inject_fault

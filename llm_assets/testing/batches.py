@@ -1,11 +1,11 @@
 """A scripted Batch API on loopback: the Files and Batches routes of the embedded server
-(:mod:`llm_assets.local.batches`), with each line answered by a
-:class:`~llm_assets.testing.ScriptedOpenAIServer` (so its usage totals are the truth to
+(``llm_assets.local.batches``), with each line answered by a
+``ScriptedOpenAIServer`` (so its usage totals are the truth to
 compare with), and the outcomes other mock servers lack: expiry with partial output,
 ``finalizing``, failed lines, and a ``create`` that never answers (a crash between create
 and record).
 
-Example:
+Examples:
     >>> with ScriptedOpenAIServer() as upstream, ScriptedBatchServer(upstream) as server:  # doctest: +SKIP
     ...     OpenAIResource(base_url=server.base_url)
 """

@@ -4,7 +4,7 @@ chunked framing of server-sent-event streams.
 ``"deflate"`` is what HTTP specifies (RFC 9110: a zlib stream, RFC 1950); ``"deflate-raw"``
 is a bare deflate stream (RFC 1951) sent as ``content-encoding: deflate``, as some servers do.
 
-Example:
+Examples:
     >>> accepts("gzip, br", "gzip"), accepts("gzip;q=0", "gzip"), content_encoding("deflate-raw")
     (True, False, 'deflate')
     >>> zlib.decompress(compress("deflate-raw", b"hello"), wbits=-15)

@@ -1,10 +1,10 @@
-"""One function per endpoint: the JSON body in, a :class:`Reply` out.
+"""One function per endpoint: the JSON body in, a ``Reply`` out.
 
 The functions bill the usage they report (in ``server.stats``) but never touch a socket;
-the HTTP handler in :mod:`llm_assets.testing.server` writes the reply. What they read of
-the server is the :class:`Server` protocol.
+the HTTP handler in ``llm_assets.testing.server`` writes the reply. What they read of
+the server is the ``Server`` protocol.
 
-Example:
+Examples:
     >>> from llm_assets.testing import ScriptedOpenAIServer
     >>> server = ScriptedOpenAIServer()
     >>> reply = route_post(server, "/v1/embeddings", {"model": "m", "input": "hello world", "dimensions": 4})
@@ -44,7 +44,7 @@ ChatAnswers = tuple[str, list[str], dict[str, Any] | None, list[str]]
 
 
 class Server(Protocol):
-    """What the endpoints read of the server (a :class:`~llm_assets.testing.ScriptedOpenAIServer`):
+    """What the endpoints read of the server (a ``ScriptedOpenAIServer``):
     its settings, its stats, and ``chat``, the answers to a chat request (tests replace it)."""
 
     served_models: dict[str, str]

@@ -1,7 +1,7 @@
-"""Fault injection for :class:`~llm_assets.testing.ScriptedOpenAIServer`: a ``fault`` hook
+"""Fault injection for ``ScriptedOpenAIServer``: a ``fault`` hook
 that fails a seeded, random share of requests the way real servers and networks do.
 
-Example:
+Examples:
     >>> import urllib.request
     >>> from llm_assets.testing import ScriptedOpenAIServer
     >>> injector = FaultInjector(rate=1.0, kinds=("429",))
@@ -29,7 +29,7 @@ FAULTS = ("429", "500", "503", "slow", "drop", "cut", "malformed")
 
 
 def inject_fault(handler: BaseHTTPRequestHandler, kind: str, slow_seconds: float = 1.0, retry_after: str = "1") -> None:
-    """Answer the request ``handler`` serves with the fault ``kind`` (one of :data:`FAULTS`):
+    """Answer the request ``handler`` serves with the fault ``kind`` (one of ``FAULTS``):
     ``429`` (with ``Retry-After``), ``500``, ``503``, ``slow`` (no answer before
     ``slow_seconds``, then the connection closes), ``drop`` (closed without an answer),
     ``cut`` (HTTP 200 whose body stops halfway, then the connection closes) and
@@ -57,8 +57,8 @@ def inject_fault(handler: BaseHTTPRequestHandler, kind: str, slow_seconds: float
 
 
 class FaultInjector:
-    """A ``fault`` hook for :class:`ScriptedOpenAIServer`: each request fails, with a
-    fault drawn from ``kinds`` (see :func:`inject_fault`), with probability ``rate``
+    """A ``fault`` hook for ``ScriptedOpenAIServer``: each request fails, with a
+    fault drawn from ``kinds`` (see ``inject_fault``), with probability ``rate``
     (seeded, so runs repeat)."""
 
     def __init__(

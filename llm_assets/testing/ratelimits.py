@@ -7,7 +7,7 @@ enforcement (1200 RPM enforced as 20 a second). A request too big for what a buc
 is answered 429 with OpenAI's error body, nothing consumed; every billed reply carries the
 ``x-ratelimit-*`` headers.
 
-Example:
+Examples:
     >>> now = [0.0]
     >>> limits = ProviderLimits(requests_per_minute=2, tokens_per_minute=None, clock=lambda: now[0])
     >>> [limits.check("k", "gpt-4o", 5).status for _ in range(3)]
@@ -206,7 +206,7 @@ class ProviderLimits:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The server's command-line flags for :class:`ProviderLimits`."""
+    """The server's command-line flags for ``ProviderLimits``."""
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute per API key")
     parser.add_argument("--tpm", type=int, default=None, help="tokens per minute per API key")
     parser.add_argument("--window", type=float, default=60.0, help="seconds of refill a rate-limit bucket holds")
@@ -214,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> ProviderLimits | None:
-    """The limits the flags of :func:`add_arguments` ask for; None when neither RPM nor TPM is set."""
+    """The limits the flags of ``add_arguments`` ask for; None when neither RPM nor TPM is set."""
     if args.rpm is None and args.tpm is None:
         return None
     return ProviderLimits(args.rpm, args.tpm, window_seconds=args.window, retry_after=not args.no_retry_after)

@@ -3,7 +3,7 @@
 Everything here is a pure function of the request, so a test can compute what the
 server will say (and bill) without asking it.
 
-Example:
+Examples:
     >>> answer = scripted_answer("to boldly go", 4)
     >>> answer, count_tokens(answer)
     ('Answer fce75dbd: to boldly', 4)

@@ -1,10 +1,10 @@
 """The loopback HTTP server: its settings, lifecycle, a thin request handler, and ``main``.
 
-What each endpoint answers lives in :mod:`llm_assets.testing.endpoints`, what the server
-saw in :mod:`llm_assets.testing.stats`, and how replies are compressed and framed in
-:mod:`llm_assets.testing.encoding`.
+What each endpoint answers lives in ``llm_assets.testing.endpoints``, what the server
+saw in ``llm_assets.testing.stats``, and how replies are compressed and framed in
+``llm_assets.testing.encoding``.
 
-Example:
+Examples:
     >>> import json, urllib.request
     >>> with ScriptedOpenAIServer(served_models={"gpt-4o": "gpt-4o-2024-08-06"}) as server:
     ...     body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Engage"}]})
@@ -49,10 +49,10 @@ class ScriptedOpenAIServer:
             or None. When set and the request's ``Accept-Encoding`` allows it, JSON replies
             and event streams (flushed per event) are compressed, like OpenAI's own.
         provider_limits: per-API-key RPM and TPM limits, enforced like OpenAI's (429s and
-            ``x-ratelimit-*`` headers; see :mod:`llm_assets.testing.ratelimits`).
+            ``x-ratelimit-*`` headers; see ``llm_assets.testing.ratelimits``).
 
     Each setting is an attribute of the same name that a test may change while the server
-    runs; :meth:`reset` puts them all back to the values given here.
+    runs; ``reset`` puts them all back to the values given here.
     """
 
     def __init__(

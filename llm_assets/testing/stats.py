@@ -1,6 +1,6 @@
 """What the scripted server saw: the requests by path, the usage it billed, concurrency peaks.
 
-Example:
+Examples:
     >>> stats = ServerStats()
     >>> stats.arrive("/v1/embeddings", {"model": "m", "input": ["hi"]})
     >>> stats.bill("m", {"prompt_tokens": 1, "total_tokens": 1}, {"model": "m", "input": ["hi"]})
@@ -44,7 +44,7 @@ class ServerStats:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
     def leave(self) -> None:
-        """A request that :meth:`arrive` counted is answered (or failed)."""
+        """A request that ``arrive`` counted is answered (or failed)."""
         with self.lock:
             self.in_flight -= 1
 

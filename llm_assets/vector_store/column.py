@@ -3,9 +3,9 @@
 It is a pandas column of Arrow ``fixed_size_list<float>[n]`` (``pd.ArrowDtype``): the
 vectors sit in one contiguous float32 buffer, pickle as such, go to LanceDB without a copy
 and reach DuckDB as ``FLOAT[n]``. A row reads back as a list of floats;
-:func:`matrix_of` gives the whole column as one ``rows × n`` numpy matrix.
+``matrix_of`` gives the whole column as one ``rows × n`` numpy matrix.
 
-Example:
+Examples:
     >>> column = vector_column(np.ones((2, 3)))
     >>> column.dtype
     fixed_size_list<item: float>[3][pyarrow]
@@ -63,10 +63,10 @@ def schema_dimensions(schema: pa.Schema) -> int | None:
 def matrix_of(values: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A vector column as one float32 matrix (rows × dimensions), rows in order.
 
-    Takes the Arrow column of :func:`vector_column`, Arrow lists, or an object column of
+    Takes the Arrow column of ``vector_column``, Arrow lists, or an object column of
     arrays or lists (each row one vector); rows of unequal length are a ``ValueError``.
 
-    Example:
+    Examples:
         >>> matrix_of(pd.Series([[1.0, 2.0], np.array([3.0, 4.0])]))
         array([[1., 2.],
                [3., 4.]], dtype=float32)
@@ -96,7 +96,7 @@ def matrix_of(values: pd.Series | pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def frame_of(data: pa.Table) -> pd.DataFrame:
     """An Arrow table as a DataFrame, its vector columns kept Arrow-typed (as
-    :func:`vector_column` builds them) and its other columns as pandas restores them."""
+    ``vector_column`` builds them) and its other columns as pandas restores them."""
     arrow_lists = {f.type for f in data.schema if pa.types.is_fixed_size_list(f.type)}
     frame = data.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if t in arrow_lists else None)
     return frame.reset_index(drop=True)

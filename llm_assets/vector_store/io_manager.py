@@ -6,7 +6,7 @@ leaves the previous version readable, and a re-run leaves one copy of each row. 
 partition, or all of them, gives the frame the asset returned, vector column included.
 Each materialization records the table's URI, Lance version, rows, dimension and index.
 
-Example:
+Examples:
     >>> resources = {"vector_store": LanceDBIOManager(uri="data/lancedb")}
     >>> embeddings = build_embeddings_asset(upstream=answers, io_manager_key="vector_store")  # doctest: +SKIP
 """
@@ -32,8 +32,8 @@ class LanceDBIOManager(dg.ConfigurableIOManager):
     """Stores each DataFrame asset as one LanceDB table, partition by partition.
 
     ``uri`` is a local directory or an object-store URI (default: ``lancedb`` in the
-    Dagster instance's storage directory); the index fields are :class:`IndexSettings`'.
-    Search a table with :meth:`store` (``.search(...)``) or the search asset factory.
+    Dagster instance's storage directory); the index fields are ``IndexSettings``'.
+    Search a table with ``store`` (``.search(...)``) or the search asset factory.
     """
 
     uri: str | None = Field(
@@ -62,7 +62,7 @@ class LanceDBIOManager(dg.ConfigurableIOManager):
     def _is_dagster_maintained(cls) -> bool:
         return False
 
-    #: Read by :func:`~llm_assets.assets.io_manager.stores_partition_ranges`.
+    #: Read by ``stores_partition_ranges``.
     stores_partition_ranges: ClassVar[bool] = True
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -71,7 +71,7 @@ class LanceDBIOManager(dg.ConfigurableIOManager):
         self._resolved_uri = uri
 
     def store(self, instance: dg.DagsterInstance | None = None) -> VectorStore:
-        """The :class:`VectorStore` this I/O manager writes (outside a run, give the
+        """The ``VectorStore`` this I/O manager writes (outside a run, give the
         ``instance`` whose storage directory holds the default database)."""
         uri = self._resolved_uri or self.uri
         if uri is None:
@@ -112,7 +112,7 @@ class LanceDBIOManager(dg.ConfigurableIOManager):
 
 def partition_slices(data: pa.Table) -> list[tuple[str, pa.Table]]:
     """The consecutive runs of rows of one ``partition_key`` in ``data`` (as
-    :meth:`VectorStore.read` orders them), each a zero-copy slice."""
+    ``VectorStore.read`` orders them), each a zero-copy slice."""
     keys = data.column("partition_key").to_pylist() if len(data) else []
     parts, start = [], 0
     for index in range(1, len(keys) + 1):
@@ -125,7 +125,7 @@ def partition_slices(data: pa.Table) -> list[tuple[str, pa.Table]]:
 def table_name(asset_key: dg.AssetKey) -> str:
     """The table of an asset: its key's parts joined by ``__``.
 
-    Example:
+    Examples:
         >>> table_name(dg.AssetKey(["captains", "embeddings"]))
         'captains__embeddings'
     """
@@ -175,7 +175,7 @@ def to_arrow(frame: pd.DataFrame, partitions: list[str] | None, name: str) -> pa
 def without_vector_dtypes(data: pa.Table) -> pa.Table:
     """``data`` with pandas' metadata naming its vector columns' dtype as ``object``:
     pandas can't rebuild a parametrised Arrow dtype from its name, so
-    :func:`~llm_assets.vector_store.column.frame_of` restores it from the Arrow type instead."""
+    ``frame_of`` restores it from the Arrow type instead."""
     metadata = data.schema.pandas_metadata
     if not metadata:
         return data

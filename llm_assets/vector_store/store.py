@@ -1,11 +1,11 @@
 """A LanceDB database of vector tables: partition-aware writes in one commit, reads,
-nearest-neighbour search, and an ANN index past :data:`INDEX_MIN_ROWS` rows.
+nearest-neighbour search, and an ANN index past ``INDEX_MIN_ROWS`` rows.
 
 LanceDB is embedded (no server): ``uri`` is a local directory or an object-store URI
 (``s3://``, ``gs://``, ``az://``). Every change is one Lance commit, so a reader (or a
 process killed mid-write) always sees a whole version: either the previous one or the new.
 
-Example:
+Examples:
     >>> import tempfile
     >>> store = VectorStore(tempfile.mkdtemp())
     >>> data = pa.table({"partition_key": ["a", "a"], "row": [0, 1], "text": ["x", "y"],
@@ -75,7 +75,7 @@ class IndexSettings:
 
 
 #: New rows are left out of the index (searched exactly, alongside it) until they are this
-#: share of the table or :data:`REFRESH_ROWS`, whichever comes first (LanceDB's guidance:
+#: share of the table or ``REFRESH_ROWS``, whichever comes first (LanceDB's guidance:
 #: optimize after 100,000 changed rows): a refresh costs seconds at a million rows,
 #: whatever was written.
 REFRESH_FRACTION = 0.1
@@ -174,7 +174,7 @@ class VectorStore:
     def write(self, name: str, data: pa.Table, partitions: Sequence[str] | None) -> Written:
         """Replace ``partitions``' rows of table ``name`` with ``data`` in one commit (other
         partitions' rows stay as they are); ``partitions=None`` replaces the whole table.
-        Then index it, or refresh its index, past :attr:`IndexSettings.min_rows` rows."""
+        Then index it, or refresh its index, past ``IndexSettings.min_rows`` rows."""
         if partitions is not None:
             data = _keyed(data, name)
         table = self.open(name)
@@ -261,7 +261,7 @@ class VectorStore:
         )
 
     def _maintained(self, table: Table, name: str) -> dict[str, Any]:
-        """The index after :meth:`_indexed`; a failure to maintain it (the rows are committed:
+        """The index after ``_indexed``; a failure to maintain it (the rows are committed:
         searches still find them, exactly) is a warning, and the ``error`` of its metadata."""
         try:
             return committed(table, lambda: self._indexed(table))
@@ -281,8 +281,8 @@ class VectorStore:
 
     def _indexed(self, table: Table, *, refresh: bool = False) -> dict[str, Any]:
         """Build the vector index once the table has ``min_rows`` rows, or keep an existing
-        one up to date: new rows are added once they are :data:`REFRESH_FRACTION` of the
-        table or :data:`REFRESH_ROWS` (searched exactly until then; ``refresh``: now), and
+        one up to date: new rows are added once they are ``REFRESH_FRACTION`` of the
+        table or ``REFRESH_ROWS`` (searched exactly until then; ``refresh``: now), and
         it is retrained once fewer than half the rows are indexed. Its settings and state."""
         settings = self.index
         if VECTOR_COLUMN not in table.schema.names:
@@ -352,7 +352,7 @@ class VectorStore:
         ``rank`` (from 1) and ``distance``. A query is a vector (or a matrix of them), or a
         text (or a list of texts) that ``embed`` turns into vectors.
 
-        Example:
+        Examples:
             >>> client = openai.OpenAI()  # doctest: +SKIP
             >>> embed = lambda texts: [e.embedding for e in client.embeddings.create(  # doctest: +SKIP
             ...     model="text-embedding-3-small", input=texts).data]
@@ -475,7 +475,7 @@ PRIMARY_KEY = "lance-schema:unenforced-primary-key"
 
 
 def _keyed(data: pa.Table, name: str) -> pa.Table:
-    """``data`` with :data:`ROW_KEY` declared its primary key (not null)."""
+    """``data`` with ``ROW_KEY`` declared its primary key (not null)."""
     if not set(ROW_KEY) <= set(data.column_names):
         return data
     missing = [column for column in ROW_KEY if data.column(column).null_count]
