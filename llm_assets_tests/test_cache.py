@@ -72,6 +72,17 @@ def test_cache_on_any_fsspec_location(server, materialize):
     assert len(list(RequestCache(shared).root.glob("*/*.json"))) == len(QUESTIONS)
 
 
+def test_a_relative_cache_dir_is_hit_on_the_rerun(server, materialize, tmp_path, monkeypatch):
+    # fsspec keys a local cat of many paths by their absolute form: a relative root once
+    # wrote entries that no lookup found, and every re-run paid again
+    monkeypatch.chdir(tmp_path)
+    resource = OpenAIResource(base_url=server.base_url, cache_dir="state/cache")
+    materialize([questions, answers], resource)
+    result = materialize([questions, answers], resource)
+    assert len(server.stats.requests) == len(QUESTIONS)
+    assert usage_metadata(event_of(result, "answers"))["openai.cache_hits"] == len(QUESTIONS)
+
+
 def test_get_client_caches_only_when_asked(server, materialize):
     @dg.asset
     def twice(context: dg.AssetExecutionContext, openai: OpenAIResource) -> None:

@@ -28,8 +28,11 @@ class RequestCache:
     """Response bodies by key under ``root`` (any fsspec / UPath location; ``~`` expands)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = UPath(os.path.expanduser(root) if isinstance(root, str) else root)
-        self._local = self.root.protocol in ("", "file", "local")
+        root = UPath(os.path.expanduser(root) if isinstance(root, str) else root)
+        self._local = root.protocol in ("", "file", "local")
+        # fsspec keys a local ``cat`` of many paths by their absolute form: a relative root
+        # would write entries that no lookup finds again
+        self.root = root.absolute() if self._local else root
 
     @classmethod
     def checked(cls, root: str, field: str = "cache_dir") -> "RequestCache":
