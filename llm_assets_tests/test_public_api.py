@@ -97,7 +97,7 @@ def test_the_engine_exports_its_names_documented():
     assert sorted(engine.__all__) == engine.__all__
     for name in engine.__all__:
         assert own_docstring(getattr(engine, name)), f"llm_assets.engine.{name} has no docstring"
-        assert f":class:`{name}`" in engine.__doc__ or f":func:`{name}`" in engine.__doc__, name
+        assert f"``{name}``" in engine.__doc__, name
     assert {new for module, new in MOVED.values() if module == "llm_assets.engine"} <= set(engine.__all__)
 
 
