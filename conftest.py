@@ -10,7 +10,8 @@ python -->``) compare what a page recorded with what the server billed. A block 
 starts with ``>>>`` is a doctest: its printed output is checked too (``...`` matches
 anything, whitespace is normalised). ``<!-- skip: next -->`` skips the next block.
 
-Run one page: ``.venv/bin/python -m pytest docs/guides/batch-mode.md``.
+Run one page: ``.venv/bin/python -m pytest docs/guides/batch-mode.md``. With pytest-xdist, keep
+each page on one worker: ``--dist loadfile``, as ``scripts/test`` runs.
 """
 
 import doctest

@@ -56,7 +56,8 @@ class PromptTemplate:
             raise ConfigurationError(
                 f"{where} uses {', '.join('{' + m + '}' for m in missing)} but only "
                 f"{', '.join('{' + a + '}' for a in sorted(available)) or 'no placeholders'} can be "
-                "filled: rename the placeholder, or pass the value in run config `variables`."
+                "filled: rename the placeholder, or give it a value in the factory's `variables={...}` "
+                "(run config `variables` can then change it)."
             )
 
     def render(self, values: Mapping[str, object], where: str) -> str:
