@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+import pytest
 from sybil import Sybil
 from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 
@@ -31,6 +33,8 @@ SERVED = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "text-embedding-3-small": "te
 #: What a page may change in the process: restored when it ends.
 ENVIRONMENT = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DAGSTER_HOME")
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+#: Pages that start the real embedded model: in the slow tier, with the other end-to-end tests.
+SLOW_PAGES = {"local-model.md"}
 
 
 def _start_page(namespace: dict[str, Any]) -> None:
@@ -46,6 +50,13 @@ def _start_page(namespace: dict[str, Any]) -> None:
 
 
 def _end_page(namespace: dict[str, Any]) -> None:
+    """Restores the process as the page found it, and closes what the page left open (its
+    instances, a Batch API server) even when a block failed before the page's own end."""
+    for value in namespace.values():
+        if isinstance(value, dg.DagsterInstance):
+            value.dispose()
+        elif hasattr(value, "stop") and type(value).__name__ == "ScriptedBatchServer":
+            value.stop()
     folder, cwd, environment = namespace.pop("_page")
     namespace.pop("scripted_server").stop()
     os.chdir(cwd)
@@ -64,3 +75,9 @@ pytest_collect_file = Sybil(
     setup=_start_page,
     teardown=_end_page,
 ).pytest()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_PAGES and item.path.parent.name == "guides":
+            item.add_marker(pytest.mark.slow)

@@ -120,7 +120,7 @@ class OpenAIResource(dagster_openai.OpenAIResource):
     cache_dir: str | None = Field(
         default=None,
         description="Where the request cache lives: any fsspec/UPath location (e.g. s3://bucket/llm-cache) "
-        "to share it across machines. Defaults to <instance storage>/llm_assets/request_cache.",
+        "to share it across machines. Defaults to `<instance storage>/llm_assets/request_cache`.",
     )
     default_headers: dict[str, str] | None = Field(
         default=None, description="Extra HTTP headers sent with every request."

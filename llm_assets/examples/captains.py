@@ -15,7 +15,7 @@ sets it), else by the ``seed_captains`` sensor on its first tick (a ``dagster de
 
     DAGSTER_HOME=$PWD/.dagster_home python -m llm_assets.examples.captains
 
-Run it with ``dagster dev`` in the repository root (see README).
+Run it with ``dagster dev`` in the repository root (see the quick start: docs/guides/quickstart.md).
 """
 
 from __future__ import annotations

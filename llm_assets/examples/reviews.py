@@ -1,6 +1,6 @@
 """Many prompts per partition, and chained prompts: product reviews → summaries → report.
 
-The README's "use it in your code location" example, runnable as is:
+The example of the guide "Your own code location" (docs/guides/code-location.md), runnable as is:
 ``dagster dev -m llm_assets.examples.reviews``.
 """
 

@@ -154,7 +154,7 @@ def test_the_map_names_the_question_its_answers_answered(server, materialize):
 
 # -- labels ------------------------------------------------------------------------------------
 
-#: The README's map (docs/answer-map.png, before adjustText): Archer's label, right of its
+#: The quick start's map (docs/images/answer-map.png, before adjustText): Archer's label, right of its
 #: point, ran into Kirk's, left of its point.
 CREW = ["Kirk", "Archer", "Picard", "Sisko", "Janeway", "Pike", "Burnham"]
 CREW_POINTS = np.array(

@@ -1,2 +1,2 @@
-"""The README's UI journey in a real browser: Debian's Chromium driven by Playwright
+"""The quick start's UI journey in a real browser: Debian's Chromium driven by Playwright
 against ``dagster dev`` on the captains example."""

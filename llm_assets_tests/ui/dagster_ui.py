@@ -1,4 +1,4 @@
-"""Steps of the README's journey in Dagster's web UI (dagster-webserver 1.13), as a person
+"""Steps of the quick start's journey in Dagster's web UI (dagster-webserver 1.13), as a person
 takes them: the buttons, tabs and texts the UI shows, never its GraphQL API.
 
 Each step starts from the server the page is on (open any of its pages first). Waits are

@@ -1,4 +1,4 @@
-"""The README's UI journey, in Chromium against ``dagster dev`` on the captains example with
+"""The quick start's UI journey, in Chromium against ``dagster dev`` on the captains example with
 the embedded local model: materialize every captain's answers and embeddings (one backfill,
 one run), then the answer map, and see its plot and the answers' checks in the UI; then add
 a captain, Riker, with the dialog's own "Add a partition", answer and embed Riker (one run),
