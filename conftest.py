@@ -55,7 +55,7 @@ def _end_page(namespace: dict[str, Any]) -> None:
     for value in namespace.values():
         if isinstance(value, dg.DagsterInstance):
             value.dispose()
-        elif hasattr(value, "stop") and type(value).__name__ == "ScriptedBatchServer":
+        elif type(value).__name__ == "ScriptedBatchServer":  # by name: its module needs the local extra
             value.stop()
     folder, cwd, environment = namespace.pop("_page")
     namespace.pop("scripted_server").stop()

@@ -22,7 +22,7 @@ of them moves, instead of a user finding out in production.
 - ``OpExecutionContext.get_step_execution_context()`` with the step context's
   ``has_seen_output`` and ``add_asset_metadata``, and the asset layer's
   ``get_op_output_handle`` / ``get_asset_key_for_node_output``: where usage made in an op
-  lands (``targets``): the asset its output materializes, and
+  lands (``llm_assets.accounting.targets``): the asset its output materializes, and
   whether that output was already emitted.
 """
 
@@ -52,7 +52,7 @@ SDK_CONTRACT_METHODS = (
 )
 
 
-#: What ``targets`` calls on a step's execution context.
+#: What ``llm_assets.accounting.targets`` calls on a step's execution context.
 STEP_CONTEXT_METHODS = ("has_seen_output", "add_asset_metadata")
 #: What it calls on the job's asset layer.
 ASSET_LAYER_METHODS = ("get_op_output_handle", "get_asset_key_for_node_output")

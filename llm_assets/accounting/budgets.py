@@ -12,7 +12,7 @@ both take the last of a budget.
 
 A killed step leaves its row behind: what it spent (up to its last write, at most
 ``FLUSH_SECONDS`` before) still counts, but its reservations stop counting as soon as
-its process is gone (same host, ``holders``) or its row has not
+its process is gone (same host, ``llm_assets.accounting.holders``) or its row has not
 been touched for ``ttl`` seconds (another host; a live holder touches it while it has
 reservations open), so they never block the budget for good.
 

@@ -191,8 +191,8 @@ def build_chat_answers_asset(
     config) in one place instead. A ``translator`` (``ChatTranslator`` subclass)
     customises the messages, parameters and rows.
     ``response_format`` (a Pydantic model or JSON Schema) gives typed, validated columns
-    (``structured``); ``checks`` configures the generated checks
-    (``checks``). With ``retrieval`` (``Retrieval``), each
+    (``llm_assets.engine.structured``); ``checks`` configures the generated checks
+    (``llm_assets.assets.checks``). With ``retrieval`` (``Retrieval``), each
     request's ``{context}`` is the ``k`` nearest rows of a vector store to its query
     (retrieval-augmented answers). ``options`` are Dagster's (``AssetOptions``).
 

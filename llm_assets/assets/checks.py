@@ -164,7 +164,7 @@ def checked(
     data_version: str | None = None,
 ) -> dg.MaterializeResult:
     """An asset body's return: its output ``value`` with its check results (and metadata,
-    and the data version of ``value``: ``versions``)."""
+    and the data version of ``value``: ``llm_assets.assets.versions``)."""
     version = dg.DataVersion(data_version) if data_version is not None else None
     return dg.MaterializeResult(value=value, check_results=list(results), metadata=metadata, data_version=version)
 

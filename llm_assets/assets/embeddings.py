@@ -129,7 +129,7 @@ def build_embeddings_asset(
     ``embedding_model``, ``dimensions``, ``batch_size`` and ``mode`` are run config defaults
     (``EmbeddingConfig``; ``None`` keeps its own), or ``defaults=EmbeddingConfig(...)``
     gives them in one place; ``checks`` configures the generated asset checks
-    (``checks``); ``options`` are Dagster's (``AssetOptions``).
+    (``llm_assets.assets.checks``); ``options`` are Dagster's (``AssetOptions``).
 
     Examples:
         >>> embeddings = build_embeddings_asset(key="embeddings", upstream=answers)  # doctest: +SKIP

@@ -4,7 +4,7 @@
   a translator added.
 * embeddings: ``partition_key, row, text, model, embedding``, the ``embedding`` column
   one float32 vector per row (Arrow ``fixed_size_list<float>[n]``, see
-  ``column``). Frames stored before it, with one float32 column
+  ``llm_assets.vector_store.column``). Frames stored before it, with one float32 column
   per dimension (``e0 … e{n-1}``), still read as embeddings.
 * plot: ``partition_key, row, label, x, y``.
 

@@ -120,7 +120,7 @@ def define_asset(
 ) -> dg.AssetsDefinition:
     """The ``@dg.asset`` of a factory: ``compute(context, config, **inputs)`` with the
     factory's run config class, column schema, ``options``, generated checks and
-    ``code_version`` (``versions``; the ``code_version`` option wins);
+    ``code_version`` (``llm_assets.assets.versions``; the ``code_version`` option wins);
     ``extra_resource_keys``: resources its body reads besides the OpenAI one (a vector store)."""
     compute.__annotations__["config"] = config_class
     compute.__annotations__.pop("return", None)  # Dagster would type the output (and checks) by it

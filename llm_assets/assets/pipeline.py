@@ -58,7 +58,7 @@ def build_llm_pipeline_assets(
     ``key_prefix``); the arguments are those of the three factories (``mode`` is the
     default of both requesting assets), ``options`` apply to all three but ``pool`` and
     ``kinds``, which only the two requesting assets take (the map sends nothing). ``checks`` configures all
-    three assets' generated checks by name (``checks``). With a
+    three assets' generated checks by name (``llm_assets.assets.checks``). With a
     ``response_format``, the embeddings embed each answer's raw JSON text.
     ``vector_store_key`` names the I/O manager of the embeddings alone (e.g. a
     ``LanceDBIOManager``, to search them);

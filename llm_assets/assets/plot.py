@@ -1,6 +1,6 @@
 """``build_pca_plot_asset``: every materialized partition of an embeddings asset, projected
 to 2-D with PCA and drawn as a labelled scatter PNG, as gather (``embedding_parts``)
-→ project (``pca``) → report (``report_plot``).
+→ project (``llm_assets.assets.pca``) → report (``report_plot``).
 
 Examples:
     >>> import numpy as np
@@ -136,7 +136,7 @@ def build_pca_plot_asset(
     is the run config's default (``PlotConfig``). ``upstream`` is the embeddings asset
     (or an ``Upstream`` of it: every partition is read, so
     it takes no ``text_column`` or ``partition_mapping``). ``checks`` configures the generated
-    asset checks (``checks``: with ``enough_points`` on, a map of
+    asset checks (``llm_assets.assets.checks``: with ``enough_points`` on, a map of
     fewer than 2 points is drawn and that check fails; off, it is an error). ``options``
     are Dagster's (``AssetOptions``).
 

@@ -3,7 +3,7 @@ cached and billed to their partition like any embedding), then the nearest store
 
 ``Retrieval`` says where to look: the embeddings asset whose LanceDB table holds the
 vectors, under the resource key of its ``LanceDBIOManager``.
-The search asset factory (``search``) and the chat factory's
+The search asset factory (``llm_assets.assets.search``) and the chat factory's
 ``retrieval=`` (the ``{context}`` placeholder) both go through ``retrieve``.
 
 Examples:

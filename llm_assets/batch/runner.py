@@ -2,10 +2,10 @@
 
 ``BatchRunner`` takes the requests the request cache could not answer and runs them
 through the OpenAI Batch API: it first re-attaches to the batches earlier attempts already
-submitted for them (``records``), submits only what no batch covers
+submitted for them (``llm_assets.batch.records``), submits only what no batch covers
 (JSONL files split at the API's limits, each recorded before and after
 ``batches.create``), then polls until every batch is done and maps the files back
-(``outcome``). A terminated step cancels the batches it created and
+(``llm_assets.batch.outcome``). A terminated step cancels the batches it created and
 keeps what they completed.
 
 Examples:

@@ -1,5 +1,5 @@
 """Submitting a batch so that it is never paid twice: the budget reserved first, then
-record, upload, record, ``create``, record (``records``), and a lost
+record, upload, record, ``create``, record (``llm_assets.batch.records``), and a lost
 ``create`` answer looked for by fingerprint before it is retried.
 
 Examples:

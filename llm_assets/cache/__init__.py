@@ -1,10 +1,10 @@
 """The request cache: identical requests are answered without calling the API.
 
-- ``keys``: which requests are the same (``CacheKeys``) and how a
+- ``llm_assets.cache.keys``: which requests are the same (``CacheKeys``) and how a
   run uses the cache (``CacheMode``);
-- ``files``: where the answers live (``RequestCache``);
-- ``answers``: what a valid answer of each endpoint is;
-- ``store``: the answers of one session (``AnswerStore``):
+- ``llm_assets.cache.files``: where the answers live (``RequestCache``);
+- ``llm_assets.cache.answers``: what a valid answer of each endpoint is;
+- ``llm_assets.cache.store``: the answers of one session (``AnswerStore``):
   validated reads, stores that never lose an answer, each problem logged once.
 """
 

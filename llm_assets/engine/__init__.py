@@ -1,5 +1,5 @@
-"""The execution engine: what a factory asks (``chat``,
-``embeddings``), sent concurrently by ``Engine``.
+"""The execution engine: what a factory asks (``llm_assets.engine.chat``,
+``llm_assets.engine.embeddings``), sent concurrently by ``Engine``.
 
 The engine-level names, for code that drives the engine itself rather than through the
 factories (``from llm_assets.engine import Engine, ChatRequest``):

